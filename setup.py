@@ -1,4 +1,4 @@
-"""ttt-jax: test-time training for ARC and TTT as approximate sampling, in JAX."""
+"""ttt-jax: test-time training for ARC and TTT as approximate sampling."""
 
 import setuptools
 

@@ -1,4 +1,4 @@
-"""Grids as token sequences: the codec, the sequence layout, loss masks, positions.
+"""Grids as token sequences: codec, sequence layout, loss masks, positions.
 
 Vocabulary (16 tokens): colours 0-9 are tokens 0-9, then `ROW_END` (ends
 every grid row), `INPUT` and `OUTPUT` (mark the start of an input / output
@@ -7,7 +7,7 @@ grid), `BOS`, `EOS` (ends every output grid) and `PAD`.
 A task with demonstrations (i_1, o_1) ... (i_K, o_K) and query (q, a) is the
 sequence::
 
-  BOS  INPUT i_1 OUTPUT o_1 EOS  ...  INPUT i_K OUTPUT o_K EOS  INPUT q OUTPUT a EOS
+  BOS INPUT i_1 OUTPUT o_1 EOS ... INPUT i_K OUTPUT o_K EOS INPUT q OUTPUT a EOS
 
 where a grid of H rows and W columns is its rows in order, each followed by
 `ROW_END` (H * (W + 1) tokens). A prompt for inference stops after the query's

@@ -129,14 +129,19 @@ def _global_vote(grids, shapes, selected, from_identity, fallback):
     from_identity: bool[E] entry came from an identity view;
     fallback: (int8[30, 30], int32[2]).
   """
+  if selected.shape[0] < 2:  # top_k needs two entries: add an unselected one
+    grids = jnp.concatenate([grids, grids[:1]])
+    shapes = jnp.concatenate([shapes, shapes[:1]])
+    selected = jnp.concatenate([selected, jnp.zeros(1, bool)])
+    from_identity = jnp.concatenate([from_identity, jnp.zeros(1, bool)])
   e = selected.shape[0]
   eq = _equal(_fingerprint(grids, shapes)) & selected[None, :]
   votes = eq.sum(-1)
   by_identity = (eq & from_identity[None, :]).any(-1)
   earlier = jnp.tril(eq, k=-1).any(-1)
   first = selected & ~earlier
-  key = jnp.where(first, (votes * 2 + by_identity) * e + (e - 1 - jnp.arange(e)),
-                  -1)
+  rank = (votes * 2 + by_identity) * e + (e - 1 - jnp.arange(e))
+  key = jnp.where(first, rank, -1)
   top, idx = jax.lax.top_k(key, 2)
   found = top >= 0
   found = found.at[1].set(found[1] & found[0])
