@@ -142,7 +142,7 @@ def test_extra_augmenters_and_config_checks():
       dihedral=False, colours=False, shuffle=False))
   # 3 loo tasks + their 3 upscaled images (identity element only => 6)
   assert ds.valid.sum() >= 6
-  with pytest.raises(ValueError, match="unknown data config fields"):
+  with pytest.raises(ValueError, match="unknown DataConfig fields"):
     data.build_ttt_dataset(task, dict(steps=3))
   with pytest.raises(ValueError, match="unknown extra augmenter"):
     data.build_ttt_dataset(task, dict(extra_augmenters=["zoom"]))

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from ttt import arc, augment, tokens
+from ttt import arc, augment, configlib, tokens
 
 
 def leave_one_out(task: arc.Task) -> list[arc.Task]:
@@ -80,25 +79,8 @@ class DataConfig:
 
   @classmethod
   def make(cls, config: Any = None) -> DataConfig:
-    """From None, a `DataConfig`, a mapping or a ConfigDict (unknown keys
-    raise)."""
-    if config is None:
-      return cls()
-    if isinstance(config, cls):
-      return config
-    if not isinstance(config, Mapping):
-      config = config.to_dict() if hasattr(config, "to_dict") else vars(config)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(config) - fields
-    if unknown:
-      raise ValueError(f"unknown data config fields {sorted(unknown)}; known: "
-                       f"{sorted(fields)}")
-    kw = dict(config)
-    if "extra_augmenters" in kw:
-      kw["extra_augmenters"] = tuple(kw["extra_augmenters"])
-    out = cls(**kw)
-    out.validate()
-    return out
+    """From None, a `DataConfig`, a mapping or a ConfigDict."""
+    return configlib.from_config(cls, config)
 
   def validate(self) -> None:
     if self.leave_out not in ("one", "end_to_end"):

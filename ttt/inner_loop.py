@@ -1,0 +1,183 @@
+"""The TTT inner loop: per-task adapter training, vmapped over tasks.
+
+`make_inner_loop(config)` returns ONE jitted function
+
+    (base, adapters[T], datasets[T], keys[T]) -> (adapters[T], metrics[T])
+
+written for one task (`make_train_task`) and batched with `jax.vmap` over the
+task axis (base weights broadcast, everything else mapped). Steps run in
+`lax.scan`; each draws a minibatch of the task's valid sequences (epochs
+without replacement; invalid rows are never drawn), computes the masked
+cross-entropy on the loss-mask tokens and takes one AdamW step (warm-up +
+cosine, gradient clipping per task).
+
+Tasks are independent: there is no reduction across the task axis, so the
+task axis can be sharded over devices (`ttt.sharding`) without
+communication, and a task whose loss or gradient goes non-finite is frozen
+and finally reset to its initial adapter (`metrics['nonfinite']`) without
+touching any other task's numbers. A task with no valid row (e.g. mesh
+padding) keeps its initial adapter (`metrics['has_data']` False).
+
+This module trains adapters; it does not build data (`ttt.data`) or decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from ttt import configlib, lora
+
+
+@dataclasses.dataclass(frozen=True)
+class TTTConfig:
+  """Inner-loop settings (fields mirror `config.ttt`); MARC's defaults."""
+
+  steps: int = 32  # optimizer steps per task
+  batch_size: int = 2  # sequences per step (MARC: 2)
+  lr: float = 1e-4  # peak learning rate
+  warmup_frac: float = 0.1  # linear warm-up share of the steps
+  weight_decay: float = 0.01  # AdamW decoupled weight decay
+  b1: float = 0.9  # Adam beta1
+  b2: float = 0.999  # Adam beta2
+  clip_norm: float = 1.0  # per-task global gradient-norm clip (0: off)
+
+  def validate(self) -> None:
+    if self.steps < 1 or self.batch_size < 1:
+      raise ValueError("ttt.steps and ttt.batch_size must be >= 1")
+
+
+def make_schedule(cfg: TTTConfig) -> optax.Schedule:
+  """Linear warm-up to `lr`, then cosine decay to 0 at `steps`."""
+  warmup = int(round(cfg.warmup_frac * cfg.steps))
+  return optax.warmup_cosine_decay_schedule(
+      0.0, cfg.lr, warmup_steps=warmup, decay_steps=max(cfg.steps, warmup + 1),
+      end_value=0.0)
+
+
+def make_optimizer(cfg: TTTConfig) -> optax.GradientTransformation:
+  """Clip (per task under vmap), then AdamW on the schedule."""
+  adamw = optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2,
+                      weight_decay=cfg.weight_decay)
+  if cfg.clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
+  return adamw
+
+
+def draw_rows(key: jax.Array, valid: jax.Array, step: jax.Array,
+              batch_size: int) -> jax.Array:
+  """Row indices int32[B] for `step`: epochs over valid rows, no replacement.
+
+  Epoch e is a permutation of the valid rows drawn from `fold_in(key, e)`;
+  step s takes the consecutive draws s*B .. s*B+B-1 of the epoch sequence.
+  With no valid row it returns row indices anyway (their mask is empty).
+  """
+  n = valid.shape[0]
+  n_valid = jnp.maximum(valid.sum(), 1)
+  draws = step * batch_size + jnp.arange(batch_size)
+
+  def row(draw):
+    u = jax.random.uniform(jax.random.fold_in(key, draw // n_valid), (n,))
+    order = jnp.argsort(jnp.where(valid, u, 2.0))  # valid rows first
+    return order[draw % n_valid]
+
+  return jax.vmap(row)(draws)
+
+
+def sequence_loss(model, batch) -> tuple[jax.Array, jax.Array]:
+  """Masked next-token cross-entropy, averaged over target tokens.
+
+  Args:
+    model: a `ttt.model.Transformer`.
+    batch: a `ttt.data.TTTDataset` slice with leaves [B, L] ([B, L, 3]).
+
+  Returns:
+    (float32[] mean loss, float32[] number of target tokens).
+  """
+  logits = model(batch.tokens, batch.positions, batch.coords)[:, :-1]
+  targets = batch.tokens[:, 1:]
+  weights = batch.mask[:, 1:].astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  count = weights.sum()
+  return (nll * weights).sum() / jnp.maximum(count, 1.0), count
+
+
+def make_train_task(config: Any, graphdef=None):
+  """The inner loop for ONE task (pure, unjitted).
+
+  Args:
+    config: has `.model`, `.adapter` and `.ttt` groups.
+    graphdef: the model's graphdef from `lora.split` (default: built from
+      the config).
+
+  Returns:
+    `train_task(base, adapter, data, key) -> (adapter, metrics)` with
+    `data` a `TTTDataset` for one task ([N, L] leaves) and metrics
+    `loss`, `grad_norm`, `lr` float32[steps], `nonfinite`, `has_data`
+    bool[].
+  """
+  cfg = configlib.from_config(TTTConfig, config.ttt)
+  if graphdef is None:
+    graphdef = lora.abstract_split(config)[0]
+  optimizer = make_optimizer(cfg)
+  schedule = make_schedule(cfg)
+
+  def loss_of(adapter, base, batch):
+    return sequence_loss(lora.merge(graphdef, adapter, base), batch)[0]
+
+  def train_task(base, adapter0, data, key):
+    has_data = data.valid.any()
+
+    def step(carry, s):
+      adapter, opt_state, ok = carry
+      rows = draw_rows(key, data.valid, s, cfg.batch_size)
+      batch = jax.tree.map(lambda x: x[rows], data)
+      loss, grads = jax.value_and_grad(loss_of)(adapter, base, batch)
+      grad_norm = optax.tree.norm(grads)
+      updates, new_state = optimizer.update(grads, opt_state, adapter)
+      new_adapter = optax.apply_updates(adapter, updates)
+      ok = ok & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+      adapter = jax.tree.map(keep, new_adapter, adapter)
+      opt_state = jax.tree.map(keep, new_state, opt_state)
+      return (adapter, opt_state, ok), dict(loss=loss, grad_norm=grad_norm,
+                                            lr=schedule(s))
+
+    init = (adapter0, optimizer.init(adapter0), jnp.bool_(True))
+    (adapter, _, ok), metrics = jax.lax.scan(step, init, jnp.arange(cfg.steps))
+    trained = ok & has_data
+    adapter = jax.tree.map(lambda a, a0: jnp.where(trained, a, a0), adapter,
+                           adapter0)
+    metrics.update(nonfinite=~ok, has_data=has_data)
+    return adapter, metrics
+
+  return train_task
+
+
+def make_inner_loop(config: Any, graphdef=None, *,
+                    max_traces: int | None = None):
+  """The jitted inner loop over T tasks at once.
+
+  Args:
+    config: has `.model`, `.adapter` and `.ttt` groups.
+    graphdef: optional graphdef from `lora.split` of the model in use.
+    max_traces: if given, raise when the function is traced more often
+      (`chex.assert_max_traces`): a guard against silent recompilation.
+
+  Returns:
+    `inner_loop(base, adapters, datasets, keys) -> (adapters, metrics)`:
+    base: the frozen State (shared); adapters: State with leaves [T, ...];
+    datasets: `TTTDataset` with leaves [T, N, L]; keys: key[T]
+    (use `fold_in(key, task_index)`). metrics: dict of [T, steps] and [T].
+    Shard the task axis with `ttt.sharding.shard_tasks`.
+  """
+  train_task = make_train_task(config, graphdef)
+  if max_traces is not None:
+    train_task = chex.assert_max_traces(train_task, n=max_traces)
+  return jax.jit(jax.vmap(train_task, in_axes=(None, 0, 0, 0)))

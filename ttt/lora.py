@@ -1,0 +1,89 @@
+"""Adapters: split a model into (graphdef, adapters, base) and stack per task.
+
+The model is split ONCE at the boundary; everything after is plain JAX over
+pytrees:
+
+* `split(model)` -> `(graphdef, adapters, base)`: the adapter variables
+  (`nnx.LoRAParam`, which covers LoRA factors and `PrefixParam`) or, in
+  'full' mode, every `nnx.Param`; `base` is the rest, frozen and shared.
+* `merge(graphdef, adapters, base)` rebuilds the model inside a loss.
+* `init_adapters(config, key, n_tasks, base=None)` -> adapters stacked on a
+  leading task axis `[T, ...]`: fresh LoRA (A random per task from
+  `fold_in(key, task)`, B zero) and prefix vectors, or, in 'full' mode, T
+  copies of the base weights (each task fine-tunes its own copy).
+
+What is adapted is `config.adapter.mode`: 'lora', 'prefix', 'lora+prefix' or
+'full' (see `ttt.model.AdapterConfig`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ttt import configlib
+from ttt import model as model_lib
+
+
+def adapter_filter(mode: str):
+  """The nnx filter selecting the adapted variables for `mode`."""
+  return nnx.Param if mode == "full" else nnx.LoRAParam
+
+
+def split(model: model_lib.Transformer):
+  """(graphdef, adapters State, base State) for the model's adapter mode."""
+  mode = model.adapter_config.mode
+  return nnx.split(model, adapter_filter(mode), ...)
+
+
+def merge(graphdef, adapters, base) -> model_lib.Transformer:
+  """Inverse of `split` (usable inside jit / vmap / grad)."""
+  return nnx.merge(graphdef, adapters, base)
+
+
+def configs(config: Any):
+  """(ModelConfig, AdapterConfig) from a config with `.model`/`.adapter`."""
+  return (configlib.from_config(model_lib.ModelConfig, config.model),
+          configlib.from_config(model_lib.AdapterConfig, config.adapter))
+
+
+def abstract_split(config: Any):
+  """`split` of the abstract model: (graphdef, abstract adapters, base)."""
+  model_config, adapter_config = configs(config)
+  model = nnx.eval_shape(
+      lambda: model_lib.Transformer(model_config, adapter_config,
+                                    rngs=nnx.Rngs(params=0, lora=1)))
+  return split(model)
+
+
+def init_adapters(config: Any, key: jax.Array, n_tasks: int, params=None):
+  """Per-task adapters stacked along a leading task axis.
+
+  Args:
+    config: has `.model` and `.adapter` groups.
+    key: PRNG key; task t's adapter is drawn from `fold_in(key, t)`.
+    n_tasks: T.
+    params: in 'full' mode, the weights to copy (the `adapters` part of
+      `split(model)`), required there and ignored otherwise.
+
+  Returns:
+    The adapter State with every leaf shaped [T, ...].
+  """
+  model_config, adapter_config = configs(config)
+  if adapter_config.mode == "full":
+    if params is None:
+      raise ValueError("full fine-tuning copies the weights: pass params")
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n_tasks,) + x.shape),
+                        params)
+
+  def one(k):
+    model = model_lib.Transformer(model_config, adapter_config,
+                                  rngs=nnx.Rngs(params=0, lora=k))
+    return split(model)[1]
+
+  keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(n_tasks))
+  # jit drops the unused base initialisation.
+  return jax.jit(jax.vmap(one))(keys)

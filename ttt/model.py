@@ -1,0 +1,306 @@
+"""The base transformer (Flax NNX): decoder-only, pre-norm, SwiGLU, RoPE.
+
+`Transformer(model_config, adapter_config, rngs)` maps tokens `int32[B, L]`
+to logits `float32[B, L, V]`. Blocks are pre-norm (RMSNorm), multi-head
+causal attention through `jax.nn.dot_product_attention` (cuDNN flash
+attention on GPU when shapes allow: bf16, head dim a multiple of 8, batch
+axis first, causal mask without an explicit mask array), and a SwiGLU MLP.
+Parameters are float32 (master weights); compute runs in `dtype` (bf16 by
+default); logits come out in float32.
+
+Positions: `rope='1d'` rotates by the 1-D position; `rope='3d'` splits each
+head's rotary pairs into three groups rotated by the (row, column, segment)
+coordinates from `ttt.tokens`.
+
+Adapters live inside the modules as `nnx.LoRAParam` variables, so
+`nnx.split(model, nnx.LoRAParam, ...)` separates them from the frozen base
+(`ttt.lora`): LoRA factors `lora_a` (random) and `lora_b` (zero) on the
+projections named in `adapter_config.targets`, and an optional learned prefix
+(`PrefixParam`, prompt tuning: P vectors prepended to the token embeddings,
+visible to every position). A fresh adapter leaves the outputs unchanged for
+LoRA (B = 0); a prefix changes them by construction.
+
+This module computes logits; training loops live in `ttt.inner_loop` and
+`ttt.pretrain`, decoding in `ttt.decode`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ttt import configlib
+
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The transformer's shape (fields mirror `config.model`)."""
+
+  vocab_size: int = 16  # ttt.tokens.VOCAB_SIZE
+  num_layers: int = 2  # transformer blocks
+  d_model: int = 64  # residual width
+  num_heads: int = 4  # attention heads (head dim = d_model // num_heads)
+  mlp_dim: int = 128  # SwiGLU hidden width
+  rope: str = "3d"  # '1d' (1-D positions) or '3d' (row, column, segment)
+  rope_base: float = 10000.0  # RoPE wavelength base
+  dtype: str = "bfloat16"  # compute dtype ('float32' for exact tests)
+  norm_eps: float = 1e-6  # RMSNorm epsilon
+
+  def validate(self) -> None:
+    if self.d_model % self.num_heads:
+      raise ValueError("d_model must be a multiple of num_heads")
+    head = self.d_model // self.num_heads
+    if head % 2 or (self.rope == "3d" and head < 6):
+      raise ValueError(f"head dim {head} too small/odd for rope={self.rope}")
+    if self.rope not in ("1d", "3d"):
+      raise ValueError(f"rope must be '1d' or '3d', got {self.rope!r}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+  """What is adapted per task (fields mirror `config.adapter`)."""
+
+  mode: str = "lora"  # 'lora', 'prefix', 'lora+prefix' or 'full'
+  rank: int = 16  # LoRA rank r
+  alpha: float = 32.0  # LoRA alpha; the update is (alpha / r) x A B
+  targets: tuple[str, ...] = LORA_TARGETS  # projections that get LoRA
+  prefix_len: int = 8  # learned prefix vectors (prefix modes)
+
+  def validate(self) -> None:
+    if self.mode not in ("lora", "prefix", "lora+prefix", "full"):
+      raise ValueError(f"adapter mode must be 'lora', 'prefix', "
+                       f"'lora+prefix' or 'full', got {self.mode!r}")
+    bad = set(self.targets) - set(LORA_TARGETS)
+    if bad:
+      raise ValueError(f"unknown LoRA targets {sorted(bad)}; known: "
+                       f"{LORA_TARGETS}")
+    if "lora" in self.mode and self.rank < 1:
+      raise ValueError("LoRA rank must be >= 1")
+    if "prefix" in self.mode and self.prefix_len < 1:
+      raise ValueError("prefix_len must be >= 1 in a prefix mode")
+
+  @property
+  def lora_rank(self) -> int:
+    return self.rank if "lora" in self.mode else 0
+
+  @property
+  def num_prefix(self) -> int:
+    return self.prefix_len if "prefix" in self.mode else 0
+
+
+class PrefixParam(nnx.LoRAParam):
+  """A learned per-task prefix; an adapter like the LoRA factors."""
+
+
+def _dtype(name: str):
+  return jnp.dtype(name)
+
+
+class Linear(nnx.Module):
+  """y = x W (+ (alpha / r) x A B when a LoRA rank is given). No bias.
+
+  Shapes: x [..., din] -> y [..., dout]. W float32 [din, dout]; A [din, r]
+  drawn like PEFT's (uniform, bound 1/sqrt(din)) and B [r, dout] zero.
+  """
+
+  def __init__(self, din: int, dout: int, *, rank: int = 0,
+               alpha: float = 1.0, dtype=jnp.float32, rngs: nnx.Rngs):
+    init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal")
+    self.kernel = nnx.Param(init(rngs.params(), (din, dout), jnp.float32))
+    self.rank = rank
+    self.scale = alpha / rank if rank else 0.0
+    self.dtype = dtype
+    if rank:
+      bound = 1.0 / math.sqrt(din)
+      self.lora_a = nnx.LoRAParam(jax.random.uniform(
+          rngs.lora(), (din, rank), jnp.float32, -bound, bound))
+      self.lora_b = nnx.LoRAParam(jnp.zeros((rank, dout), jnp.float32))
+
+  def __call__(self, x):
+    x = x.astype(self.dtype)
+    y = x @ self.kernel[...].astype(self.dtype)
+    if self.rank:
+      low = x @ self.lora_a[...].astype(self.dtype)
+      y = y + (low @ self.lora_b[...].astype(self.dtype)) * self.scale
+    return y
+
+
+def rope_angles(config: ModelConfig, positions, coords):
+  """Rotation angles float32[B, L, head_dim / 2].
+
+  Args:
+    positions: int32[B, L] 1-D positions ('1d').
+    coords: int32[B, L, 3] (row, column, segment) ('3d').
+  """
+  pairs = config.head_dim // 2
+  if config.rope == "1d":
+    inv = config.rope_base ** (-jnp.arange(pairs) / pairs)
+    return positions[..., None].astype(jnp.float32) * inv
+  sizes = [pairs // 3 + (1 if n < pairs % 3 else 0) for n in range(3)]
+  parts = []
+  for axis, n in enumerate(sizes):
+    inv = config.rope_base ** (-jnp.arange(n) / n)
+    parts.append(coords[..., axis, None].astype(jnp.float32) * inv)
+  return jnp.concatenate(parts, axis=-1)
+
+
+def apply_rope(x, angles):
+  """Rotates x [B, L, H, D] by angles [B, L, D / 2] (rotate-half pairs)."""
+  cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
+  sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+class Attention(nnx.Module):
+  """Multi-head causal self-attention with RoPE."""
+
+  def __init__(self, config: ModelConfig, adapter: AdapterConfig,
+               rngs: nnx.Rngs):
+    d, dt = config.d_model, _dtype(config.dtype)
+
+    def lin(name):
+      rank = adapter.lora_rank if name in adapter.targets else 0
+      return Linear(d, d, rank=rank, alpha=adapter.alpha, dtype=dt, rngs=rngs)
+
+    self.q, self.k, self.v, self.o = lin("q"), lin("k"), lin("v"), lin("o")
+    self.num_heads = config.num_heads
+    self.head_dim = config.head_dim
+
+  def __call__(self, x, angles, kv_valid=None):
+    b, length, _ = x.shape
+    shape = (b, length, self.num_heads, self.head_dim)
+    q = apply_rope(self.q(x).reshape(shape), angles)
+    k = apply_rope(self.k(x).reshape(shape), angles)
+    v = self.v(x).reshape(shape)
+    mask = None if kv_valid is None else kv_valid[:, None, None, :]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+    return self.o(out.reshape(b, length, -1))
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: ModelConfig, adapter: AdapterConfig,
+               rngs: nnx.Rngs):
+    d, m, dt = config.d_model, config.mlp_dim, _dtype(config.dtype)
+
+    def lin(name, din, dout):
+      rank = adapter.lora_rank if name in adapter.targets else 0
+      return Linear(din, dout, rank=rank, alpha=adapter.alpha, dtype=dt,
+                    rngs=rngs)
+
+    self.gate, self.up = lin("gate", d, m), lin("up", d, m)
+    self.down = lin("down", m, d)
+
+  def __call__(self, x):
+    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block."""
+
+  def __init__(self, config: ModelConfig, adapter: AdapterConfig,
+               rngs: nnx.Rngs):
+    dt = _dtype(config.dtype)
+    self.norm1 = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
+                             dtype=dt, rngs=rngs)
+    self.attn = Attention(config, adapter, rngs)
+    self.norm2 = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
+                             dtype=dt, rngs=rngs)
+    self.mlp = MLP(config, adapter, rngs)
+
+  def __call__(self, x, angles, kv_valid=None):
+    x = x + self.attn(self.norm1(x), angles, kv_valid).astype(x.dtype)
+    return x + self.mlp(self.norm2(x)).astype(x.dtype)
+
+
+class Transformer(nnx.Module):
+  """Decoder-only transformer over ARC token sequences.
+
+  Call: `model(tokens, positions=None, coords=None, kv_valid=None)`:
+    tokens: int32[B, L]; positions: int32[B, L] (default 0..L-1);
+    coords: int32[B, L, 3] (needed for rope='3d'); kv_valid: optional
+    bool[B, L], False for key positions no query may attend to (padding).
+  Returns float32[B, L, vocab_size] logits.
+  """
+
+  def __init__(self, config: ModelConfig, adapter: AdapterConfig | None = None,
+               *, rngs: nnx.Rngs):
+    adapter = adapter or AdapterConfig(mode="full")
+    self.config = config
+    self.adapter_config = adapter
+    dt = _dtype(config.dtype)
+    self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dt,
+                           rngs=rngs)
+    self.blocks = nnx.List([Block(config, adapter, rngs)
+                            for _ in range(config.num_layers)])
+    self.norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
+                            dtype=dt, rngs=rngs)
+    self.head = Linear(config.d_model, config.vocab_size, dtype=dt, rngs=rngs)
+    self.num_prefix = adapter.num_prefix
+    if self.num_prefix:
+      self.prefix = PrefixParam(0.02 * jax.random.normal(
+          rngs.lora(), (self.num_prefix, config.d_model), jnp.float32))
+
+  def __call__(self, tokens, positions=None, coords=None, kv_valid=None):
+    b, length = tokens.shape
+    x = self.embed(tokens).astype(jnp.float32)  # fp32 residual stream
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32),
+                                   (b, length))
+    if coords is None:
+      if self.config.rope == "3d":
+        raise ValueError("rope='3d' needs coords (ttt.tokens)")
+      coords = jnp.zeros((b, length, 3), jnp.int32)
+    p = self.num_prefix
+    if p:
+      prefix = jnp.broadcast_to(self.prefix[...].astype(x.dtype),
+                                (b, p, x.shape[-1]))
+      x = jnp.concatenate([prefix, x], axis=1)
+      positions = jnp.concatenate([
+          jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p)),
+          positions + p], axis=1)
+      coords = jnp.concatenate([jnp.zeros((b, p, 3), jnp.int32), coords],
+                               axis=1)
+      if kv_valid is not None:
+        kv_valid = jnp.concatenate([jnp.ones((b, p), bool), kv_valid], axis=1)
+    angles = rope_angles(self.config, positions, coords)
+    for block in self.blocks:
+      x = block(x, angles, kv_valid)
+    logits = self.head(self.norm(x)).astype(jnp.float32)
+    return logits[:, p:] if p else logits
+
+
+def make_model(config, adapter=None, key: jax.Array | None = None
+               ) -> Transformer:
+  """Builds a transformer from config groups (ConfigDicts or dataclasses).
+
+  Args:
+    config: `ModelConfig` fields (e.g. `config.model`).
+    adapter: `AdapterConfig` fields (e.g. `config.adapter`); None: no
+      adapters.
+    key: PRNG key; base weights use fold_in(key, 0), adapters fold_in(key, 1).
+  """
+  model_config = configlib.from_config(ModelConfig, config)
+  adapter_config = (AdapterConfig(mode="full") if adapter is None
+                    else configlib.from_config(AdapterConfig, adapter))
+  key = jax.random.key(0) if key is None else key
+  rngs = nnx.Rngs(params=jax.random.fold_in(key, 0),
+                  lora=jax.random.fold_in(key, 1))
+  return Transformer(model_config, adapter_config, rngs=rngs)
+
+
+def count_params(state) -> int:
+  """Number of scalars in a state / pytree."""
+  return sum(x.size for x in jax.tree.leaves(state))
