@@ -61,3 +61,38 @@ def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
     else:
       raise ValueError(f"unknown config arg {item!r}; known: {sorted(spec)}")
   return ml_collections.ConfigDict(out)
+
+
+# Model presets (fields of `ttt.model.ModelConfig`). Parameter counts include
+# embeddings and norms; the `base` preset is the size the peer measurements in
+# `../shared/peers/README.md` use (8 layers, d=512, 8 heads, MLP 1536).
+MODEL_PRESETS = {
+    # tests and the CPU default: ~0.85M parameters
+    "tiny": dict(num_layers=4, d_model=128, num_heads=4, mlp_dim=384),
+    # ~5M parameters: CPU benchmarks, quick GPU experiments
+    "small": dict(num_layers=6, d_model=256, num_heads=8, mlp_dim=768),
+    # ~27M parameters: the GPU model
+    "base": dict(num_layers=8, d_model=512, num_heads=8, mlp_dim=1536),
+}
+
+
+def model_config(preset: str = "tiny", **overrides
+                 ) -> ml_collections.ConfigDict:
+  """The `config.model` group for a preset (see `MODEL_PRESETS`).
+
+  Every field of `ttt.model.ModelConfig` is present, so `--config.model.x=`
+  overrides work on any of them.
+  """
+  if preset not in MODEL_PRESETS:
+    raise ValueError(f"unknown model preset {preset!r}; known: "
+                     f"{sorted(MODEL_PRESETS)}")
+  out = dict(
+      vocab_size=16,  # ttt.tokens.VOCAB_SIZE
+      rope="3d",  # '1d' or '3d' (row, column, segment) rotary positions
+      rope_base=10000.0,  # rotary wavelength base
+      dtype="bfloat16",  # compute dtype; weights stay float32
+      norm_eps=1e-6,  # RMSNorm epsilon
+  )
+  out.update(MODEL_PRESETS[preset])
+  out.update(overrides)
+  return ml_collections.ConfigDict(out)

@@ -16,12 +16,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 TASK_AXIS = "task"
+DATA_AXIS = "data"  # initial training: the batch axis
 
 
-def make_mesh(num_devices: int | None = None, devices=None
-              ) -> jax.sharding.Mesh:
-  """A 1-D mesh with axis `task` over `num_devices` (default: all) devices.
+def make_mesh(num_devices: int | None = None, devices=None,
+              axis: str = TASK_AXIS) -> jax.sharding.Mesh:
+  """A 1-D mesh over `num_devices` (default: all) devices.
 
+  The axis is named `task` (TTT, decoding) or `data` (initial training).
   The axis is `AxisType.Auto`: inputs are placed explicitly (`shard_tasks`,
   `replicate`) and XLA propagates the task sharding through the vmapped
   program (tasks never communicate). Explicit axes reject the embedding
@@ -29,13 +31,18 @@ def make_mesh(num_devices: int | None = None, devices=None
   """
   devices = list(devices if devices is not None else jax.devices())
   n = len(devices) if num_devices is None else num_devices
-  return jax.make_mesh((n,), (TASK_AXIS,), devices=devices[:n],
+  return jax.make_mesh((n,), (axis,), devices=devices[:n],
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def task_sharding(mesh) -> NamedSharding:
-  """Leading axis split over `task`, the rest replicated."""
-  return NamedSharding(mesh, P(TASK_AXIS))
+  """Leading axis split over the mesh's axis, the rest replicated."""
+  return NamedSharding(mesh, P(mesh.axis_names[0]))
+
+
+def shard_batch(tree, mesh):
+  """`shard_tasks` for a data batch: leading (batch) axis over the mesh."""
+  return shard_tasks(tree, mesh)
 
 
 def replicated(mesh) -> NamedSharding:

@@ -1,0 +1,1 @@
+"""Thin absl mains: flags -> library call (`python -m launch.<name>`)."""

@@ -1,0 +1,30 @@
+r"""Initial training: `python -m launch.pretrain --config=... --workdir=...`.
+
+Resumes from the checkpoint in --workdir when there is one (see
+`configs/pretrain.py` for commands, runtimes and expected results).
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ttt import pretrain
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/pretrain.py:tiny", "Config file (`file.py:arg`).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/ttt_pretrain",
+                               "Checkpoints, metrics and final weights.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.INFO)
+  import jax  # after absl parsed flags (platform flags may be set there)
+
+  logging.info("devices: %s", jax.devices())
+  last = pretrain.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  logging.info("done: %s", last)
+
+
+if __name__ == "__main__":
+  app.run(main)

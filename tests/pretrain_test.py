@@ -1,0 +1,137 @@
+"""Tests for ttt.pretrain, ttt.ckpt, ttt.metrics and launch.pretrain."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from ttt import ckpt, metrics, pretrain, tokens
+from ttt import model as M
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**pre):
+  p = dict(steps=4, batch_size=8, max_len=256, lr=1e-3, warmup_steps=1,
+           eval_every=2, checkpoint_every=2, log_every=1, heldout_tasks=4,
+           prefetch=2)
+  p.update(pre)
+  return ml_collections.ConfigDict(dict(
+      model=dict(num_layers=1, d_model=32, num_heads=2, mlp_dim=64,
+                 dtype="float32"),
+      pretrain=p))
+
+
+def _params(workdir):
+  """The float32 parameters of the newest checkpoint in `workdir`."""
+  cfg = _config()
+  c = pretrain.PretrainConfig(**cfg.pretrain)
+  from ttt import sharding
+  _, state, _ = pretrain.model_and_state(cfg, c, sharding.make_mesh(
+      axis=sharding.DATA_AXIS))
+  restored, meta = ckpt.Checkpointer(os.path.join(workdir, "checkpoints")
+                                     ).restore(state)
+  return restored, meta
+
+
+def test_sampled_sequences_fit_and_are_deterministic():
+  cfg = pretrain.PretrainConfig(max_len=300, batch_size=4, heldout_tasks=2)
+  sources, heldout = pretrain.load_pool(cfg)
+  assert len(heldout) == 2
+  held = {t.id for t in heldout}
+  assert not any(s.id.split("/")[1] in held for s in sources)
+  a = pretrain.make_batch(sources, cfg, step=7)
+  b = pretrain.make_batch(sources, cfg, step=7)
+  c = pretrain.make_batch(sources, cfg, step=8)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert not np.array_equal(a.tokens, c.tokens)
+  assert a.tokens.shape == (4, 300)
+  assert (a.mask.sum(1) > 0).all()
+  assert (a.tokens[:, 0] == tokens.BOS).all()
+  # every sequence holds at least one demonstration and a query
+  assert ((a.tokens == tokens.INPUT).sum(1) >= 2).all()
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  straight = str(tmp_path / "straight")
+  pieces = str(tmp_path / "pieces")
+  pretrain.train_and_evaluate(_config(), straight)
+  first = pretrain.train_and_evaluate(_config(stop_after_steps=2), pieces)
+  assert first["stopped_at"] == 2
+  assert not os.path.exists(os.path.join(pieces, "model"))
+  last = pretrain.train_and_evaluate(_config(), pieces)
+  assert last["stopped_at"] == 4
+  a, meta = _params(straight)
+  b, _ = _params(pieces)
+  assert meta["step"] == 4 and int(a.step) == 4
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6,
+                               atol=1e-7)
+  records = metrics.read(os.path.join(pieces, "metrics.jsonl"))
+  assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+  assert any("eval_exact" in r for r in records)
+  assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+  # the exported weights load into a fresh model
+  exported = ckpt.load_weights_config(os.path.join(pieces, "model"))
+  assert exported["model"]["d_model"] == 32
+  assert exported["trained_steps"] == 4
+
+
+def test_weights_round_trip_in_bf16(tmp_path):
+  from flax import nnx
+
+  m = M.make_model(dict(num_layers=1, d_model=32, num_heads=2, mlp_dim=32))
+  _, params = nnx.split(m, nnx.Param)
+  ckpt.save_weights(str(tmp_path / "w"), params, dict(d_model=32))
+  loaded = ckpt.load_weights(str(tmp_path / "w"), params)
+  for x, y in zip(jax.tree.leaves(loaded), jax.tree.leaves(params),
+                  strict=True):
+    assert x.dtype == y.dtype == np.float32
+    np.testing.assert_allclose(x, y, rtol=1e-2, atol=1e-2)  # bf16 rounding
+  with pytest.raises(FileNotFoundError, match="no model checkpoint"):
+    ckpt.load_weights(str(tmp_path / "nothing"), params)
+
+
+def test_bad_re_arc_files_are_skipped_and_reported(tmp_path):
+  good = [{"input": [[1, 2]], "output": [[2, 1]]}] * 3
+  bad_example = good + [{"input": [[1, 12]], "output": [[1]]}]
+  with gzip.open(tmp_path / "aaaaaaaa.json.gz", "wt") as f:
+    json.dump(bad_example, f)
+  with open(tmp_path / "bbbbbbbb.json", "w") as f:
+    f.write("{not json")
+  errors = []
+  sources = pretrain.load_re_arc(str(tmp_path), errors=errors)
+  assert [s.id for s in sources] == ["re_arc/aaaaaaaa"]
+  assert len(sources[0].pairs) == 3
+  assert any("aaaaaaaa example 3" in e for e in errors)
+  assert any("bbbbbbbb" in e for e in errors)
+  with pytest.raises(FileNotFoundError, match="is not a directory"):
+    pretrain.PretrainConfig(re_arc_dir=str(tmp_path / "missing")).validate()
+
+
+def test_check_finite_names_the_step():
+  metrics.check_finite("loss", 1.0, 3)
+  with pytest.raises(FloatingPointError, match="loss is nan at step 7"):
+    metrics.check_finite("loss", float("nan"), 7)
+
+
+def test_launch_pretrain_smoke(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  cmd = [sys.executable, "-m", "launch.pretrain",
+         "--config=configs/pretrain.py:tiny,steps=3",
+         "--config.pretrain.batch_size=2", "--config.pretrain.max_len=256",
+         "--config.pretrain.log_every=1", "--config.pretrain.eval_every=3",
+         "--config.model.num_layers=1",
+         f"--workdir={tmp_path}"]
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "step 3/3" in out.stderr
+  assert os.path.exists(tmp_path / "model" / "model_config.json")
+  assert os.path.exists(tmp_path / "config.json")

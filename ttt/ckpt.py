@@ -1,0 +1,145 @@
+"""Checkpoints: a thin wrapper over Orbax's `CheckpointManager`.
+
+A checkpoint directory holds one sub-directory per step, each with a pytree
+item `state` (`StandardSave`) and a JSON item `meta`. Orbax writes a step to
+a temporary directory and renames it when complete, so a run killed during a
+save never leaves a half-written step that a later run would restore;
+incomplete temporaries are cleaned up on the next start. Saves are
+synchronous here (a save returns when it is on disk).
+
+`save_weights`/`load_weights` store only model weights (bf16 by default) and
+the model config: the form a trained base model ships in (`checkpoints/`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+@contextlib.contextmanager
+def _quiet():
+  """Orbax logs every save at INFO; keep the run's own log readable."""
+  old = logging.get_verbosity()
+  logging.set_verbosity(min(old, logging.WARNING))
+  try:
+    yield
+  finally:
+    logging.set_verbosity(old)
+
+
+class Checkpointer:
+  """Saves and restores `(state, meta)` by step in `directory`."""
+
+  def __init__(self, directory: str, *, max_to_keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True,
+        enable_async_checkpointing=False, cleanup_tmp_directories=True)
+    with _quiet():
+      self._mgr = ocp.CheckpointManager(self.directory, options=options,
+                                        item_names=("state", "meta"))
+
+  def latest_step(self) -> int | None:
+    """The newest complete step, or None."""
+    return self._mgr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._mgr.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict | None = None) -> None:
+    """Writes `state` (a pytree) and `meta` (JSON) as `step`, atomically."""
+    with _quiet():
+      self._mgr.save(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          meta=ocp.args.JsonSave(meta or {})), force=True)
+      self._mgr.wait_until_finished()
+
+  def restore(self, abstract_state: Any, step: int | None = None
+              ) -> tuple[Any, dict]:
+    """Restores `(state, meta)` of `step` (default: the latest).
+
+    Args:
+      abstract_state: a pytree of `jax.ShapeDtypeStruct` (or arrays) with
+        the structure, dtypes and shardings to restore into.
+      step: which step; None for the latest.
+
+    Raises:
+      FileNotFoundError: no checkpoint in the directory.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    with _quiet():
+      out = self._mgr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract),
+          meta=ocp.args.JsonRestore()))
+    return out["state"], dict(out["meta"] or {})
+
+  def close(self) -> None:
+    with _quiet():
+      self._mgr.close()
+
+
+WEIGHTS_DIR = "weights"
+CONFIG_FILE = "model_config.json"
+
+
+def save_weights(path: str, params: Any, model_config: dict, *,
+                 dtype: str = "bfloat16", extra: dict | None = None) -> None:
+  """Writes model weights (cast to `dtype`) and their config to `path`.
+
+  Layout: `path/weights/` (an Orbax pytree) and `path/model_config.json`
+  (`{"model": {...}, **extra}`). The weights are written to a temporary
+  directory and renamed, so `path` is either complete or absent.
+  """
+  path = os.path.abspath(path)
+  cast = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+  os.makedirs(path, exist_ok=True)
+  target = os.path.join(path, WEIGHTS_DIR)
+  with _quiet():
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(target, cast, force=True)
+    ckptr.wait_until_finished()
+  tmp = os.path.join(path, CONFIG_FILE + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(dict(model=dict(model_config), dtype=dtype, **(extra or {})), f,
+              indent=2, sort_keys=True)
+  os.replace(tmp, os.path.join(path, CONFIG_FILE))
+
+
+def load_weights_config(path: str) -> dict:
+  """The JSON written beside the weights by `save_weights`."""
+  file = os.path.join(os.path.abspath(path), CONFIG_FILE)
+  if not os.path.exists(file):
+    raise FileNotFoundError(f"no model checkpoint at {path} (missing "
+                            f"{CONFIG_FILE})")
+  with open(file, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def load_weights(path: str, abstract_params: Any) -> Any:
+  """Reads weights written by `save_weights` into `abstract_params`' dtypes.
+
+  Args:
+    path: the directory given to `save_weights`.
+    abstract_params: pytree of arrays / ShapeDtypeStructs (e.g. the float32
+      parameters of a freshly built model); the result has their dtypes.
+  """
+  path = os.path.abspath(path)
+  stored = load_weights_config(path).get("dtype", "bfloat16")
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, stored),
+                          abstract_params)
+  with _quiet():
+    loaded = ocp.StandardCheckpointer().restore(
+        os.path.join(path, WEIGHTS_DIR), abstract)
+  return jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), loaded,
+                      abstract_params)

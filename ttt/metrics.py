@@ -1,0 +1,73 @@
+"""Metrics as JSON lines: `workdir/metrics.jsonl`, written by process 0.
+
+Every record is one JSON object per line with at least `step`; values are
+plain floats/ints/strings (arrays are converted). Records are echoed by absl
+logging. `check_finite` raises `FloatingPointError` naming the step when a
+loss goes non-finite, so a diverging run stops loudly instead of writing
+NaNs for hours.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+
+def _plain(value: Any):
+  if isinstance(value, (str, bool, int)) or value is None:
+    return value
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  arr = np.asarray(value)
+  if arr.ndim == 0:
+    item = arr.item()
+    return float(item) if isinstance(item, float) else item
+  return arr.tolist()
+
+
+class MetricsWriter:
+  """Appends JSON lines to `path`; a no-op on processes other than 0."""
+
+  def __init__(self, path: str, *, enabled: bool | None = None,
+               echo: bool = True):
+    self.path = path
+    self.enabled = (jax.process_index() == 0) if enabled is None else enabled
+    self.echo = echo
+    if self.enabled:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+  def write(self, step: int, **values) -> dict:
+    """Writes one record `{step, time, **values}` and returns it."""
+    record = dict(step=int(step), time=round(time.time(), 3),
+                  **{k: _plain(v) for k, v in values.items()})
+    if self.enabled:
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+      if self.echo:
+        logging.info("metrics %s", json.dumps(record))
+    return record
+
+
+def read(path: str) -> list[dict]:
+  """All records of a metrics file ([] when it does not exist)."""
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def check_finite(name: str, value, step: int) -> None:
+  """Raises FloatingPointError when `value` (a scalar) is NaN or infinite."""
+  v = float(np.asarray(value))
+  if not math.isfinite(v):
+    raise FloatingPointError(f"{name} is {v} at step {step}; stopping (the "
+                             "last checkpoint is intact)")
