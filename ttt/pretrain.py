@@ -52,8 +52,17 @@ import optax
 from absl import logging
 from flax import nnx
 
-from ttt import (arc, augment, ckpt, configlib, data, inner_loop, metrics,
-                 sharding, tokens)
+from ttt import (
+  arc,
+  augment,
+  ckpt,
+  configlib,
+  data,
+  inner_loop,
+  metrics,
+  sharding,
+  tokens,
+)
 from ttt import model as model_lib
 
 
