@@ -25,8 +25,9 @@ same invocation (`--lora-impl peft`, sequential, and `--lora-impl stacked`)
 and its JSON lines are included under `peer`.
 
 CPU default (about a minute): python benchmarks/ttt_throughput.py
-GPU (base):  python benchmarks/ttt_throughput.py --preset base --tasks 16,64,256 \
-    --seq_len 1024 --batch 8 --steps 32 --rank 16 --peer peers/torch_peft_ttt.py
+GPU (base):  python benchmarks/ttt_throughput.py --preset base \
+    --tasks 16,64,256 --seq_len 1024 --batch 8 --steps 32 --rank 16 \
+    --peer peers/torch_peft_ttt.py
 """
 
 import argparse
@@ -43,21 +44,8 @@ import numpy as np
 from flax import nnx
 
 from configs import common
-from ttt import data, inner_loop, lora
+from ttt import data, inner_loop, lora, metrics
 from ttt import model as model_lib
-
-PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4),
-               ("A100", 312.0))
-
-
-def peak_tflops(override):
-  if override:
-    return override
-  kind = jax.devices()[0].device_kind
-  for name, peak in PEAK_TFLOPS:
-    if name in kind:
-      return peak
-  return None
 
 
 def flops_per_token(cfg, seq_len: int, mode: str, n_lora: int) -> float:
@@ -98,12 +86,6 @@ def timed(fn, *xs, repeat=2):
     jax.block_until_ready(fn(*xs))
     best = min(best, time.perf_counter() - t0)
   return best
-
-
-def peak_memory_gb():
-  stats = jax.devices()[0].memory_stats() or {}
-  peak = stats.get("peak_bytes_in_use")
-  return None if peak is None else round(peak / 2**30, 2)
 
 
 def run_one(args, cfg, n_tasks, graphdef, base, params):
@@ -183,7 +165,7 @@ def main():
   graphdef, params, base = lora.split(model)
   n_lora = 0 if args.mode == "full" else model_lib.count_params(params)
   fpt = flops_per_token(cfg, args.seq_len, args.mode, n_lora)
-  peak = peak_tflops(args.peak_tflops)
+  peak = metrics.peak_tflops(args.peak_tflops)
   sweep = []
   for n_tasks in (int(t) for t in args.tasks.split(",")):
     r = run_one(args, cfg, n_tasks, graphdef, base, params)
@@ -197,7 +179,7 @@ def main():
       **{k: last.get(k) for k in (
           "tokens_per_s", "looped_tokens_per_s", "speedup_vs_looped",
           "tasks_per_s", "looped_tasks_per_s", "step_ms", "mfu")},
-      peak_memory_gb=peak_memory_gb(),
+      peak_memory_gb=metrics.peak_memory_gb(),
       workload=dict(preset=args.preset, mode=args.mode, seq_len=args.seq_len,
                     batch=args.batch, steps=args.steps, rank=args.rank,
                     targets=args.targets, dtype=args.dtype,

@@ -71,3 +71,26 @@ def check_finite(name: str, value, step: int) -> None:
   if not math.isfinite(v):
     raise FloatingPointError(f"{name} is {v} at step {step}; stopping (the "
                              "last checkpoint is intact)")
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), for MFU.
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4),
+               ("A100", 312.0))
+
+
+def peak_tflops(override: float | None = None) -> float | None:
+  """The first device's dense bf16 peak (None when unknown, e.g. CPU)."""
+  if override:
+    return override
+  kind = jax.devices()[0].device_kind
+  for name, peak in PEAK_TFLOPS:
+    if name in kind:
+      return peak
+  return None
+
+
+def peak_memory_gb() -> float | None:
+  """Peak device memory in use so far (GiB), where the backend reports it."""
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else round(peak / 2**30, 2)
