@@ -177,15 +177,42 @@ class Attention(nnx.Module):
     self.num_heads = config.num_heads
     self.head_dim = config.head_dim
 
-  def __call__(self, x, angles, kv_valid=None):
+  def _qkv(self, x, angles):
     b, length, _ = x.shape
     shape = (b, length, self.num_heads, self.head_dim)
     q = apply_rope(self.q(x).reshape(shape), angles)
     k = apply_rope(self.k(x).reshape(shape), angles)
-    v = self.v(x).reshape(shape)
+    return q, k, self.v(x).reshape(shape)
+
+  def __call__(self, x, angles, kv_valid=None):
+    """Full causal attention; returns (out [B, L, d], (k, v) [B, L, H, D])."""
+    b, length, _ = x.shape
+    q, k, v = self._qkv(x, angles)
     mask = None if kv_valid is None else kv_valid[:, None, None, :]
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
-    return self.o(out.reshape(b, length, -1))
+    return self.o(out.reshape(b, length, -1)), (k, v)
+
+  def step(self, x, angles, cache, index):
+    """One new position per row against a KV cache.
+
+    Args:
+      x: [B, 1, d]; angles: [B, 1, D / 2].
+      cache: (k, v) [B, C, H, D]; index: int32[B], where row b's new key
+        goes (keys at positions <= index are attended to).
+
+    Returns:
+      (out [B, 1, d], updated cache).
+    """
+    b = x.shape[0]
+    q, k, v = self._qkv(x, angles)
+    rows = jnp.arange(b)
+    k_cache = cache[0].at[rows, index].set(k[:, 0].astype(cache[0].dtype))
+    v_cache = cache[1].at[rows, index].set(v[:, 0].astype(cache[1].dtype))
+    visible = jnp.arange(k_cache.shape[1])[None, :] <= index[:, None]
+    out = jax.nn.dot_product_attention(
+        q, k_cache.astype(q.dtype), v_cache.astype(q.dtype),
+        mask=visible[:, None, None, :])
+    return self.o(out.reshape(b, 1, -1)), (k_cache, v_cache)
 
 
 class MLP(nnx.Module):
@@ -221,18 +248,27 @@ class Block(nnx.Module):
     self.mlp = MLP(config, adapter, rngs)
 
   def __call__(self, x, angles, kv_valid=None):
-    x = x + self.attn(self.norm1(x), angles, kv_valid).astype(x.dtype)
-    return x + self.mlp(self.norm2(x)).astype(x.dtype)
+    a, kv = self.attn(self.norm1(x), angles, kv_valid)
+    x = x + a.astype(x.dtype)
+    return x + self.mlp(self.norm2(x)).astype(x.dtype), kv
+
+  def step(self, x, angles, cache, index):
+    a, cache = self.attn.step(self.norm1(x), angles, cache, index)
+    x = x + a.astype(x.dtype)
+    return x + self.mlp(self.norm2(x)).astype(x.dtype), cache
 
 
 class Transformer(nnx.Module):
   """Decoder-only transformer over ARC token sequences.
 
-  Call: `model(tokens, positions=None, coords=None, kv_valid=None)`:
+  Call: `model(tokens, positions=None, coords=None, kv_valid=None,
+  return_cache=False)`:
     tokens: int32[B, L]; positions: int32[B, L] (default 0..L-1);
     coords: int32[B, L, 3] (needed for rope='3d'); kv_valid: optional
     bool[B, L], False for key positions no query may attend to (padding).
-  Returns float32[B, L, vocab_size] logits.
+  Returns float32[B, L, vocab_size] logits, and with `return_cache` also
+  the KV cache: a tuple over layers of (k, v) [B, P + L, H, D] (P =
+  `num_prefix` learned prefix positions first). `step` continues from it.
   """
 
   def __init__(self, config: ModelConfig, adapter: AdapterConfig | None = None,
@@ -253,7 +289,8 @@ class Transformer(nnx.Module):
       self.prefix = PrefixParam(0.02 * jax.random.normal(
           rngs.lora(), (self.num_prefix, config.d_model), jnp.float32))
 
-  def __call__(self, tokens, positions=None, coords=None, kv_valid=None):
+  def __call__(self, tokens, positions=None, coords=None, kv_valid=None,
+               return_cache=False):
     b, length = tokens.shape
     x = self.embed(tokens).astype(jnp.float32)  # fp32 residual stream
     if positions is None:
@@ -276,10 +313,38 @@ class Transformer(nnx.Module):
       if kv_valid is not None:
         kv_valid = jnp.concatenate([jnp.ones((b, p), bool), kv_valid], axis=1)
     angles = rope_angles(self.config, positions, coords)
+    cache = []
     for block in self.blocks:
-      x = block(x, angles, kv_valid)
+      x, kv = block(x, angles, kv_valid)
+      cache.append(kv)
     logits = self.head(self.norm(x)).astype(jnp.float32)
-    return logits[:, p:] if p else logits
+    logits = logits[:, p:] if p else logits
+    return (logits, tuple(cache)) if return_cache else logits
+
+  def step(self, tokens, positions, coords, cache, index):
+    """Logits for one new token per row, given the KV cache.
+
+    Args:
+      tokens: int32[B]; positions: int32[B] (1-D token positions, prefix
+        not counted); coords: int32[B, 3].
+      cache: from `__call__(..., return_cache=True)`, padded along its
+        length axis to hold the new positions.
+      index: int32[B] the token position written (prefix not counted);
+        usually equal to `positions`.
+
+    Returns:
+      (float32[B, vocab_size] logits, updated cache).
+    """
+    p = self.num_prefix
+    x = self.embed(tokens[:, None]).astype(jnp.float32)
+    angles = rope_angles(self.config, (positions + p)[:, None],
+                         coords[:, None, :])
+    new_cache = []
+    for block, kv in zip(self.blocks, cache, strict=True):
+      x, kv = block.step(x, angles, kv, index + p)
+      new_cache.append(kv)
+    logits = self.head(self.norm(x)).astype(jnp.float32)[:, 0]
+    return logits, tuple(new_cache)
 
 
 def make_model(config, adapter=None, key: jax.Array | None = None
