@@ -96,3 +96,11 @@ def model_config(preset: str = "tiny", **overrides
   out.update(MODEL_PRESETS[preset])
   out.update(overrides)
   return ml_collections.ConfigDict(out)
+
+
+def checkpoint_path(name: str) -> str:
+  """`checkpoints/<name>` of this repository (absolute)."""
+  import os
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return os.path.join(root, "checkpoints", name)

@@ -55,6 +55,8 @@ class TTTConfig:
 def make_schedule(cfg: TTTConfig) -> optax.Schedule:
   """Linear warm-up to `lr`, then cosine decay to 0 at `steps`."""
   warmup = int(round(cfg.warmup_frac * cfg.steps))
+  if warmup == 0:
+    return optax.cosine_decay_schedule(cfg.lr, max(cfg.steps, 1))
   return optax.warmup_cosine_decay_schedule(
       0.0, cfg.lr, warmup_steps=warmup, decay_steps=max(cfg.steps, warmup + 1),
       end_value=0.0)

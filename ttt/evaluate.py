@@ -1,0 +1,256 @@
+"""Scores, submission files, renderings and the report of a TTT run.
+
+Everything here is host-side numpy over plain Python records: one record per
+task (`TaskResult`-shaped dicts, as stored in `results.json`), each holding
+per test input the two attempts, every candidate (grid, count, the views that
+produced it) and the truth when known.
+
+* `score(results)`: pass@2 per test input and per task (a task counts when
+  all its test inputs are right; fractional credit too), candidate coverage
+  (the truth among all candidates), per-category accuracy of single views,
+  malformed decodes; all over tasks with known answers.
+* `submission(results, task_ids)`: the ARC Prize format
+  `{task_id: [{"attempt_1": grid, "attempt_2": grid}, ...]}` with a 1x1 zero
+  grid for skipped tasks and missing attempts (so every task is present).
+* `render_png(path, rows)`: a PNG of grids in ARC's palette (no plotting
+  library; zlib + struct), `render_task` lays out demonstrations, the test
+  input, the truth and the two attempts.
+* `write_report(workdir, results, summary, ...)`: `report.md` with the
+  score table, per-category accuracy, skipped tasks and renderings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+
+import numpy as np
+
+FALLBACK = [[0]]
+
+# ARC's usual colour palette (RGB), index = colour.
+PALETTE = np.array([
+    [0, 0, 0], [0, 116, 217], [255, 65, 54], [46, 204, 64], [255, 220, 0],
+    [170, 170, 170], [240, 18, 190], [255, 133, 27], [127, 219, 255],
+    [135, 12, 37]], np.uint8)
+
+
+def grid_list(grid) -> list[list[int]]:
+  return np.asarray(grid).astype(int).tolist()
+
+
+def same(a, b) -> bool:
+  if a is None or b is None:
+    return False
+  a, b = np.asarray(a), np.asarray(b)
+  return a.shape == b.shape and bool((a == b).all())
+
+
+def score(results: Iterable[dict]) -> dict:
+  """Aggregate scores over task records (see module docstring).
+
+  Returns:
+    dict with `tasks`, `scored_tasks`, `skipped_tasks`, `pass2_tasks`
+    (count), `pass2` (fraction of scored tasks; MARC's metric divides by
+    all tasks: `pass2_all`), `pass2_fractional`, `test_inputs`,
+    `pass2_inputs`, `coverage` (fraction of test inputs whose truth is among
+    the candidates), `attempt1_inputs`, `malformed`, `decodes`,
+    `category_accuracy` {category: fraction of single predictions right}.
+  """
+  results = list(results)
+  out = dict(tasks=len(results), scored_tasks=0, skipped_tasks=0,
+             pass2_tasks=0, fractional=0.0, test_inputs=0, pass2_inputs=0,
+             covered_inputs=0, attempt1_inputs=0, malformed=0, decodes=0)
+  cat_right: dict[str, int] = {}
+  cat_total: dict[str, int] = {}
+  for r in results:
+    if r.get("skipped"):
+      out["skipped_tasks"] += 1
+      continue
+    out["malformed"] += r.get("malformed", 0)
+    out["decodes"] += r.get("decodes", 0)
+    inputs = [t for t in r["tests"] if t.get("truth") is not None]
+    if not inputs:
+      continue
+    out["scored_tasks"] += 1
+    right = [bool(t["correct"]) for t in inputs]
+    out["test_inputs"] += len(inputs)
+    out["pass2_inputs"] += sum(right)
+    out["fractional"] += sum(right) / len(right)
+    out["pass2_tasks"] += all(right)
+    for t in inputs:
+      out["covered_inputs"] += any(same(c["grid"], t["truth"])
+                                   for c in t["candidates"])
+      out["attempt1_inputs"] += same(t["attempt_1"], t["truth"])
+      for c in t["candidates"]:
+        ok = same(c["grid"], t["truth"])
+        for cat, n in c.get("categories", {}).items():
+          cat_total[cat] = cat_total.get(cat, 0) + n
+          cat_right[cat] = cat_right.get(cat, 0) + n * ok
+      for cat, n in t.get("malformed_by_category", {}).items():
+        cat_total[cat] = cat_total.get(cat, 0) + n
+  n = max(out["scored_tasks"], 1)
+  out["pass2"] = out["pass2_tasks"] / n
+  out["pass2_all"] = out["pass2_tasks"] / max(out["tasks"], 1)
+  out["pass2_fractional"] = out.pop("fractional") / n
+  out["coverage"] = out["covered_inputs"] / max(out["test_inputs"], 1)
+  out["category_accuracy"] = {c: cat_right.get(c, 0) / cat_total[c]
+                              for c in sorted(cat_total)}
+  return out
+
+
+def submission(results: Iterable[dict]) -> dict:
+  """The ARC Prize submission dict, every task present."""
+  out = {}
+  for r in results:
+    tests = r.get("tests") or [{} for _ in range(r.get("num_tests", 1))]
+    out[r["id"]] = [
+        dict(attempt_1=t.get("attempt_1") or FALLBACK,
+             attempt_2=t.get("attempt_2") or t.get("attempt_1") or FALLBACK)
+        for t in tests]
+  return out
+
+
+def check_submission(sub: dict) -> None:
+  """Raises ValueError unless `sub` follows the ARC Prize format."""
+  if not isinstance(sub, dict):
+    raise ValueError("submission must be a dict of task id -> list")
+  for task_id, attempts in sub.items():
+    if not isinstance(attempts, list) or not attempts:
+      raise ValueError(f"{task_id}: expected a non-empty list of attempts")
+    for n, a in enumerate(attempts):
+      if set(a) != {"attempt_1", "attempt_2"}:
+        raise ValueError(f"{task_id}[{n}]: keys must be attempt_1/attempt_2")
+      for k, g in a.items():
+        if (not isinstance(g, list) or not g or not all(
+            isinstance(row, list) and len(row) == len(g[0]) and row
+            for row in g) or not all(isinstance(v, int) and 0 <= v <= 9
+                                     for row in g for v in row)
+            or len(g) > 30 or len(g[0]) > 30):
+          raise ValueError(f"{task_id}[{n}].{k} is not a valid grid")
+
+
+# --- renderings --------------------------------------------------------------
+
+
+def _png(path: str, rgb: np.ndarray) -> None:
+  h, w, _ = rgb.shape
+  raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+
+  def chunk(kind, body):
+    return (struct.pack(">I", len(body)) + kind + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+  data = (b"\x89PNG\r\n\x1a\n"
+          + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+          + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def _grid_image(grid, cell: int) -> np.ndarray:
+  g = np.asarray(grid, int)
+  img = PALETTE[g].repeat(cell, 0).repeat(cell, 1)
+  img[::cell, :] = 60  # grid lines
+  img[:, ::cell] = 60
+  return img
+
+
+def render_png(path: str, rows: list[list], cell: int = 10, gap: int = 12
+               ) -> None:
+  """Writes a PNG: each row of `rows` is a list of grids (None = blank)."""
+  images = [[None if g is None else _grid_image(g, cell) for g in row]
+            for row in rows]
+  row_h = [max([i.shape[0] for i in r if i is not None] or [cell])
+           for r in images]
+  n_cols = max(len(r) for r in images)
+  col_w = [max([r[c].shape[1] for r in images if c < len(r)
+                and r[c] is not None] or [cell]) for c in range(n_cols)]
+  height = sum(row_h) + gap * (len(images) + 1)
+  width = sum(col_w) + gap * (n_cols + 1)
+  canvas = np.full((height, width, 3), 255, np.uint8)
+  y = gap
+  for r, h in zip(images, row_h, strict=True):
+    x = gap
+    for c, img in enumerate(r):
+      if img is not None:
+        canvas[y:y + img.shape[0], x:x + img.shape[1]] = img
+      x += col_w[c] + gap
+    y += h + gap
+  _png(path, canvas)
+
+
+def render_task(path: str, task, record: dict) -> None:
+  """Demonstrations (input, output), then per test input: input, truth,
+  attempt 1, attempt 2."""
+  rows = [[i, o] for i, o in task.train]
+  for n, t in enumerate(record.get("tests", [])):
+    rows.append([task.test[n][0], t.get("truth"), t.get("attempt_1"),
+                 t.get("attempt_2")])
+  render_png(path, rows)
+
+
+def write_json(path: str, obj) -> None:
+  """Writes JSON atomically (temporary file, then rename)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f)
+  os.replace(tmp, path)
+
+
+def write_report(workdir: str, results: list[dict], summary: dict,
+                 tasks_by_id: dict, timings: dict, header: str = "",
+                 num_renderings: int = 8) -> str:
+  """Writes `report.md` (and PNGs under `renderings/`); returns its path."""
+  os.makedirs(os.path.join(workdir, "renderings"), exist_ok=True)
+  s = summary
+  lines = ["# TTT run report", ""]
+  if header:
+    lines += [header, ""]
+  lines += [
+      "| metric | value |", "|---|---|",
+      f"| tasks | {s['tasks']} ({s['skipped_tasks']} skipped, "
+      f"{s['scored_tasks']} scored) |",
+      f"| pass@2 (tasks) | {s['pass2_tasks']}/{s['scored_tasks']} = "
+      f"{100 * s['pass2']:.1f}% (of all tasks: {100 * s['pass2_all']:.1f}%)"
+      " |",
+      f"| pass@2 fractional | {100 * s['pass2_fractional']:.1f}% |",
+      f"| pass@2 (test inputs) | {s['pass2_inputs']}/{s['test_inputs']} |",
+      f"| attempt 1 right (test inputs) | {s['attempt1_inputs']}/"
+      f"{s['test_inputs']} |",
+      f"| candidate coverage | {100 * s['coverage']:.1f}% |",
+      f"| malformed decodes | {s['malformed']}/{s['decodes']} |",
+  ]
+  for k, v in timings.items():
+    lines.append(f"| time: {k} | {v:.1f}s |")
+  lines += ["", "## Accuracy of single predictions, by view category", "",
+            "| category | accuracy |", "|---|---|"]
+  for cat, acc in s["category_accuracy"].items():
+    lines.append(f"| {cat} | {100 * acc:.1f}% |")
+  skipped = [r for r in results if r.get("skipped")]
+  if skipped:
+    lines += ["", "## Skipped tasks", ""]
+    lines += [f"- `{r['id']}`: {r['skipped']}" for r in skipped]
+  lines += ["", "## Sample of tasks", "",
+            "Each picture: demonstrations (input, output) one per row, then "
+            "per test input: input, truth, attempt 1, attempt 2.", ""]
+  scored = [r for r in results if not r.get("skipped")]
+  solved = [r for r in scored if r.get("correct")]
+  sample = (solved[:num_renderings // 2]
+            + [r for r in scored if not r.get("correct")])[:num_renderings]
+  for r in sample:
+    name = f"renderings/{r['id']}.png"
+    render_task(os.path.join(workdir, name), tasks_by_id[r["id"]], r)
+    verdict = ("solved" if r.get("correct") else
+               "unscored" if r.get("correct") is None else "not solved")
+    lines += [f"### `{r['id']}` — {verdict}", "", f"![{r['id']}]({name})", ""]
+  path = os.path.join(workdir, "report.md")
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  os.replace(path + ".tmp", path)
+  return path
