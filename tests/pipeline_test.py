@@ -163,3 +163,18 @@ def test_launch_ttt_smoke(tmp_path):
   assert "pass@2: 0/2 tasks" in out.stdout
   assert "UNTRAINED" in out.stderr
   _check_outputs(str(tmp_path), 2)
+
+
+def test_trim_length_keeps_every_real_token():
+  from ttt import data, tokens
+
+  task = arc.load_arc(1, "evaluation")[0]
+  ds = data.build_ttt_dataset(task, dict(max_len=4096, num_sequences=6))
+  stacked = pipeline._stack([ds, ds])
+  cut = pipeline.trim_length(stacked, 128)
+  assert cut.tokens.shape[-1] % 128 == 0 or cut.tokens.shape[-1] == 4096
+  assert cut.tokens.shape[-1] < 4096
+  n = cut.tokens.shape[-1]
+  assert (stacked.tokens[..., n:] == tokens.PAD).all()
+  assert stacked.mask[..., n:].sum() == 0
+  np.testing.assert_array_equal(cut.mask, stacked.mask[..., :n])

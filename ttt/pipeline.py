@@ -223,6 +223,18 @@ class _Query:
     self.predictions: list[np.ndarray | None] = []  # task frame
 
 
+def trim_length(ds: data.TTTDataset, bucket: int) -> data.TTTDataset:
+  """Cuts the sequence axis of [T, N, L] datasets to the longest real row,
+  rounded up to a multiple of `bucket` (padding costs compute, not
+  accuracy: it is masked out of the loss and never attended to)."""
+  real = (ds.tokens != tokens.PAD).any(axis=tuple(range(ds.tokens.ndim - 1)))
+  longest = int(np.flatnonzero(real).max()) + 1 if real.any() else 1
+  length = min(ds.tokens.shape[-1], -(-longest // bucket) * bucket)
+  return data.TTTDataset(ds.tokens[..., :length], ds.mask[..., :length],
+                         ds.positions[..., :length],
+                         ds.coords[..., :length, :], ds.valid)
+
+
 def _groups(config, ttt_fields: dict) -> ml_collections.ConfigDict:
   """The model/adapter/ttt groups the inner loop reads."""
   return ml_collections.ConfigDict(dict(
@@ -239,7 +251,7 @@ def _train_adapters(config, ttt_cfg, switches, graphdef, base, template,
       jax.random.key(config.run.seed), 1), n, template if full else None)
   if not switches.enabled:
     return init, dict(final_loss=[None] * n, nonfinite=[False] * n)
-  ds = _stack(datasets)
+  ds = trim_length(_stack(datasets), config.decode.get("prompt_bucket", 128))
   if switches.shared_adapter:
     rows = jax.tree.map(lambda x: x.reshape((1, -1) + x.shape[2:]), ds)
     shared_cfg = dict(dataclasses.asdict(ttt_cfg))
