@@ -1,0 +1,100 @@
+"""sampling: TTT as approximate sampling (Golowich, Moitra, Rohatgi 2026).
+
+Sample from μ* on the leaves of a depth-n tree given an oracle μ̂ of
+approximate subtree masses. Entry points:
+
+* `load_instance(path_or_dict)`, `make_instance(S, n, target, pattern,
+  alpha, seed, **params)` -- `sampling.trees`;
+* `sample(instance, method, key, num_samples, **params)` ->
+  `(samples int32[N, n], stats)`, stats per chain (numpy): `accepted`,
+  `oracle_calls`, `moves` (+ method-specific counters);
+* `exact_output_law(instance, method, **params)` -> float64[S^n] --
+  `sampling.exact`.
+
+Methods and parameters (the same names in both):
+  'top_down'                                      §2a
+  'rejection'  alpha, max_proposals               §2b
+  'sir'        proposals                          §2b (sample only)
+  'js'         steps, leaf_loop, readout          §2c
+  'lifted'     steps, leaf_loop                   §2d (our reconstruction)
+  'vgb'        steps, leaf_loop, form ('sj'|'mh') §2e
+  'ttt_elim'   family, delta, imh_steps           §2f (our design)
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from sampling import bounded, exact, trees, walks
+from sampling.exact import exact_output_law
+from sampling.trees import Instance, InstanceError, load_instance, make_instance
+
+METHODS = ("top_down", "rejection", "sir", "js", "lifted", "vgb", "ttt_elim")
+
+__all__ = ["Instance", "InstanceError", "METHODS", "exact_output_law",
+           "load_instance", "make_chain", "make_instance", "sample"]
+
+_CACHE: dict = {}
+
+
+def make_chain(instance: Instance, method: str, *, steps: int = 256,
+               leaf_loop: float | None = None, readout: str = "r1",
+               form: str = "sj", alpha: float | None = None,
+               max_proposals: int = 1000, proposals: int = 16,
+               family=None, delta: float = 0.01, imh_steps: int = 0):
+  """The one-chain function `chain(key) -> (x int32[n], stats)`."""
+  if method == "top_down":
+    return walks.make_top_down(instance)
+  if method == "rejection":
+    return walks.make_rejection(instance, alpha, max_proposals)
+  if method == "sir":
+    return walks.make_sir(instance, proposals)
+  if method == "js" or (method == "vgb" and form == "sj"):
+    return walks.make_js(instance, steps, leaf_loop or 0.0, readout)
+  if method == "vgb":
+    if form != "mh":
+      raise ValueError("vgb form must be 'sj' or 'mh'")
+    return walks.make_vgb_mh(instance, steps, leaf_loop or 0.0)
+  if method == "lifted":
+    return walks.make_lifted(instance, steps, leaf_loop)
+  if method == "ttt_elim":
+    fam = family if family is not None else bounded.make_family(instance)
+    return bounded.make_sampler(instance, fam, delta, imh_steps)[0]
+  raise ValueError(f"unknown method {method!r}; known: {METHODS}")
+
+
+def sample(instance: Instance, method: str, key: jax.Array,
+           num_samples: int, **params):
+  """Runs `num_samples` independent chains in one compiled program.
+
+  Returns:
+    (samples int32[N, n], stats dict of numpy arrays [N]). For walks a
+    sample counts only where `stats['accepted']` (the read-out landed on a
+    leaf); rejected chains hold wherever they stopped.
+  """
+  cache_key = (id(instance), method, tuple(sorted(
+      (k, v if not isinstance(v, (list, dict, np.ndarray, tuple))
+       else id(v)) for k, v in params.items())))
+  fn = _CACHE.get(cache_key)
+  if fn is None or fn[0] is not instance:
+    chain = make_chain(instance, method, **params)
+    fn = (instance, jax.jit(jax.vmap(chain)))
+    _CACHE[cache_key] = fn
+  keys = jax.random.split(key, num_samples)
+  xs, stats = fn[1](keys)
+  return np.asarray(xs), {k: np.asarray(v) for k, v in stats.items()}
+
+
+def empirical_law(samples: np.ndarray, S: int,
+                  accepted: np.ndarray | None = None) -> np.ndarray:
+  """The empirical leaf law float64[S^n] of (accepted) samples."""
+  x = np.asarray(samples)
+  if accepted is not None:
+    x = x[np.asarray(accepted, bool)]
+  n = x.shape[1]
+  idx = (x * (S ** np.arange(n - 1, -1, -1))).sum(1)
+  counts = np.bincount(idx, minlength=S ** n).astype(np.float64)
+  return counts / max(counts.sum(), 1.0)
+
+

@@ -1,0 +1,561 @@
+"""Instances: a tree Σ^{≤n}, a target μ* on its leaves and an oracle μ̂.
+
+An `Instance` (frozen, hashable by identity) holds the alphabet size S, the
+depth n, a target family and an oracle (error pattern or table), all in log
+space. Targets (`../shared/docs/METHOD_SAMPLING.md` §3.2):
+
+* 'uniform'  U: w ≡ 1, log M(v) = (n − |v|) log S.
+* 'product'  P(p): w(x) = Π p(x_i), M(v) = Π_{i ≤ |v|} p(v_i).
+* 'ar'       AR(β): conditionals c(v, ·) = softmax(β g(hash(v), ·)), g
+             Gumbel noise from a counter-based hash of the prefix; M(v) =
+             Π c (exact prefix marginals of an autoregressive model).
+* 'dfa'      DFA tilt: π_ref = U or P(p), τ = 1[automaton accepts];
+             M(v) = π_ref(v) · V[|v|, state(v)] with V from a backward DP.
+             Automata: 'dyck' (ballot: height ≥ 0 always, = 0 at the end;
+             S = 2, symbol 0 opens), 'parity' (even number of symbol 1),
+             'at_least' (at least m symbols 1), 'avoid' (never symbol a).
+* 'table'    explicit log leaf weights, float[S^n] (small trees; leaves
+             indexed by the base-S integer of the sequence, first symbol
+             most significant).
+
+Oracles: μ̂(v) = M(v) · α^{s(v)} at internal non-root nodes, exact at the
+root and at leaves (E0), with error pattern s (§3.2): 'exact', 'depth',
+'slow', 'sibling', 'combo', 'random', 'randsign', 'adv_td' -- or an explicit
+table of log μ̂ for internal nodes in level order (root first).
+
+Walks carry a `Prefix` state (arrays over depth 0..n: tokens, rolling hash,
+log π_ref, log M, log μ̂, DFA state, base-S value) updated in O(1) per push;
+a pop only decrements the depth. `children(inst, prefix, d)` gives log M,
+log μ̂ and log π_ref(a | v) of the S children of the depth-d node in one
+call (S queries).
+
+`load_instance(path_or_dict)` reads the JSON form (see `instance_from_json`);
+bad instances raise `InstanceError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TARGETS = ("uniform", "product", "ar", "dfa", "table")
+PATTERNS = ("exact", "depth", "slow", "sibling", "combo", "random",
+            "randsign", "adv_td")
+AUTOMATA = ("dyck", "parity", "at_least", "avoid")
+MAX_DEPTH = 64
+MAX_TABLE_LEAVES = 1 << 22
+
+
+class InstanceError(ValueError):
+  """An instance that cannot be used, with what is wrong."""
+
+
+# --- hashing -----------------------------------------------------------------
+
+_GOLDEN = np.uint32(0x9E3779B1)
+
+
+def mix32(x):
+  """A 32-bit integer finaliser (xor-shift-multiply); works on jnp/np."""
+  xp = jnp if isinstance(x, jax.Array) else np
+  x = xp.asarray(x, xp.uint32)
+  x = x ^ (x >> 16)
+  x = x * xp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * xp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def child_hash(h, a):
+  """Rolling prefix hash: hash(v·a) from hash(v)."""
+  xp = jnp if isinstance(h, jax.Array) else np
+  return mix32(xp.asarray(h, xp.uint32) * _GOLDEN
+               + xp.asarray(a, xp.uint32) + xp.uint32(1))
+
+
+def hash_uniform(h):
+  """A float32 in (0, 1) from a hash."""
+  return ((h >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+# --- the instance ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Instance:
+  """A sampling problem (see module docstring). Build with `make_instance`.
+
+  Attributes:
+    S, n: alphabet size and depth.
+    target: the target family name; params: its parameters (JSON-able).
+    pattern: the oracle's error pattern ('table' for an explicit oracle).
+    alpha: the multiplicative error parameter α ≥ 1; seed: the oracle's.
+    arrays: numpy constants the oracle needs (tables, DP values).
+  """
+
+  S: int
+  n: int
+  target: str
+  params: dict
+  pattern: str
+  alpha: float
+  seed: int
+  arrays: dict
+
+  @property
+  def log_alpha(self) -> float:
+    return math.log(self.alpha)
+
+  @property
+  def num_nodes(self) -> int:
+    return num_nodes(self.S, self.n)
+
+  def to_json(self) -> dict:
+    """The JSON form (`instance_from_json` reads it back)."""
+    target = dict(kind=self.target, **self.params)
+    if self.target == "table":
+      target["log_weights"] = _floats(self.arrays["leaf_logw"])
+    if self.pattern == "table":
+      oracle = dict(kind="table", log_mu_hat=_floats(
+          self.arrays["oracle_internal"]))
+    else:
+      oracle = dict(pattern=self.pattern, alpha=self.alpha, seed=self.seed)
+    return dict(alphabet_size=self.S, depth=self.n, target=target,
+                oracle=oracle)
+
+
+def _floats(a) -> list:
+  return [None if not np.isfinite(x) else float(x) for x in np.asarray(a)]
+
+
+def num_nodes(S: int, n: int) -> int:
+  """(S^{n+1} − 1) / (S − 1): nodes of the full tree, root included."""
+  return (S ** (n + 1) - 1) // (S - 1)
+
+
+def level_offset(S: int, d: int) -> int:
+  """Index of the first depth-d node in level order."""
+  return (S ** d - 1) // (S - 1)
+
+
+def _dfa(name: str, S: int, m: int, avoid: int):
+  """(transition int32[Q, S], accepting bool[Q], start state)."""
+  if name == "dyck":
+    if S != 2:
+      raise InstanceError("the 'dyck' automaton needs alphabet_size 2")
+    # states: heights 0..D plus a dead state D+1
+    depth_cap = 65
+    q = depth_cap + 2
+    dead = q - 1
+    trans = np.full((q, 2), dead, np.int32)
+    for h in range(depth_cap + 1):
+      trans[h, 0] = min(h + 1, dead)
+      trans[h, 1] = h - 1 if h > 0 else dead
+    acc = np.zeros(q, bool)
+    acc[0] = True
+    return trans, acc, 0
+  if name == "parity":
+    trans = np.zeros((2, S), np.int32)
+    for s in range(2):
+      for a in range(S):
+        trans[s, a] = s ^ int(a == 1)
+    return trans, np.array([True, False]), 0
+  if name == "at_least":
+    q = m + 1
+    trans = np.zeros((q, S), np.int32)
+    for s in range(q):
+      for a in range(S):
+        trans[s, a] = min(s + int(a == 1), m)
+    acc = np.zeros(q, bool)
+    acc[m] = True
+    return trans, acc, 0
+  if name == "avoid":
+    trans = np.zeros((2, S), np.int32)
+    trans[0] = 0
+    trans[0, avoid] = 1
+    trans[1] = 1
+    return trans, np.array([True, False]), 0
+  raise InstanceError(f"unknown automaton {name!r}; known: {AUTOMATA}")
+
+
+def _log_p(S: int, p) -> np.ndarray:
+  """Log symbol probabilities from `p` (a float for symbol 1 when S = 2,
+  else a list of S numbers summing to 1)."""
+  if p is None:
+    probs = np.full(S, 1.0 / S)
+  elif np.ndim(p) == 0:
+    if S != 2:
+      raise InstanceError("a scalar p needs alphabet_size 2 (else give S "
+                          "probabilities)")
+    probs = np.array([1.0 - float(p), float(p)])
+  else:
+    probs = np.asarray(p, np.float64)
+  if probs.shape != (S,) or not np.isfinite(probs).all() or (
+      probs <= 0).any() or abs(probs.sum() - 1) > 1e-6:
+    raise InstanceError(f"p must give {S} positive probabilities summing "
+                        f"to 1, got {p!r}")
+  return np.log(probs)
+
+
+def make_instance(S: int = 2, n: int = 8, target: str = "uniform",
+                  pattern: str = "exact", alpha: float = 1.0, seed: int = 0,
+                  **params) -> Instance:
+  """Builds and validates an instance.
+
+  Args:
+    S, n: alphabet size (≥ 2) and depth (1..64).
+    target: one of TARGETS; params: `p` (product, dfa base), `beta` and
+      `target_seed` (ar), `automaton`, `m`, `avoid` (dfa), `log_weights`
+      (table, float[S^n]).
+    pattern: one of PATTERNS, or 'table' with `log_mu_hat` (float[(S^n −
+      1)/(S − 1)], internal nodes in level order, root first).
+    alpha: α ≥ 1; seed: seeds the 'random'/'randsign' patterns.
+
+  Raises:
+    InstanceError: naming what is wrong.
+  """
+  if not isinstance(S, (int, np.integer)) or S < 2:
+    raise InstanceError(f"alphabet_size must be an integer >= 2, got {S!r}")
+  if not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_DEPTH:
+    raise InstanceError(f"depth must be an integer in 1..{MAX_DEPTH}, got "
+                        f"{n!r}")
+  S, n = int(S), int(n)
+  if target not in TARGETS:
+    raise InstanceError(f"unknown target {target!r}; known: {TARGETS}")
+  alpha = float(alpha)
+  if not math.isfinite(alpha) or alpha < 1:
+    raise InstanceError(f"alpha must be a finite number >= 1, got {alpha}")
+  arrays: dict[str, Any] = {}
+  kept: dict[str, Any] = {}
+  log_mu_hat = params.pop("log_mu_hat", None)
+  if target == "product":
+    arrays["log_p"] = _log_p(S, params.get("p", 0.3 if S == 2 else None))
+    kept["p"] = params.pop("p", 0.3 if S == 2 else None)
+  elif target == "ar":
+    kept["beta"] = float(params.pop("beta", 1.0))
+    kept["target_seed"] = int(params.pop("target_seed", 0))
+  elif target == "dfa":
+    name = params.pop("automaton", "dyck")
+    m = int(params.pop("m", max(1, n // 2)))
+    avoid = int(params.pop("avoid", S - 1))
+    if not 0 <= avoid < S:
+      raise InstanceError(f"avoid must be a symbol in 0..{S - 1}")
+    p = params.pop("p", None)
+    kept.update(automaton=name, m=m, avoid=avoid, p=p)
+    trans, acc, start = _dfa(name, S, m, avoid)
+    log_p = _log_p(S, p)
+    logv = np.full((n + 1, trans.shape[0]), -np.inf)
+    logv[n] = np.where(acc, 0.0, -np.inf)
+    for k in range(n - 1, -1, -1):
+      terms = log_p[None, :] + logv[k + 1][trans]
+      logv[k] = _logsumexp(terms, axis=1)
+    if not np.isfinite(logv[0, start]):
+      raise InstanceError(f"the '{name}' automaton accepts no sequence of "
+                          f"length {n}: the target has no mass")
+    arrays.update(trans=trans, logv=logv, log_p=log_p,
+                  start=np.int32(start))
+  elif target == "table":
+    lw = np.asarray(params.pop("log_weights", None), dtype=np.float64)
+    if lw.ndim != 1 or lw.shape[0] != S ** n:
+      raise InstanceError(f"target log_weights must have S^n = {S ** n} "
+                          f"entries, got {lw.shape}")
+    if S ** n > MAX_TABLE_LEAVES:
+      raise InstanceError("table targets are for small trees (S^n <= "
+                          f"{MAX_TABLE_LEAVES})")
+    if np.isnan(lw).any() or (lw == np.inf).any():
+      raise InstanceError("target log_weights contain NaN or +inf")
+    if not np.isfinite(lw).any():
+      raise InstanceError("target log_weights are all -inf: no mass")
+    arrays["leaf_logw"] = lw
+    arrays["node_logm"] = _subtree_logm(lw, S, n)
+  if params:
+    raise InstanceError(f"unknown target parameters {sorted(params)} for "
+                        f"target {target!r}")
+  if pattern == "table" or log_mu_hat is not None:
+    pattern = "table"
+    if S ** n > MAX_TABLE_LEAVES:
+      raise InstanceError("table oracles are for small trees")
+    lm = np.asarray(log_mu_hat, dtype=np.float64)
+    internal = num_nodes(S, n) - S ** n
+    if lm.ndim != 1 or lm.shape[0] != internal:
+      raise InstanceError(f"oracle log_mu_hat must have (S^n - 1)/(S - 1) "
+                          f"= {internal} entries, got {lm.shape}")
+    if np.isnan(lm).any() or (lm == np.inf).any():
+      raise InstanceError("oracle log_mu_hat contains NaN or +inf")
+    arrays["oracle_internal"] = lm
+  elif pattern not in PATTERNS:
+    raise InstanceError(f"unknown error pattern {pattern!r}; known: "
+                        f"{PATTERNS + ('table',)}")
+  inst = Instance(S, n, target, kept, pattern, alpha, int(seed), arrays)
+  if pattern == "table":
+    _check_table_oracle(inst)
+  return inst
+
+
+def _logsumexp(x, axis):
+  m = np.max(x, axis=axis, keepdims=True)
+  m = np.where(np.isfinite(m), m, 0.0)
+  with np.errstate(divide="ignore"):
+    return np.squeeze(m, axis) + np.log(np.sum(np.exp(x - m), axis=axis))
+
+
+def _subtree_logm(leaf_logw: np.ndarray, S: int, n: int) -> np.ndarray:
+  """log M(v) for every node, level order."""
+  levels = [leaf_logw]
+  cur = leaf_logw
+  for _ in range(n):
+    cur = _logsumexp(cur.reshape(-1, S), axis=1)
+    levels.append(cur)
+  return np.concatenate(levels[::-1])
+
+
+def _check_table_oracle(inst: Instance) -> None:
+  """A reachable node with μ̂ = 0 while its subtree has mass is an error."""
+  S, n = inst.S, inst.n
+  logm = (inst.arrays["node_logm"] if inst.target == "table"
+          else None)
+  lm = inst.arrays["oracle_internal"]
+  reach = np.array([True])
+  for d in range(n):
+    off = level_offset(S, d)
+    mu = lm[off:off + S ** d]
+    if logm is not None:
+      m = logm[off:off + S ** d]
+      bad = reach & ~np.isfinite(mu) & np.isfinite(m)
+      if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise InstanceError(
+            f"oracle: node {_prefix(k, d, S)} (depth {d}) is reachable and "
+            "has mu_hat = 0 while its subtree has mass")
+    reach = np.repeat(reach & np.isfinite(mu), S)
+
+
+def _prefix(value: int, d: int, S: int) -> str:
+  digits = []
+  for _ in range(d):
+    digits.append(value % S)
+    value //= S
+  return "(" + ",".join(str(x) for x in digits[::-1]) + ")"
+
+
+# --- JSON --------------------------------------------------------------------
+
+
+def instance_from_json(obj: dict) -> Instance:
+  """Builds an instance from its JSON form.
+
+  `{"alphabet_size": S, "depth": n, "target": {"kind": ..., params},
+  "oracle": {"kind": "table", "log_mu_hat": [...]} | {"pattern": name,
+  "alpha": α, "seed": k}}`; `null` or "-inf" stand for -inf.
+  """
+  if not isinstance(obj, dict):
+    raise InstanceError("an instance must be a JSON object")
+  for key in ("alphabet_size", "depth", "target"):
+    if key not in obj:
+      raise InstanceError(f"instance JSON lacks {key!r}")
+  target = dict(obj["target"])
+  kind = target.pop("kind", None)
+  if kind is None:
+    raise InstanceError("target lacks 'kind'")
+  if "log_weights" in target:
+    target["log_weights"] = _parse_floats(target["log_weights"],
+                                          "target log_weights")
+  oracle = dict(obj.get("oracle", {"pattern": "exact"}))
+  kw: dict[str, Any] = {}
+  if oracle.get("kind") == "table":
+    kw["log_mu_hat"] = _parse_floats(oracle.get("log_mu_hat"),
+                                     "oracle log_mu_hat")
+    pattern, alpha, seed = "table", float(oracle.get("alpha", 1.0)), 0
+  else:
+    pattern = oracle.get("pattern", "exact")
+    alpha = oracle.get("alpha", 1.0)
+    seed = oracle.get("seed", 0)
+  return make_instance(obj["alphabet_size"], obj["depth"], kind, pattern,
+                       alpha, seed, **target, **kw)
+
+
+def _parse_floats(values, what) -> np.ndarray:
+  if not isinstance(values, (list, tuple)):
+    raise InstanceError(f"{what} must be a list of numbers")
+  out = np.empty(len(values))
+  for i, v in enumerate(values):
+    if v is None or v == "-inf":
+      out[i] = -np.inf
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+      out[i] = float(v)
+    else:
+      raise InstanceError(f"{what}[{i}] is not a number: {v!r}")
+  return out
+
+
+def load_instance(path_or_dict) -> Instance:
+  """An instance from a JSON file path, a JSON string or a parsed dict."""
+  if isinstance(path_or_dict, dict):
+    return instance_from_json(path_or_dict)
+  if isinstance(path_or_dict, str) and not os.path.exists(path_or_dict) \
+      and path_or_dict.lstrip().startswith("{"):
+    return instance_from_json(json.loads(path_or_dict))
+  try:
+    with open(path_or_dict, encoding="utf-8") as f:
+      obj = json.load(f)
+  except OSError as e:
+    raise InstanceError(f"cannot read instance file {path_or_dict}: {e}"
+                        ) from e
+  except json.JSONDecodeError as e:
+    raise InstanceError(f"instance file {path_or_dict} is not JSON: {e}"
+                        ) from e
+  return instance_from_json(obj)
+
+
+# --- the prefix state and the oracle (JAX) -----------------------------------
+
+
+class Prefix(NamedTuple):
+  """A node as a stack over depths 0..n (entries beyond the depth unused).
+
+  Attributes:
+    tokens: int32[n] symbols v_1..v_d.
+    hash: uint32[n+1] rolling prefix hashes.
+    logref: float32[n+1] log π_ref(v_{1:k}) (the proposal / reference).
+    logm: float32[n+1] log M(v_{1:k}) (subtree mass).
+    logmu: float32[n+1] log μ̂(v_{1:k}).
+    state: int32[n+1] DFA state (0 for other targets).
+    value: int32[n+1] base-S integer of the prefix (table lookups).
+  """
+
+  tokens: jax.Array
+  hash: jax.Array
+  logref: jax.Array
+  logm: jax.Array
+  logmu: jax.Array
+  state: jax.Array
+  value: jax.Array
+
+
+def log_z(inst: Instance) -> float:
+  """log Z = log M(∅)."""
+  if inst.target == "uniform":
+    return inst.n * math.log(inst.S)
+  if inst.target in ("product", "ar"):
+    return 0.0
+  if inst.target == "dfa":
+    return float(inst.arrays["logv"][0, int(inst.arrays["start"])])
+  return float(inst.arrays["node_logm"][0])
+
+
+def root(inst: Instance) -> Prefix:
+  n = inst.n
+  start = int(inst.arrays["start"]) if inst.target == "dfa" else 0
+  z = jnp.float32(log_z(inst))
+  return Prefix(
+      tokens=jnp.zeros(n, jnp.int32),
+      hash=jnp.zeros(n + 1, jnp.uint32).at[0].set(
+          mix32(jnp.uint32(inst.params.get("target_seed", 0)))),
+      logref=jnp.zeros(n + 1, jnp.float32),
+      logm=jnp.zeros(n + 1, jnp.float32).at[0].set(z),
+      logmu=jnp.zeros(n + 1, jnp.float32).at[0].set(z),
+      state=jnp.full(n + 1, start, jnp.int32),
+      value=jnp.zeros(n + 1, jnp.int32))
+
+
+def _gumbel(h):
+  u = hash_uniform(h)
+  return -jnp.log(-jnp.log(u))
+
+
+def children_ref(inst: Instance, pre: Prefix, d):
+  """log π_ref(a | v) float32[S] for the depth-d node v."""
+  S = inst.S
+  if inst.target in ("product", "dfa"):
+    return jnp.asarray(inst.arrays["log_p"], jnp.float32)
+  if inst.target == "ar":
+    hs = child_hash(pre.hash[d], jnp.arange(S))
+    return jax.nn.log_softmax(inst.params["beta"] * _gumbel(hs))
+  return jnp.full(S, -math.log(S), jnp.float32)
+
+
+def children(inst: Instance, pre: Prefix, d):
+  """(log M, log μ̂, log π_ref(a|v)) of the S children of the depth-d node.
+
+  d must be < n. One call = S oracle queries. Leaves (depth n) are exact.
+  """
+  S, n = inst.S, inst.n
+  a = jnp.arange(S)
+  ref = children_ref(inst, pre, d)
+  child_d = d + 1
+  if inst.target == "uniform":
+    logm = jnp.full(S, (n - child_d) * math.log(S), jnp.float32)
+  elif inst.target in ("product", "ar"):
+    logm = pre.logm[d] + ref
+  elif inst.target == "dfa":
+    nxt = jnp.asarray(inst.arrays["trans"])[pre.state[d]]
+    logv = jnp.asarray(inst.arrays["logv"], jnp.float32)
+    logm = pre.logref[d] + ref + logv[child_d, nxt]
+  else:
+    offs = jnp.asarray([level_offset(S, k) for k in range(n + 1)],
+                       jnp.int32)
+    logm = jnp.asarray(inst.arrays["node_logm"], jnp.float32)[
+        offs[child_d] + pre.value[d] * S + a]
+  if inst.pattern == "table":
+    offs = jnp.asarray([level_offset(S, k) for k in range(n + 1)], jnp.int32)
+    table = jnp.asarray(inst.arrays["oracle_internal"], jnp.float32)
+    idx = jnp.minimum(offs[child_d] + pre.value[d] * S + a,
+                      table.shape[0] - 1)
+    logmu = jnp.where(child_d < n, table[idx], logm)
+    return logm, logmu, ref
+  s = error_signs(inst, pre, d, logm)
+  internal = child_d < n
+  logmu = logm + jnp.where(internal, s, 0.0) * inst.log_alpha
+  return logm, logmu, ref
+
+
+def error_signs(inst: Instance, pre: Prefix, d, child_logm):
+  """s(v·a) ∈ [−1, 1] for the children of the depth-d node (§3.2)."""
+  S, n = inst.S, inst.n
+  a = jnp.arange(S)
+  k = d + 1  # the children's depth
+  parity = jnp.where(k % 2 == 0, 1.0, -1.0)
+  sib = jnp.where(a == S - 1, 1.0, -1.0)
+  p = inst.pattern
+  if p == "exact":
+    return jnp.zeros(S)
+  if p == "depth":
+    return jnp.full(S, parity)
+  if p == "slow":
+    return jnp.full(S, jnp.sin(2 * math.pi * k / n))
+  if p == "sibling":
+    return sib
+  if p == "combo":
+    return sib * parity
+  hs = child_hash(pre.hash[d], a) ^ mix32(jnp.uint32(inst.seed) + 0x5bd1e995)
+  u = hash_uniform(mix32(hs))
+  if p == "random":
+    return 2.0 * u - 1.0
+  if p == "randsign":
+    return jnp.where(u < 0.5, -1.0, 1.0)
+  # adv_td: inflate children lighter than the mean sibling mass
+  mean = jax.nn.logsumexp(child_logm) - math.log(S)
+  return jnp.where(child_logm < mean, 1.0, -1.0)
+
+
+def push(inst: Instance, pre: Prefix, d, a, logm_c, logmu_c, ref_c
+         ) -> Prefix:
+  """The prefix of v·a from v (depth d) and v's `children(...)` values."""
+  st = pre.state[d]
+  if inst.target == "dfa":
+    st = jnp.asarray(inst.arrays["trans"])[st, a]
+  return Prefix(
+      tokens=pre.tokens.at[d].set(a),
+      hash=pre.hash.at[d + 1].set(child_hash(pre.hash[d], a)),
+      logref=pre.logref.at[d + 1].set(pre.logref[d] + ref_c[a]),
+      logm=pre.logm.at[d + 1].set(logm_c[a]),
+      logmu=pre.logmu.at[d + 1].set(logmu_c[a]),
+      state=pre.state.at[d + 1].set(st),
+      value=pre.value.at[d + 1].set(pre.value[d] * inst.S + a))

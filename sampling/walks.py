@@ -1,0 +1,302 @@
+"""Samplers as vectorised random walks (one chain per vmapped lane).
+
+Every sampler is written for ONE chain and `jax.vmap`ped over chains inside
+one `jax.jit`; loops are `lax.scan` / `lax.while_loop`. Each returns
+`(sample int32[n], stats)` per chain with at least `accepted` (bool),
+`oracle_calls` (raw μ̂ evaluations: S per children call, 1 per single node)
+and `moves` (non-idle transitions). Spec: `../shared/docs/METHOD_SAMPLING.md`.
+
+* `top_down` (§2a): n children calls, categorical ∝ μ̂.
+* `rejection` (§2b): top-down proposals accepted w.p.
+  exp(Σ_{k=1}^{n−1} log ρ(x_{1:k}) − (2n−3) log α), up to `max_proposals`;
+  the accepted law is μ* exactly under E0 + E1.
+* `sir` (§2b): `proposals` top-down draws, one returned ∝ ω = w / q.
+* `js` (§2c): the lazy (½) Jerrum–Sinclair walk with leaf loops λ, simulated
+  as its jump chain with geometric holding times (the same law at a fixed
+  horizon T counted in lazy steps: internal holds Geom(½), leaves
+  Geom(1 / (2(1 + λ)))). Read-outs: 'r1' (X_T, accepted iff a leaf), 'r2'
+  (run to the first leaf, biased unless Lemma S applies -- a baseline).
+* `lifted` (§2d, our reconstruction): the balanced lifted walk; internal
+  states never idle, leaves hold Geom(2 / (1 + λ)), λ ≥ 1; read-out at T*
+  uniform on ⌊T/2⌋..T.
+* `vgb` (§2e): form 'sj' is the SJ walk (the exact reduction μ̂ = π_ref V̂);
+  form 'mh' the Metropolis–Hastings walk for large action spaces (one
+  proposal from π_ref per step, one query).
+
+All arithmetic is in log space (float32).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from sampling import trees
+
+
+def _geom(key, log_q):
+  """Geometric(p ≥ 1 trial) with log(1 − p) = log_q: trials to success."""
+  u = jax.random.uniform(key, minval=1e-12, maxval=1.0)
+  return jnp.where(log_q < -30.0, 1,
+                   jnp.floor(jnp.log(u) / jnp.minimum(log_q, -1e-12)) + 1
+                   ).astype(jnp.int32)
+
+
+def _log1m_exp(x):
+  """log(1 − e^x) for x ≤ 0."""
+  return jnp.where(x > -0.693, jnp.log(-jnp.expm1(x)),
+                   jnp.log1p(-jnp.exp(x)))
+
+
+def make_top_down(inst: trees.Instance):
+  """One chain: (key) -> (x, stats) with stats log_omega, log_accept."""
+  S, n = inst.S, inst.n
+
+  def chain(key):
+    pre = trees.root(inst)
+
+    def level(carry, d):
+      pre, key, log_rho_sum = carry
+      key, k = jax.random.split(key)
+      logm, logmu, ref = trees.children(inst, pre, d)
+      a = jax.random.categorical(k, logmu)
+      lb = jax.nn.logsumexp(logmu)
+      # ρ(v) = B(v) / μ̂(v) for internal v ≠ ∅ (depth 1..n−1)
+      log_rho_sum = log_rho_sum + jnp.where(d > 0, lb - pre.logmu[d], 0.0)
+      pre = trees.push(inst, pre, d, a, logm, logmu, ref)
+      return (pre, key, log_rho_sum), lb
+
+    (pre, _, log_rho_sum), lbs = jax.lax.scan(
+        level, (pre, key, jnp.float32(0.0)), jnp.arange(n))
+    stats = dict(accepted=jnp.bool_(True),
+                 oracle_calls=jnp.int32(n * S), moves=jnp.int32(n),
+                 log_omega=lbs[0] + log_rho_sum,
+                 log_rho_sum=log_rho_sum)
+    return pre.tokens, stats
+
+  return chain
+
+
+def make_rejection(inst: trees.Instance, alpha: float | None = None,
+                   max_proposals: int = 1000):
+  alpha = inst.alpha if alpha is None else float(alpha)
+  n = inst.n
+  td = make_top_down(inst)
+  bound = (2 * n - 3) * math.log(alpha)
+
+  def chain(key):
+    def cond(c):
+      return ~c[2] & (c[3] < max_proposals)
+
+    def body(c):
+      key, x, _, tries, calls = c
+      key, k1, k2 = jax.random.split(key, 3)
+      x, st = td(k1)
+      acc = jnp.log(jax.random.uniform(k2)) < jnp.minimum(
+          st["log_rho_sum"] - bound, 0.0)
+      return key, x, acc, tries + 1, calls + st["oracle_calls"]
+
+    init = (key, jnp.zeros(n, jnp.int32), jnp.bool_(False), jnp.int32(0),
+            jnp.int32(0))
+    _, x, acc, tries, calls = jax.lax.while_loop(cond, body, init)
+    return x, dict(accepted=acc, oracle_calls=calls, moves=tries * n,
+                   proposals=tries)
+
+  return chain
+
+
+def make_sir(inst: trees.Instance, proposals: int = 16):
+  td = make_top_down(inst)
+
+  def chain(key):
+    k1, k2 = jax.random.split(key)
+    xs, st = jax.vmap(td)(jax.random.split(k1, proposals))
+    # ω = w / q; w at a leaf is exact: log w = log μ̂(x) = logsumexp term
+    j = jax.random.categorical(k2, st["log_omega"])
+    return xs[j], dict(accepted=jnp.bool_(True),
+                       oracle_calls=st["oracle_calls"].sum(),
+                       moves=st["moves"].sum(), proposals=jnp.int32(
+                           proposals))
+
+  return chain
+
+
+class _Walk:
+  """Shared state handling for the tree walks."""
+
+  def __init__(self, inst: trees.Instance):
+    self.inst = inst
+    self.S, self.n = inst.S, inst.n
+
+  def neighbours(self, pre, d):
+    """(log μ̂(v) or −inf at the root, children values)."""
+    logm, logmu, ref = trees.children(self.inst, pre, jnp.minimum(
+        d, self.n - 1))
+    la = jnp.where(d > 0, pre.logmu[d], -jnp.inf)
+    return la, logm, logmu, ref
+
+
+def make_js(inst: trees.Instance, steps: int, leaf_loop: float = 0.0,
+            readout: str = "r1", laziness: float = 0.5):
+  """The SJ walk as a jump chain (see module docstring)."""
+  if readout not in ("r1", "r2"):
+    raise ValueError("readout must be 'r1' or 'r2'")
+  w = _Walk(inst)
+  n, S = w.n, w.S
+  log_hold_internal = math.log(laziness)
+  log_hold_leaf = math.log(1.0 - (1.0 - laziness) / (1.0 + leaf_loop))
+
+  def chain(key):
+    def cond(c):
+      return ~c["done"]
+
+    def body(c):
+      pre, d, t = c["pre"], c["d"], c["t"]
+      key, kh, km = jax.random.split(c["key"], 3)
+      leaf = d == n
+      h = _geom(kh, jnp.where(leaf, log_hold_leaf, log_hold_internal))
+      over = t + h > steps
+      la, logm, logmu, ref = w.neighbours(pre, d)
+      choice = jax.random.categorical(km, jnp.concatenate([la[None], logmu]))
+      go_up = leaf | (choice == 0)
+      a = jnp.maximum(choice - 1, 0)
+      pushed = trees.push(inst, pre, jnp.minimum(d, n - 1), a, logm, logmu,
+                          ref)
+      move = ~over
+      new_pre = jax.tree.map(
+          lambda p, q: jnp.where(move & ~go_up, q, p), pre, pushed)
+      new_d = jnp.where(move, jnp.where(go_up, d - 1, d + 1), d)
+      calls = jnp.where(move & ~leaf, S + (d > 0).astype(jnp.int32), 0)
+      done = over | (move & (readout == "r2") & (new_d == n))
+      return dict(pre=new_pre, d=new_d, t=jnp.where(over, steps, t + h),
+                  key=key, done=done, moves=c["moves"] + move,
+                  calls=c["calls"] + calls)
+
+    init = dict(pre=trees.root(inst), d=jnp.int32(0), t=jnp.int32(0),
+                key=key, done=jnp.bool_(False), moves=jnp.int32(0),
+                calls=jnp.int32(0))
+    out = jax.lax.while_loop(cond, body, init)
+    return out["pre"].tokens, dict(accepted=out["d"] == n,
+                                   oracle_calls=out["calls"],
+                                   moves=out["moves"], steps=out["t"])
+
+  return chain
+
+
+def make_lifted(inst: trees.Instance, steps: int,
+                leaf_loop: float | None = None):
+  """The balanced lifted walk with a randomised read-out time."""
+  lam = 2 * inst.alpha * inst.n if leaf_loop is None else float(leaf_loop)
+  if lam < 1:
+    raise ValueError("the lifted walk needs leaf_loop >= 1")
+  w = _Walk(inst)
+  n, S = w.n, w.S
+  log_hold_leaf = math.log1p(-2.0 / (1.0 + lam)) if lam > 1 else -math.inf
+
+  def chain(key):
+    key, kt = jax.random.split(key)
+    t_star = jax.random.randint(kt, (), steps // 2, steps + 1)
+
+    def cond(c):
+      return ~c["done"]
+
+    def body(c):
+      pre, d, t, down = c["pre"], c["d"], c["t"], c["down"]
+      key, kh, ku, kc = jax.random.split(c["key"], 4)
+      leaf = d == n
+      h = jnp.where(leaf, _geom(kh, jnp.float32(log_hold_leaf)), 1)
+      over = t + h > t_star
+      la, logm, logmu, ref = w.neighbours(pre, d)
+      lb = jax.nn.logsumexp(logmu)
+      lm = jnp.maximum(la, lb)
+      u = jnp.log(jax.random.uniform(ku, minval=1e-12))
+      # internal: down w.p. b/m (else reverse); up w.p. a/m (else reverse)
+      go_on = jnp.where(down, u < lb - lm, u < la - lm)
+      a = jax.random.categorical(kc, logmu)
+      to_child = ~leaf & down & go_on
+      to_parent = (~leaf & ~down & go_on) | (leaf & ~down)
+      flip = ~leaf & ~go_on | (leaf & down)
+      pushed = trees.push(inst, pre, jnp.minimum(d, n - 1), a, logm, logmu,
+                          ref)
+      move = ~over
+      new_pre = jax.tree.map(lambda p, q: jnp.where(move & to_child, q, p),
+                             pre, pushed)
+      new_d = jnp.where(move & to_child, d + 1,
+                        jnp.where(move & to_parent, d - 1, d))
+      new_down = jnp.where(move & flip, ~down, down)
+      calls = jnp.where(move & ~leaf, S + (d > 0).astype(jnp.int32), 0)
+      return dict(pre=new_pre, d=new_d, t=jnp.where(over, t_star, t + h),
+                  down=new_down, key=key, done=over,
+                  moves=c["moves"] + move, calls=c["calls"] + calls)
+
+    init = dict(pre=trees.root(inst), d=jnp.int32(0), t=jnp.int32(0),
+                down=jnp.bool_(True), key=key, done=jnp.bool_(False),
+                moves=jnp.int32(0), calls=jnp.int32(0))
+    out = jax.lax.while_loop(cond, body, init)
+    return out["pre"].tokens, dict(accepted=out["d"] == n,
+                                   oracle_calls=out["calls"],
+                                   moves=out["moves"], steps=t_star)
+
+  return chain
+
+
+def make_vgb_mh(inst: trees.Instance, steps: int, leaf_loop: float = 0.0,
+                laziness: float = 0.5):
+  """VGB in Metropolis–Hastings form (§2e): one query per proposal."""
+  w = _Walk(inst)
+  n = w.n
+  log_hold = math.log(laziness)
+  log_loop = math.log1p(leaf_loop)
+
+  def logpi(pre, d):
+    return pre.logmu[d] + jnp.where(d == n, log_loop, 0.0)
+
+  def chain(key):
+    def cond(c):
+      return ~c["done"]
+
+    def body(c):
+      pre, d, t = c["pre"], c["d"], c["t"]
+      key, kh, kp, ka, kacc = jax.random.split(c["key"], 5)
+      h = _geom(kh, jnp.float32(log_hold))
+      over = t + h > steps
+      # a fair coin picks child vs parent; a child proposal at a leaf or a
+      # parent proposal at the root is a stay
+      coin = jax.random.bernoulli(kp)
+      propose_child = coin & (d < n)
+      propose_parent = ~coin & (d > 0)
+      _, logm, logmu, ref = w.neighbours(pre, d)
+      a = jax.random.categorical(ka, ref)
+      child_logpi = logmu[a] + jnp.where(d + 1 == n, log_loop, 0.0)
+      cur = logpi(pre, d)
+      acc_child = child_logpi - ref[a] - cur
+      par = jnp.maximum(d - 1, 0)
+      ref_last = pre.logref[d] - pre.logref[par]
+      acc_parent = ref_last + pre.logmu[par] - cur
+      u = jnp.log(jax.random.uniform(kacc, minval=1e-12))
+      take_child = propose_child & (u < jnp.minimum(acc_child, 0.0))
+      take_parent = propose_parent & (u < jnp.minimum(acc_parent, 0.0))
+      pushed = trees.push(inst, pre, jnp.minimum(d, n - 1), a, logm, logmu,
+                          ref)
+      live = ~over
+      new_pre = jax.tree.map(
+          lambda p, q: jnp.where(live & take_child, q, p), pre, pushed)
+      new_d = jnp.where(live & take_child, d + 1,
+                        jnp.where(live & take_parent, d - 1, d))
+      queried = live & (propose_child | propose_parent)
+      return dict(pre=new_pre, d=new_d, t=jnp.where(over, steps, t + h),
+                  key=key, done=over,
+                  moves=c["moves"] + (live & (take_child | take_parent)),
+                  calls=c["calls"] + queried)
+
+    init = dict(pre=trees.root(inst), d=jnp.int32(0), t=jnp.int32(0),
+                key=key, done=jnp.bool_(False), moves=jnp.int32(0),
+                calls=jnp.int32(0))
+    out = jax.lax.while_loop(cond, body, init)
+    return out["pre"].tokens, dict(accepted=out["d"] == n,
+                                   oracle_calls=out["calls"],
+                                   moves=out["moves"], steps=out["t"])
+
+  return chain
