@@ -32,8 +32,9 @@ from sampling.trees import Instance, InstanceError, load_instance, make_instance
 
 METHODS = ("top_down", "rejection", "sir", "js", "lifted", "vgb", "ttt_elim")
 
-__all__ = ["Instance", "InstanceError", "METHODS", "exact_output_law",
-           "load_instance", "make_chain", "make_instance", "sample"]
+__all__ = ["Instance", "InstanceError", "METHODS", "bounded", "exact",
+           "exact_output_law", "load_instance", "make_chain", "make_instance",
+           "sample", "trees", "walks"]
 
 _CACHE: dict = {}
 
