@@ -71,7 +71,7 @@ def node_table(inst: trees.Instance) -> NodeTable:
 
   level = jax.tree.map(lambda x: x[None], pre0)
   depth, parent, symbol = [0], [-1], [-1]
-  logm, logmu, logref = [trees.log_z(inst)], [trees.log_z(inst)], [0.0]
+  logm, logmu, logref = [trees.log_z(inst)], [float(pre0.logmu[0])], [0.0]
   for d in range(n):
     kids, lm, lmu, ref = jax.jit(jax.vmap(lambda p, d=d: expand(p, d)))(level)
     count = S ** d

@@ -454,13 +454,15 @@ def root(inst: Instance) -> Prefix:
   n = inst.n
   start = int(inst.arrays["start"]) if inst.target == "dfa" else 0
   z = jnp.float32(log_z(inst))
+  mu0 = (jnp.float32(inst.arrays["oracle_internal"][0])
+         if inst.pattern == "table" else z)
   return Prefix(
       tokens=jnp.zeros(n, jnp.int32),
       hash=jnp.zeros(n + 1, jnp.uint32).at[0].set(
           mix32(jnp.uint32(inst.params.get("target_seed", 0)))),
       logref=jnp.zeros(n + 1, jnp.float32),
       logm=jnp.zeros(n + 1, jnp.float32).at[0].set(z),
-      logmu=jnp.zeros(n + 1, jnp.float32).at[0].set(z),
+      logmu=jnp.zeros(n + 1, jnp.float32).at[0].set(mu0),
       state=jnp.full(n + 1, start, jnp.int32),
       value=jnp.zeros(n + 1, jnp.int32))
 

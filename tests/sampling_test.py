@@ -1,0 +1,347 @@
+"""Tests for sampling/: exact tools, samplers, instances (float64 on CPU)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import sampling
+from sampling import bounded, exact, trees
+
+KEY = jax.random.key(0)
+
+
+def _table(S=2, n=3, target="product", pattern="combo", alpha=2.0, **kw):
+  if target == "product" and "p" not in kw and S == 2:
+    kw["p"] = 0.3
+  return exact.node_table(trees.make_instance(S, n, target, pattern, alpha,
+                                              **kw))
+
+
+# --- §6.7 deterministic regression targets ---------------------------------
+
+REGRESSION = {
+    "D1": (dict(n=8, target="uniform", pattern="sibling", alpha=2.0),
+           0.625406,
+           [(0.0022, 0.3421), (0.0332, 0.1617), (0.0507, 0.0246),
+            (0.0513, 0.0002)],
+           [(0.0040, 0.3538), (0.1789, 0.2381), (0.5532, 0.1172),
+            (0.6386, 0.0204)],
+           [(0.1046, 0.3953), (0.4155, 0.2314), (0.5534, 0.0610),
+            (0.5688, 0.0032)]),
+    "D2": (dict(n=8, target="uniform", pattern="combo", alpha=1.5),
+           0.402995,
+           [(0.0037, 0.1978), (0.0448, 0.0820), (0.0581, 0.0090),
+            (0.0583, 0.0000)],
+           [(0.0066, 0.2046), (0.2321, 0.1313), (0.5693, 0.0554),
+            (0.6070, 0.0061)],
+           [(0.2697, 0.2220), (0.5281, 0.1089), (0.5523, 0.0123),
+            (0.5535, 0.0001)]),
+    "D3": (dict(n=10, target="product", pattern="combo", alpha=2.0, p=0.3),
+           0.623210,
+           [(0.0001, 0.3901), (0.0145, 0.2064), (0.0379, 0.0463),
+            (0.0398, 0.0015)],
+           [(0.0002, 0.3943), (0.0717, 0.2602), (0.4400, 0.1376),
+            (0.6231, 0.0338)],
+           [(0.0261, 0.4494), (0.2719, 0.2717), (0.5120, 0.0899),
+            (0.5499, 0.0084)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REGRESSION))
+def test_regression_numbers_of_the_spec(name):
+  kw, td_tv, sj0, sjl, lifted = REGRESSION[name]
+  inst = trees.make_instance(2, **kw)
+  t = exact.node_table(inst)
+  mu = exact.target_law(t)
+  assert exact.tv(exact.topdown_law(t), mu) == pytest.approx(td_tv,
+                                                             abs=1e-6)
+  lam = 2 * inst.alpha * inst.n
+  for chain, want, window in ((exact.sj_chain(t, 0.0), sj0, False),
+                              (exact.sj_chain(t, lam), sjl, False),
+                              (exact.lifted_chain(t, lam), lifted, True)):
+    for steps, (p_leaf, tv) in zip((16, 64, 256, 1024), want, strict=True):
+      w = exact.walk_law(t, chain, steps, window)
+      assert w.p_leaf == pytest.approx(p_leaf, abs=6e-5)
+      assert w.tv == pytest.approx(tv, abs=6e-5)
+
+
+def test_d4_depth_pattern_is_exact_at_every_horizon():
+  t = exact.node_table(trees.make_instance(2, 10, "product", "depth", 2.0,
+                                           p=0.3))
+  want = [0.0001, 0.0174, 0.0427, 0.0435]
+  for chain, window in ((exact.sj_chain(t, 0.0), False),
+                        (exact.sj_chain(t, 40.0), False),
+                        (exact.lifted_chain(t, 40.0), True)):
+    for steps in (16, 64, 256):
+      # zero up to the float32 rounding of the oracle's log values
+      assert exact.walk_law(t, chain, steps, window).tv < 1e-6
+  for steps, p in zip((16, 64, 256, 1024), want, strict=True):
+    assert exact.walk_law(t, exact.sj_chain(t, 0.0), steps).p_leaf == \
+        pytest.approx(p, abs=6e-5)
+
+
+def test_topdown_tv_on_uniform_sibling_matches_the_binomial_table():
+  for alpha, tv4 in ((1.1, 0.071), (1.5, 0.274), (2.0, 0.396)):
+    t = exact.node_table(trees.make_instance(2, 4, "uniform", "sibling",
+                                             alpha))
+    assert exact.tv(exact.topdown_law(t), exact.target_law(t)) == \
+        pytest.approx(tv4, abs=6e-4)
+
+
+# --- stationary laws, balance, lifting ---------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["exact", "sibling", "combo", "random",
+                                     "adv_td"])
+def test_stationary_laws_and_leaf_exactness(pattern):
+  t = _table(n=4, pattern=pattern, alpha=1.7)
+  mu = exact.target_law(t)
+  for chain in (exact.sj_chain(t, 0.0), exact.sj_chain(t, 3.0),
+                exact.lifted_chain(t, 3.0), exact.mh_chain(t, 0.0),
+                exact.mh_chain(t, 2.0)):
+    pi = exact.stationary(chain)
+    np.testing.assert_allclose(exact.evolve(chain, pi), pi, atol=1e-12)
+    nodes = len(t.logmu)
+    leaf = pi[t.first_leaf:nodes] + (pi[nodes + t.first_leaf:]
+                                     if len(pi) > nodes else 0)
+    np.testing.assert_allclose(leaf / leaf.sum(), mu, atol=1e-10)
+
+
+def test_detailed_balance_sj_and_mh_and_lifted_flows():
+  t = _table(n=4, pattern="random", alpha=1.5)
+  for chain in (exact.sj_chain(t, 2.0), exact.mh_chain(t, 1.0)):
+    pi = exact.stationary(chain)
+    up_src, up_dst, up_p = chain.moves["up"]
+    dn_src, dn_dst, dn_p = chain.moves["down"]
+    edges = list(zip(up_src, up_dst, strict=True))
+    flow_up = dict(zip(edges, pi[up_src] * up_p, strict=True))
+    for s, d, p in zip(dn_src, dn_dst, dn_p, strict=True):
+      assert flow_up[(d, s)] == pytest.approx(pi[s] * p, abs=1e-14)
+  # the lifted chain: down flow (v↓ -> c↓) = up flow (c↑ -> v↑) = μ̂(c)/ΣW
+  # (ΣW over one copy), the flow of the SJ edge it lifts
+  lam = 3.0
+  lc = exact.lifted_chain(t, lam)
+  pi = exact.stationary(lc)
+  n_nodes = len(t.logmu)
+  mu_hat = np.exp(t.logmu - t.logmu[0])
+  total = lc.weights[:n_nodes].sum()
+  dn_src, dn_dst, dn_p = lc.moves["down"]
+  np.testing.assert_allclose(pi[dn_src] * dn_p, mu_hat[dn_dst] / total,
+                             rtol=1e-12)
+  up_src, up_dst, up_p = lc.moves["up"]
+  np.testing.assert_allclose(pi[up_src] * up_p,
+                             mu_hat[up_src - n_nodes] / total, rtol=1e-12)
+  # non-reversible: (c↑ -> v↑) has no reverse move (v↑ -> c↑)
+  ups = set(zip(up_src, up_dst, strict=True))
+  assert not {(d, s) for s, d in ups} & ups
+
+
+def test_vgb_is_the_sj_walk_with_mu_hat_equal_pi_ref_times_v_hat():
+  inst = trees.make_instance(3, 3, "dfa", "random", 1.5, automaton="parity",
+                             p=[0.5, 0.3, 0.2])
+  t = exact.node_table(inst)
+  # VGB built from (π_ref, V̂): child ∝ π_ref(a|y) V̂(y·a), parent ∝ V̂(y)
+  log_ref_path = np.zeros(len(t.logmu))
+  for v in range(1, len(t.logmu)):
+    log_ref_path[v] = log_ref_path[t.parent[v]] + t.logref[v]
+  log_vhat = t.logmu - log_ref_path
+  sj = exact.sj_chain(t, 0.0)
+  src, dst, p = sj.moves["down"]
+  for v in range(t.first_leaf):
+    kids = dst[src == v]
+    child = np.exp(t.logref[kids] + log_vhat[kids])
+    parent = np.exp(log_vhat[v]) if v else 0.0
+    vgb = 0.5 * child / (child.sum() + parent)
+    np.testing.assert_allclose(p[src == v], vgb, rtol=1e-12, atol=1e-16)
+
+
+def test_omega_is_w_over_q_and_rejection_is_exact():
+  inst = trees.make_instance(2, 5, "product", "combo", 2.0, p=0.3)
+  t = exact.node_table(inst)
+  q = exact.topdown_law(t)
+  w = np.exp(t.logmu[t.first_leaf:])
+  xs, st = sampling.sample(inst, "top_down", KEY, 64)
+  idx = (xs * 2 ** np.arange(4, -1, -1)).sum(1)
+  np.testing.assert_allclose(np.exp(st["log_omega"]), w[idx] / q[idx],
+                             rtol=1e-4)
+  law, p_acc = exact.rejection_law(t, 2.0)
+  np.testing.assert_allclose(law, exact.target_law(t), atol=1e-12)
+  b_root = np.exp(t.logmu[1:3]).sum()
+  assert p_acc == pytest.approx(w.sum() / (b_root * 2.0 ** 7), rel=1e-10)
+  assert p_acc >= 2.0 ** -(2 * 5 - 2)
+
+
+# --- Lemma S ----------------------------------------------------------------
+
+
+def test_lumped_chains_equal_the_tree_chains_and_the_spec_costs():
+  n, alpha = 5, 1.5
+  inst = trees.make_instance(2, n, "uniform", "depth", alpha)
+  t = exact.node_table(inst)
+  g = exact.depth_factors("depth", n, alpha)
+  lam = 2 * alpha * n
+  for walk, chain, window in (("js", exact.sj_chain(t, lam), False),
+                              ("lifted", exact.lifted_chain(t, lam), True)):
+    lump = exact.lumped_cost(g, walk, lam, max_steps=300)
+    best = min(w.moves / w.p_leaf for w in (
+        exact.walk_law(t, chain, s, window) for s in range(2, 301))
+        if w.p_leaf > 0)
+    assert lump["moves_per_sample"] == pytest.approx(best, rel=1e-6)
+  # §6.5, SJ + loops: exact 26, 111, 457; depth α=1.5: 25, 112, 474
+  for pattern, a, want in (("exact", 1.0, (26, 111, 457)),
+                           ("depth", 1.5, (25, 112, 474))):
+    got = [exact.lumped_cost(exact.depth_factors(pattern, m, a), "js",
+                             2 * a * m)["moves_per_sample"]
+           for m in (4, 8, 16)]
+    np.testing.assert_allclose(got, want, rtol=0.02)
+
+
+# --- samplers vs exact laws (Monte Carlo) ------------------------------------
+
+MC = [("top_down", {}), ("rejection", {}), ("js", dict(steps=48)),
+      ("js", dict(steps=48, leaf_loop=12.0)), ("lifted", dict(steps=48)),
+      ("vgb", dict(steps=48, form="mh", leaf_loop=4.0)),
+      ("vgb", dict(steps=48))]
+
+
+@pytest.mark.parametrize("method,params", MC)
+def test_sampler_matches_its_exact_output_law(method, params):
+  inst = trees.make_instance(2, 4, "uniform", "combo", 2.0)
+  xs, st = sampling.sample(inst, method, KEY, 30000, **params)
+  law = sampling.exact_output_law(inst, method, **params)
+  emp = sampling.empirical_law(xs, 2, st["accepted"])
+  n_acc = int(st["accepted"].sum())
+  # TV of an empirical law on 16 cells: about 0.8 * sqrt(16 / N) / 2 at most
+  assert exact.tv(emp, law) < 2.5 * np.sqrt(16 / n_acc) / 2
+  assert (st["oracle_calls"] >= 0).all() and (st["moves"] >= 0).all()
+
+
+def test_ttt_elim_identifies_the_target_and_samples_for_free():
+  inst = trees.make_instance(2, 6, "product", "sibling", 2.0, p=0.3)
+  mu = exact.target_law(exact.node_table(inst))
+  for kind, size in (("generic", 40), ("nested", 20), ("needle", 12)):
+    fam = bounded.make_family(inst, kind, size, seed=3)
+    e = bounded.eliminate(inst, fam, delta=0.0)
+    assert e.queries <= size
+    np.testing.assert_allclose(np.exp(fam.log_probs[e.index]), mu,
+                               atol=1e-12)
+    if kind == "generic":
+      assert e.queries == 2
+  xs, st = sampling.sample(inst, "ttt_elim", KEY, 20000, family=fam)
+  assert (st["oracle_calls"] == 0).all()
+  assert exact.tv(sampling.empirical_law(xs, 2), mu) < 0.04
+  # the IMH add-on with a wrong model still targets μ*
+  wrong = bounded.Family(np.log(np.full((1, 64), 1 / 64)))
+  chain, _ = bounded.make_sampler(inst, wrong, imh_steps=60)
+  xs, st = jax.jit(jax.vmap(chain))(jax.random.split(KEY, 20000))
+  assert exact.tv(sampling.empirical_law(np.asarray(xs), 2), mu) < 0.04
+  assert int(st["oracle_calls"][0]) == 60
+
+
+def test_vmapped_equals_one_chain_and_keys_are_deterministic():
+  inst = trees.make_instance(2, 6, "ar", "random", 1.5, beta=1.0)
+  chain = sampling.make_chain(inst, "lifted", steps=40)
+  keys = jax.random.split(KEY, 5)
+  xs, st = jax.vmap(chain)(keys)
+  for i in range(5):
+    x, s = jax.jit(chain)(keys[i])
+    np.testing.assert_array_equal(x, xs[i])
+    assert int(s["moves"]) == int(st["moves"][i])
+  a, _ = sampling.sample(inst, "js", KEY, 100, steps=30)
+  b, _ = sampling.sample(inst, "js", KEY, 100, steps=30)
+  np.testing.assert_array_equal(a, b)
+
+
+# --- instances ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target,kw", [
+    ("uniform", {}), ("product", dict(p=0.3)), ("ar", dict(beta=2.0)),
+    ("dfa", dict(automaton="dyck")), ("dfa", dict(automaton="at_least",
+                                                  m=3)),
+    ("dfa", dict(automaton="avoid", avoid=1))])
+def test_targets_are_consistent_masses(target, kw):
+  t = exact.node_table(trees.make_instance(2, 6, target, "exact", **kw))
+  internal = np.arange(t.first_leaf)
+  kids = 1 + internal[:, None] * 2 + np.arange(2)
+  with np.errstate(divide="ignore"):
+    parent = np.log(np.exp(t.logm[kids]).sum(1))
+  np.testing.assert_allclose(np.exp(parent), np.exp(t.logm[internal]),
+                             rtol=1e-5, atol=1e-30)
+  np.testing.assert_allclose(t.logmu, t.logm)  # exact oracle
+
+
+def test_dyck_samples_are_balanced():
+  inst = trees.make_instance(2, 8, "dfa", "sibling", 2.0, automaton="dyck")
+  xs, st = sampling.sample(inst, "js", KEY, 2000, steps=200, leaf_loop=32.0)
+  for x in xs[st["accepted"]][:200]:
+    h = np.cumsum(np.where(x == 0, 1, -1))
+    assert (h >= 0).all() and h[-1] == 0
+
+
+def test_error_patterns_respect_e1_and_e0():
+  for pattern in trees.PATTERNS:
+    t = _table(S=3, n=4, target="ar", pattern=pattern, alpha=1.8, beta=1.0)
+    ratio = t.logmu - t.logm
+    assert np.abs(ratio).max() <= np.log(1.8) + 1e-5
+    assert np.abs(ratio[t.first_leaf:]).max() < 1e-6  # leaves exact
+    assert abs(ratio[0]) < 1e-6  # root exact
+
+
+def test_json_round_trip_and_user_tables(tmp_path):
+  inst = trees.make_instance(2, 5, "product", "randsign", 1.5, seed=7,
+                             p=0.3)
+  again = sampling.load_instance(inst.to_json())
+  a, b = exact.node_table(inst), exact.node_table(again)
+  np.testing.assert_array_equal(a.logmu, b.logmu)
+  # the user's table form
+  rng = np.random.default_rng(0)
+  lw = np.log(rng.random(8))
+  lw[3] = -np.inf
+  user = dict(alphabet_size=2, depth=3,
+              target=dict(kind="table", log_weights=[
+                  None if not np.isfinite(x) else x for x in lw]),
+              oracle=dict(kind="table", log_mu_hat=[0.1, -0.5, 0.2, 0.0,
+                                                    -1.0, 0.3, 0.1]))
+  path = tmp_path / "inst.json"
+  path.write_text(json.dumps(user))
+  inst = sampling.load_instance(str(path))
+  t = exact.node_table(inst)
+  mu = np.exp(lw - np.logaddexp.reduce(lw[np.isfinite(lw)]))
+  np.testing.assert_allclose(exact.target_law(t), mu, atol=1e-12)
+  np.testing.assert_allclose(t.logmu[:7], user["oracle"]["log_mu_hat"],
+                             atol=1e-6)
+  law = sampling.exact_output_law(inst, "js", steps=400, leaf_loop=8.0)
+  assert exact.tv(law, mu) < 0.02 and law[3] == 0.0
+  # the same instance from a pattern oracle
+  user["oracle"] = dict(pattern="combo", alpha=2.0, seed=1)
+  assert sampling.load_instance(user).pattern == "combo"
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(alphabet_size=1), "alphabet_size must be"),
+    (dict(depth=65), "depth must be"),
+    (dict(oracle=dict(pattern="combo", alpha=0.5)), "alpha must be"),
+    (dict(oracle=dict(pattern="wobble")), "unknown error pattern"),
+    (dict(target=dict(kind="table", log_weights=[0.0] * 7)),
+     "must have S\\^n = 8"),
+    (dict(target=dict(kind="table", log_weights=[0.0] * 7 + ["x"])),
+     "not a number"),
+    (dict(oracle=dict(kind="table", log_mu_hat=[0.0] * 6)),
+     "must have \\(S\\^n - 1\\)/\\(S - 1\\) = 7"),
+    (dict(oracle=dict(kind="table", log_mu_hat=[0.0, None, 0.0, 0.0, 0.0,
+                                                0.0, 0.0])),
+     "reachable and has mu_hat = 0"),
+    (dict(target=dict(kind="product", p=1.5)), "p must give"),
+])
+def test_bad_instances_get_clear_errors(change, match):
+  base = dict(alphabet_size=2, depth=3,
+              target=dict(kind="table", log_weights=[0.0] * 8),
+              oracle=dict(pattern="exact"))
+  base.update(change)
+  with pytest.raises(sampling.InstanceError, match=match):
+    sampling.load_instance(base)
+  with pytest.raises(ValueError):
+    trees.make_instance(2, 4, "table", log_weights=[float("nan")] * 16)
