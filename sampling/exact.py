@@ -435,16 +435,18 @@ def lumped_cost(g: np.ndarray, walk: str = "js", leaf_loop: float = 0.0,
   mv = 1.0 - np.diag(trans)
   p = np.zeros(size)
   p[0] = 1.0
-  hist_p, hist_m = [], []
+  cum_p = np.zeros(max_steps + 2)  # cum_p[t + 1] = Σ_{s ≤ t} P(leaf at s)
+  cum_m = np.zeros(max_steps + 2)
   moves = 0.0
   best = (np.inf, 0, 0.0)
   for t in range(max_steps + 1):
-    hist_p.append(p[n] + p[2 * n + 1])
-    hist_m.append(moves)
+    cum_p[t + 1] = cum_p[t] + p[n] + p[2 * n + 1]
+    cum_m[t + 1] = cum_m[t] + moves
     if t >= 2:
       lo = t // 2
-      pl = float(np.mean(hist_p[lo:t + 1]))
-      mm = float(np.mean(hist_m[lo:t + 1]))
+      cnt = t - lo + 1
+      pl = (cum_p[t + 1] - cum_p[lo]) / cnt
+      mm = (cum_m[t + 1] - cum_m[lo]) / cnt
       if pl > 1e-12 and mm / pl < best[0]:
         best = (mm / pl, t, pl)
     moves += float(p @ mv)

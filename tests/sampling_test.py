@@ -345,3 +345,34 @@ def test_bad_instances_get_clear_errors(change, match):
     sampling.load_instance(base)
   with pytest.raises(ValueError):
     trees.make_instance(2, 4, "table", log_weights=[float("nan")] * 16)
+
+
+def test_launch_sample_smoke_reports_the_expected_slopes(tmp_path):
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  cmd = [sys.executable, "-m", "launch.sample",
+         "--config=configs/sampling/scaling.py:tiny",
+         "--config.sampling.ns_tree=(4, 5)",
+         "--config.sampling.ns_lumped=(4, 8, 16, 32)",
+         "--config.sampling.num_horizons=16",
+         "--config.sampling.mc_chains=4000", f"--workdir={tmp_path}"]
+  out = subprocess.run(cmd, cwd=root, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  res = json.loads((tmp_path / "results.json").read_text())
+  lumped = res["lumped"]
+  assert abs(lumped["js/exact/alpha=1"]["slope"] - 2) < 0.15
+  assert abs(lumped["lifted/exact/alpha=1"]["slope"] - 1) < 0.15
+  assert abs(lumped["lifted/slow/alpha=2"]["slope"] - 1) < 0.15
+  assert res["ttt_elim_slope"] == 0.0
+  tvs = res["topdown_tv_sibling"]["2"]
+  assert tvs == sorted(tvs) and tvs[-1] > 0.99
+  for r in res["monte_carlo"].values():
+    assert r["tv_empirical_vs_exact"] < 0.08
+  report = (tmp_path / "report.md").read_text()
+  assert "fitted slope" in report and "fig_b_cost_vs_n.png" in report
+  assert (tmp_path / "fig_b_cost_vs_n.png").exists()

@@ -1,0 +1,1 @@
+"""Config files of the sampling experiments (`launch.sample`)."""
