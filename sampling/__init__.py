@@ -34,7 +34,7 @@ METHODS = ("top_down", "rejection", "sir", "js", "lifted", "vgb", "ttt_elim")
 
 __all__ = ["Instance", "InstanceError", "METHODS", "bounded", "exact",
            "exact_output_law", "load_instance", "make_chain", "make_instance",
-           "sample", "trees", "walks"]
+           "sample", "trees", "unique_queries", "walks"]
 
 _CACHE: dict = {}
 
@@ -43,7 +43,8 @@ def make_chain(instance: Instance, method: str, *, steps: int = 256,
                leaf_loop: float | None = None, readout: str = "r1",
                form: str = "sj", alpha: float | None = None,
                max_proposals: int = 1000, proposals: int = 16,
-               family=None, delta: float = 0.01, imh_steps: int = 0):
+               family=None, delta: float = 0.01, imh_steps: int = 0,
+               trace: int = 0):
   """The one-chain function `chain(key) -> (x int32[n], stats)`."""
   if method == "top_down":
     return walks.make_top_down(instance)
@@ -52,13 +53,14 @@ def make_chain(instance: Instance, method: str, *, steps: int = 256,
   if method == "sir":
     return walks.make_sir(instance, proposals)
   if method == "js" or (method == "vgb" and form == "sj"):
-    return walks.make_js(instance, steps, leaf_loop or 0.0, readout)
+    return walks.make_js(instance, steps, leaf_loop or 0.0, readout,
+                         trace=trace)
   if method == "vgb":
     if form != "mh":
       raise ValueError("vgb form must be 'sj' or 'mh'")
     return walks.make_vgb_mh(instance, steps, leaf_loop or 0.0)
   if method == "lifted":
-    return walks.make_lifted(instance, steps, leaf_loop)
+    return walks.make_lifted(instance, steps, leaf_loop, trace=trace)
   if method == "ttt_elim":
     fam = family if family is not None else bounded.make_family(instance)
     return bounded.make_sampler(instance, fam, delta, imh_steps)[0]
@@ -99,3 +101,40 @@ def empirical_law(samples: np.ndarray, S: int,
   return counts / max(counts.sum(), 1.0)
 
 
+
+
+def unique_queries(instance: Instance, method: str, key: jax.Array,
+                   num_chains: int, max_queries: int = 100_000,
+                   **params) -> dict:
+  """Distinct nodes evaluated (memoised query complexity), counted exactly
+  on the host for `num_chains` chains of 'js' / 'vgb' (form 'sj') /
+  'lifted'.
+
+  Each internal move at v evaluates μ̂(v) (v ≠ ∅) and μ̂ of v's S children;
+  nodes are identified by (depth, rolling prefix hash).
+
+  Returns:
+    dict(per_chain int[N] distinct nodes per chain, union: distinct over
+    all N chains, raw_calls int[N], truncated: chains whose trace overflowed
+    `max_queries` (their counts are lower bounds)).
+  """
+  if method not in ("js", "vgb", "lifted"):
+    raise ValueError("unique queries are traced for 'js', 'vgb' and "
+                     "'lifted'")
+  _, st = sample(instance, method, key, num_chains, trace=max_queries,
+                 **params)
+  union = set()
+  per_chain = []
+  for c in range(num_chains):
+    m = int(min(st["trace_count"][c], max_queries))
+    hs = st["trace_hash"][c, :m].astype(np.uint32)
+    ds = st["trace_depth"][c, :m]
+    seen = set(zip(ds[ds > 0].tolist(), hs[ds > 0].tolist(), strict=True))
+    for a in range(instance.S):
+      kids = trees.child_hash(hs, np.uint32(a))
+      seen.update(zip((ds + 1).tolist(), kids.tolist(), strict=True))
+    per_chain.append(len(seen))
+    union |= seen
+  return dict(per_chain=np.array(per_chain), union=len(union),
+              raw_calls=st["oracle_calls"],
+              truncated=st["trace_count"] > max_queries)

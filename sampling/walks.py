@@ -138,9 +138,39 @@ class _Walk:
     return la, logm, logmu, ref
 
 
+def _record(c, trace, queried, h, d):
+  """Appends (hash, depth) of a node whose neighbourhood was queried."""
+  if not trace:
+    return {}
+  i = jnp.minimum(c["nq"], trace - 1)
+  return dict(trace_h=c["trace_h"].at[i].set(
+      jnp.where(queried, h, c["trace_h"][i])),
+              trace_d=c["trace_d"].at[i].set(
+                  jnp.where(queried, d, c["trace_d"][i])),
+              nq=c["nq"] + queried)
+
+
+def _trace_init(trace):
+  if not trace:
+    return {}
+  return dict(trace_h=jnp.zeros(trace, jnp.uint32),
+              trace_d=jnp.full(trace, -1, jnp.int32), nq=jnp.int32(0))
+
+
+def _trace_out(out, trace):
+  if not trace:
+    return {}
+  return dict(trace_hash=out["trace_h"], trace_depth=out["trace_d"],
+              trace_count=out["nq"])
+
+
 def make_js(inst: trees.Instance, steps: int, leaf_loop: float = 0.0,
-            readout: str = "r1", laziness: float = 0.5):
-  """The SJ walk as a jump chain (see module docstring)."""
+            readout: str = "r1", laziness: float = 0.5, trace: int = 0):
+  """The SJ walk as a jump chain (see module docstring).
+
+  trace > 0 records the (hash, depth) of the first `trace` nodes whose
+  neighbourhood was queried (for `sampling.unique_queries`).
+  """
   if readout not in ("r1", "r2"):
     raise ValueError("readout must be 'r1' or 'r2'")
   w = _Walk(inst)
@@ -172,22 +202,25 @@ def make_js(inst: trees.Instance, steps: int, leaf_loop: float = 0.0,
       done = over | (move & (readout == "r2") & (new_d == n))
       return dict(pre=new_pre, d=new_d, t=jnp.where(over, steps, t + h),
                   key=key, done=done, moves=c["moves"] + move,
-                  calls=c["calls"] + calls)
+                  calls=c["calls"] + calls,
+                  **_record(c, trace, calls > 0, pre.hash[d], d))
 
     init = dict(pre=trees.root(inst), d=jnp.int32(0), t=jnp.int32(0),
                 key=key, done=jnp.bool_(False), moves=jnp.int32(0),
-                calls=jnp.int32(0))
+                calls=jnp.int32(0), **_trace_init(trace))
     out = jax.lax.while_loop(cond, body, init)
     return out["pre"].tokens, dict(accepted=out["d"] == n,
                                    oracle_calls=out["calls"],
-                                   moves=out["moves"], steps=out["t"])
+                                   moves=out["moves"], steps=out["t"],
+                                   **_trace_out(out, trace))
 
   return chain
 
 
 def make_lifted(inst: trees.Instance, steps: int,
-                leaf_loop: float | None = None):
-  """The balanced lifted walk with a randomised read-out time."""
+                leaf_loop: float | None = None, trace: int = 0):
+  """The balanced lifted walk with a randomised read-out time (trace: as
+  in `make_js`)."""
   lam = 2 * inst.alpha * inst.n if leaf_loop is None else float(leaf_loop)
   if lam < 1:
     raise ValueError("the lifted walk needs leaf_loop >= 1")
@@ -229,15 +262,17 @@ def make_lifted(inst: trees.Instance, steps: int,
       calls = jnp.where(move & ~leaf, S + (d > 0).astype(jnp.int32), 0)
       return dict(pre=new_pre, d=new_d, t=jnp.where(over, t_star, t + h),
                   down=new_down, key=key, done=over,
-                  moves=c["moves"] + move, calls=c["calls"] + calls)
+                  moves=c["moves"] + move, calls=c["calls"] + calls,
+                  **_record(c, trace, calls > 0, pre.hash[d], d))
 
     init = dict(pre=trees.root(inst), d=jnp.int32(0), t=jnp.int32(0),
                 down=jnp.bool_(True), key=key, done=jnp.bool_(False),
-                moves=jnp.int32(0), calls=jnp.int32(0))
+                moves=jnp.int32(0), calls=jnp.int32(0), **_trace_init(trace))
     out = jax.lax.while_loop(cond, body, init)
     return out["pre"].tokens, dict(accepted=out["d"] == n,
                                    oracle_calls=out["calls"],
-                                   moves=out["moves"], steps=t_star)
+                                   moves=out["moves"], steps=t_star,
+                                   **_trace_out(out, trace))
 
   return chain
 

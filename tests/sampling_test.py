@@ -376,3 +376,22 @@ def test_launch_sample_smoke_reports_the_expected_slopes(tmp_path):
   report = (tmp_path / "report.md").read_text()
   assert "fitted slope" in report and "fig_b_cost_vs_n.png" in report
   assert (tmp_path / "fig_b_cost_vs_n.png").exists()
+
+
+def test_unique_queries_match_a_host_count_on_a_small_tree():
+  inst = trees.make_instance(2, 3, "uniform", "random", 1.5)
+  u = sampling.unique_queries(inst, "js", KEY, 50, steps=200,
+                              leaf_loop=0.0)
+  assert (u["per_chain"] <= trees.num_nodes(2, 3) - 1).all()
+  assert u["union"] == trees.num_nodes(2, 3) - 1  # every non-root node
+  assert (u["per_chain"] <= u["raw_calls"]).all()
+  assert not u["truncated"].any()
+  lifted = sampling.unique_queries(inst, "lifted", KEY, 20, steps=40)
+  assert (lifted["per_chain"] > 0).all()
+  # a single move from the root queries exactly its S children
+  one = sampling.unique_queries(inst, "js", KEY, 200, steps=1,
+                                leaf_loop=0.0)
+  assert set(one["per_chain"].tolist()) == {0, 2}
+  two = sampling.unique_queries(inst, "js", KEY, 400, steps=2,
+                                leaf_loop=0.0)  # down, then up or down
+  assert set(two["per_chain"].tolist()) == {0, 2, 4}
