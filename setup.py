@@ -31,6 +31,8 @@ setuptools.setup(
         # matplotlib: PNG plots of the sampling experiments (optional; the
         # experiments run and report without it)
         "plots": ["matplotlib>=3.7"],
-        "test": ["pytest>=8.0", "ruff>=0.6", "matplotlib>=3.7"],
+        # nbclient, nbformat, ipykernel: CI executes every notebook
+        "test": ["pytest>=8.0", "ruff>=0.6", "matplotlib>=3.7",
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
     },
 )
