@@ -15,7 +15,8 @@ Methods and parameters (the same names in both):
   'top_down'                                      §2a
   'rejection'  alpha, max_proposals               §2b
   'sir'        proposals                          §2b (sample only)
-  'js'         steps, leaf_loop, readout          §2c
+  'js'         steps, leaf_loop, readout ('r1' | 'r2' | 'r3': records,
+               spacing)                           §2c
   'lifted'     steps, leaf_loop                   §2d (our reconstruction)
   'vgb'        steps, leaf_loop, form ('sj'|'mh') §2e
   'ttt_elim'   family, delta, imh_steps           §2f (our design)
@@ -44,7 +45,7 @@ def make_chain(instance: Instance, method: str, *, steps: int = 256,
                form: str = "sj", alpha: float | None = None,
                max_proposals: int = 1000, proposals: int = 16,
                family=None, delta: float = 0.01, imh_steps: int = 0,
-               trace: int = 0):
+               trace: int = 0, records: int = 1, spacing: int = 0):
   """The one-chain function `chain(key) -> (x int32[n], stats)`."""
   if method == "top_down":
     return walks.make_top_down(instance)
@@ -54,7 +55,7 @@ def make_chain(instance: Instance, method: str, *, steps: int = 256,
     return walks.make_sir(instance, proposals)
   if method == "js" or (method == "vgb" and form == "sj"):
     return walks.make_js(instance, steps, leaf_loop or 0.0, readout,
-                         trace=trace)
+                         trace=trace, records=records, spacing=spacing)
   if method == "vgb":
     if form != "mh":
       raise ValueError("vgb form must be 'sj' or 'mh'")
@@ -84,6 +85,15 @@ def sample(instance: Instance, method: str, key: jax.Array,
     chain = make_chain(instance, method, **params)
     fn = (instance, jax.jit(jax.vmap(chain)))
     _CACHE[cache_key] = fn
+  if params.get("readout") == "r3":
+    # R3: num_samples / records chains, `records` correlated samples each
+    records = params.get("records", 1)
+    chains = -(-num_samples // records)
+    xs, stats = fn[1](jax.random.split(key, chains))
+    xs = np.asarray(xs).reshape(-1, instance.n)[:num_samples]
+    stats = {k: np.asarray(v).reshape(-1)[:num_samples]
+             for k, v in stats.items()}
+    return xs, stats
   keys = jax.random.split(key, num_samples)
   xs, stats = fn[1](keys)
   return np.asarray(xs), {k: np.asarray(v) for k, v in stats.items()}

@@ -165,14 +165,22 @@ def _trace_out(out, trace):
 
 
 def make_js(inst: trees.Instance, steps: int, leaf_loop: float = 0.0,
-            readout: str = "r1", laziness: float = 0.5, trace: int = 0):
+            readout: str = "r1", laziness: float = 0.5, trace: int = 0,
+            records: int = 1, spacing: int = 0):
   """The SJ walk as a jump chain (see module docstring).
 
+  readout 'r3': one long chain per lane, X recorded at times steps,
+  steps + spacing, ..., (`records` of them; spacing defaults to steps);
+  the chain's outputs then have a leading [records] axis (the holding times
+  are memoryless, so stopping at a record time and going on is exact).
   trace > 0 records the (hash, depth) of the first `trace` nodes whose
   neighbourhood was queried (for `sampling.unique_queries`).
   """
-  if readout not in ("r1", "r2"):
-    raise ValueError("readout must be 'r1' or 'r2'")
+  if readout not in ("r1", "r2", "r3"):
+    raise ValueError("readout must be 'r1', 'r2' or 'r3'")
+  if readout == "r3":
+    return _make_r3(inst, steps, leaf_loop, laziness, records,
+                    spacing or steps)
   w = _Walk(inst)
   n, S = w.n, w.S
   log_hold_internal = math.log(laziness)
@@ -213,6 +221,56 @@ def make_js(inst: trees.Instance, steps: int, leaf_loop: float = 0.0,
                                    oracle_calls=out["calls"],
                                    moves=out["moves"], steps=out["t"],
                                    **_trace_out(out, trace))
+
+  return chain
+
+
+def _make_r3(inst, steps, leaf_loop, laziness, records, spacing):
+  """R3: segments of an SJ chain continued from where the last one ended."""
+  w = _Walk(inst)
+  n, S = w.n, w.S
+  log_hold_internal = math.log(laziness)
+  log_hold_leaf = math.log(1.0 - (1.0 - laziness) / (1.0 + leaf_loop))
+
+  def run(c, horizon):
+    def cond(c):
+      return ~c["done"]
+
+    def body(c):
+      pre, d, t = c["pre"], c["d"], c["t"]
+      key, kh, km = jax.random.split(c["key"], 3)
+      leaf = d == n
+      h = _geom(kh, jnp.where(leaf, log_hold_leaf, log_hold_internal))
+      over = t + h > horizon
+      la, logm, logmu, ref = w.neighbours(pre, d)
+      choice = jax.random.categorical(km, jnp.concatenate([la[None], logmu]))
+      go_up = leaf | (choice == 0)
+      pushed = trees.push(inst, pre, jnp.minimum(d, n - 1),
+                          jnp.maximum(choice - 1, 0), logm, logmu, ref)
+      move = ~over
+      return dict(
+          pre=jax.tree.map(lambda p, q: jnp.where(move & ~go_up, q, p), pre,
+                           pushed),
+          d=jnp.where(move, jnp.where(go_up, d - 1, d + 1), d),
+          t=jnp.where(over, horizon, t + h), key=key, done=over,
+          moves=c["moves"] + move,
+          calls=c["calls"] + jnp.where(move & ~leaf,
+                                       S + (d > 0).astype(jnp.int32), 0))
+
+    return jax.lax.while_loop(cond, body, dict(c, done=jnp.bool_(False)))
+
+  def chain(key):
+    init = dict(pre=trees.root(inst), d=jnp.int32(0), t=jnp.int32(0),
+                key=key, done=jnp.bool_(False), moves=jnp.int32(0),
+                calls=jnp.int32(0))
+
+    def segment(c, j):
+      c = run(c, steps + j * spacing)
+      return c, (c["pre"].tokens, c["d"] == n, c["moves"], c["calls"])
+
+    _, (xs, acc, moves, calls) = jax.lax.scan(segment, init,
+                                              jnp.arange(records))
+    return xs, dict(accepted=acc, oracle_calls=calls, moves=moves)
 
   return chain
 

@@ -395,3 +395,19 @@ def test_unique_queries_match_a_host_count_on_a_small_tree():
   two = sampling.unique_queries(inst, "js", KEY, 400, steps=2,
                                 leaf_loop=0.0)  # down, then up or down
   assert set(two["per_chain"].tolist()) == {0, 2, 4}
+
+
+def test_r3_records_a_long_chain_whose_leaves_follow_mu_star():
+  inst = trees.make_instance(2, 4, "product", "combo", 2.0, p=0.3)
+  mu = exact.target_law(exact.node_table(inst))
+  xs, st = sampling.sample(inst, "js", KEY, 40000, steps=64, leaf_loop=8.0,
+                           readout="r3", records=20, spacing=16)
+  assert xs.shape == (40000, 4) and st["accepted"].shape == (40000,)
+  # cumulative counters grow along each chain
+  moves = st["moves"].reshape(-1, 20)
+  assert (np.diff(moves, axis=1) >= 0).all()
+  emp = sampling.empirical_law(xs, 2, st["accepted"])
+  assert exact.tv(emp, mu) < 0.05  # correlated samples of the stationary law
+  # R2 (first leaf) is biased under combo errors; the exact law says so
+  r2 = sampling.sample(inst, "js", KEY, 20000, steps=10_000, readout="r2")
+  assert r2[1]["accepted"].mean() > 0.99
