@@ -164,69 +164,9 @@ def _trace_out(out, trace):
               trace_count=out["nq"])
 
 
-def make_js(inst: trees.Instance, steps: int, leaf_loop: float = 0.0,
-            readout: str = "r1", laziness: float = 0.5, trace: int = 0,
-            records: int = 1, spacing: int = 0):
-  """The SJ walk as a jump chain (see module docstring).
-
-  readout 'r3': one long chain per lane, X recorded at times steps,
-  steps + spacing, ..., (`records` of them; spacing defaults to steps);
-  the chain's outputs then have a leading [records] axis (the holding times
-  are memoryless, so stopping at a record time and going on is exact).
-  trace > 0 records the (hash, depth) of the first `trace` nodes whose
-  neighbourhood was queried (for `sampling.unique_queries`).
-  """
-  if readout not in ("r1", "r2", "r3"):
-    raise ValueError("readout must be 'r1', 'r2' or 'r3'")
-  if readout == "r3":
-    return _make_r3(inst, steps, leaf_loop, laziness, records,
-                    spacing or steps)
-  w = _Walk(inst)
-  n, S = w.n, w.S
-  log_hold_internal = math.log(laziness)
-  log_hold_leaf = math.log(1.0 - (1.0 - laziness) / (1.0 + leaf_loop))
-
-  def chain(key):
-    def cond(c):
-      return ~c["done"]
-
-    def body(c):
-      pre, d, t = c["pre"], c["d"], c["t"]
-      key, kh, km = jax.random.split(c["key"], 3)
-      leaf = d == n
-      h = _geom(kh, jnp.where(leaf, log_hold_leaf, log_hold_internal))
-      over = t + h > steps
-      la, logm, logmu, ref = w.neighbours(pre, d)
-      choice = jax.random.categorical(km, jnp.concatenate([la[None], logmu]))
-      go_up = leaf | (choice == 0)
-      a = jnp.maximum(choice - 1, 0)
-      pushed = trees.push(inst, pre, jnp.minimum(d, n - 1), a, logm, logmu,
-                          ref)
-      move = ~over
-      new_pre = jax.tree.map(
-          lambda p, q: jnp.where(move & ~go_up, q, p), pre, pushed)
-      new_d = jnp.where(move, jnp.where(go_up, d - 1, d + 1), d)
-      calls = jnp.where(move & ~leaf, S + (d > 0).astype(jnp.int32), 0)
-      done = over | (move & (readout == "r2") & (new_d == n))
-      return dict(pre=new_pre, d=new_d, t=jnp.where(over, steps, t + h),
-                  key=key, done=done, moves=c["moves"] + move,
-                  calls=c["calls"] + calls,
-                  **_record(c, trace, calls > 0, pre.hash[d], d))
-
-    init = dict(pre=trees.root(inst), d=jnp.int32(0), t=jnp.int32(0),
-                key=key, done=jnp.bool_(False), moves=jnp.int32(0),
-                calls=jnp.int32(0), **_trace_init(trace))
-    out = jax.lax.while_loop(cond, body, init)
-    return out["pre"].tokens, dict(accepted=out["d"] == n,
-                                   oracle_calls=out["calls"],
-                                   moves=out["moves"], steps=out["t"],
-                                   **_trace_out(out, trace))
-
-  return chain
-
-
-def _make_r3(inst, steps, leaf_loop, laziness, records, spacing):
-  """R3: segments of an SJ chain continued from where the last one ended."""
+def _sj_runner(inst, leaf_loop, laziness, trace=0, stop_at_leaf=False):
+  """`run(carry, horizon)`: the SJ jump chain from `carry` until time
+  `horizon` (or, with stop_at_leaf, the first leaf)."""
   w = _Walk(inst)
   n, S = w.n, w.S
   log_hold_internal = math.log(laziness)
@@ -248,29 +188,64 @@ def _make_r3(inst, steps, leaf_loop, laziness, records, spacing):
       pushed = trees.push(inst, pre, jnp.minimum(d, n - 1),
                           jnp.maximum(choice - 1, 0), logm, logmu, ref)
       move = ~over
+      new_d = jnp.where(move, jnp.where(go_up, d - 1, d + 1), d)
+      calls = jnp.where(move & ~leaf, S + (d > 0).astype(jnp.int32), 0)
+      done = over | (move & stop_at_leaf & (new_d == n))
       return dict(
           pre=jax.tree.map(lambda p, q: jnp.where(move & ~go_up, q, p), pre,
                            pushed),
-          d=jnp.where(move, jnp.where(go_up, d - 1, d + 1), d),
-          t=jnp.where(over, horizon, t + h), key=key, done=over,
-          moves=c["moves"] + move,
-          calls=c["calls"] + jnp.where(move & ~leaf,
-                                       S + (d > 0).astype(jnp.int32), 0))
+          d=new_d, t=jnp.where(over, horizon, t + h), key=key, done=done,
+          moves=c["moves"] + move, calls=c["calls"] + calls,
+          **_record(c, trace, calls > 0, pre.hash[d], d))
 
     return jax.lax.while_loop(cond, body, dict(c, done=jnp.bool_(False)))
 
-  def chain(key):
-    init = dict(pre=trees.root(inst), d=jnp.int32(0), t=jnp.int32(0),
+  def init(key):
+    return dict(pre=trees.root(inst), d=jnp.int32(0), t=jnp.int32(0),
                 key=key, done=jnp.bool_(False), moves=jnp.int32(0),
-                calls=jnp.int32(0))
+                calls=jnp.int32(0), **_trace_init(trace))
 
-    def segment(c, j):
-      c = run(c, steps + j * spacing)
-      return c, (c["pre"].tokens, c["d"] == n, c["moves"], c["calls"])
+  return run, init
 
-    _, (xs, acc, moves, calls) = jax.lax.scan(segment, init,
-                                              jnp.arange(records))
-    return xs, dict(accepted=acc, oracle_calls=calls, moves=moves)
+
+def make_js(inst: trees.Instance, steps: int, leaf_loop: float = 0.0,
+            readout: str = "r1", laziness: float = 0.5, trace: int = 0,
+            records: int = 1, spacing: int = 0):
+  """The SJ walk as a jump chain (see module docstring).
+
+  readout 'r3': one long chain per lane, X recorded at times steps,
+  steps + spacing, ..., (`records` of them; spacing defaults to steps);
+  the chain's outputs then have a leading [records] axis (the holding times
+  are memoryless, so stopping at a record time and going on is exact).
+  trace > 0 records the (hash, depth) of the first `trace` nodes whose
+  neighbourhood was queried (for `sampling.unique_queries`).
+  """
+  if readout not in ("r1", "r2", "r3"):
+    raise ValueError("readout must be 'r1', 'r2' or 'r3'")
+  n = inst.n
+  run, init = _sj_runner(inst, leaf_loop, laziness,
+                         trace if readout != "r3" else 0, readout == "r2")
+
+  if readout == "r3":
+    spacing = spacing or steps
+
+    def chain_r3(key):
+      def segment(c, j):
+        c = run(c, steps + j * spacing)
+        return c, (c["pre"].tokens, c["d"] == n, c["moves"], c["calls"])
+
+      _, (xs, acc, moves, calls) = jax.lax.scan(segment, init(key),
+                                                jnp.arange(records))
+      return xs, dict(accepted=acc, oracle_calls=calls, moves=moves)
+
+    return chain_r3
+
+  def chain(key):
+    out = run(init(key), steps)
+    return out["pre"].tokens, dict(accepted=out["d"] == n,
+                                   oracle_calls=out["calls"],
+                                   moves=out["moves"], steps=out["t"],
+                                   **_trace_out(out, trace))
 
   return chain
 
