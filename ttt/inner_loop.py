@@ -62,13 +62,19 @@ def make_schedule(cfg: TTTConfig) -> optax.Schedule:
       end_value=0.0)
 
 
-def make_optimizer(cfg: TTTConfig) -> optax.GradientTransformation:
-  """Clip (per task under vmap), then AdamW on the schedule."""
-  adamw = optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2,
+def clipped_adamw(schedule, cfg) -> optax.GradientTransformation:
+  """Global-norm clip (`cfg.clip_norm`, 0: off), then AdamW on `schedule`
+  with `cfg.b1`, `cfg.b2`, `cfg.weight_decay`."""
+  adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2,
                       weight_decay=cfg.weight_decay)
   if cfg.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
   return adamw
+
+
+def make_optimizer(cfg: TTTConfig) -> optax.GradientTransformation:
+  """Clip (per task under vmap), then AdamW on the schedule."""
+  return clipped_adamw(make_schedule(cfg), cfg)
 
 
 def draw_rows(key: jax.Array, valid: jax.Array, step: jax.Array,

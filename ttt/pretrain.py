@@ -323,11 +323,7 @@ def make_schedule(cfg: PretrainConfig) -> optax.Schedule:
 
 def make_optimizer(cfg: PretrainConfig) -> optax.GradientTransformation:
   """Clip, then AdamW on `make_schedule`."""
-  adamw = optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2,
-                      weight_decay=cfg.weight_decay)
-  if cfg.clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
-  return adamw
+  return inner_loop.clipped_adamw(make_schedule(cfg), cfg)
 
 
 def make_train_step(graphdef, optimizer):
