@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sampling import trees
+from sampling import oracles, trees
 
 MAX_EXACT_NODES = 1 << 16
 
@@ -64,7 +64,7 @@ def node_table(inst: trees.Instance) -> NodeTable:
   pre0 = trees.root(inst)
 
   def expand(pre, d):
-    logm, logmu, ref = trees.children(inst, pre, d)
+    logm, logmu, ref = oracles.children(inst, pre, d)
     kids = jax.vmap(lambda a: trees.push(inst, pre, d, a, logm, logmu, ref)
                     )(jnp.arange(S))
     return kids, logm, logmu, ref

@@ -25,9 +25,10 @@ table of log μ̂ for internal nodes in level order (root first).
 
 Walks carry a `Prefix` state (arrays over depth 0..n: tokens, rolling hash,
 log π_ref, log M, log μ̂, DFA state, base-S value) updated in O(1) per push;
-a pop only decrements the depth. `children(inst, prefix, d)` gives log M,
-log μ̂ and log π_ref(a | v) of the S children of the depth-d node in one
-call (S queries).
+a pop only decrements the depth.
+
+The oracle itself -- log M, log μ̂ and log π_ref of a node's children from
+its prefix state -- is `sampling.oracles.children`.
 
 `load_instance(path_or_dict)` reads the JSON form (see `instance_from_json`);
 bad instances raise `InstanceError` naming the problem.
@@ -465,86 +466,6 @@ def root(inst: Instance) -> Prefix:
       logmu=jnp.zeros(n + 1, jnp.float32).at[0].set(mu0),
       state=jnp.full(n + 1, start, jnp.int32),
       value=jnp.zeros(n + 1, jnp.int32))
-
-
-def _gumbel(h):
-  u = hash_uniform(h)
-  return -jnp.log(-jnp.log(u))
-
-
-def children_ref(inst: Instance, pre: Prefix, d):
-  """log π_ref(a | v) float32[S] for the depth-d node v."""
-  S = inst.S
-  if inst.target in ("product", "dfa"):
-    return jnp.asarray(inst.arrays["log_p"], jnp.float32)
-  if inst.target == "ar":
-    hs = child_hash(pre.hash[d], jnp.arange(S))
-    return jax.nn.log_softmax(inst.params["beta"] * _gumbel(hs))
-  return jnp.full(S, -math.log(S), jnp.float32)
-
-
-def children(inst: Instance, pre: Prefix, d):
-  """(log M, log μ̂, log π_ref(a|v)) of the S children of the depth-d node.
-
-  d must be < n. One call = S oracle queries. Leaves (depth n) are exact.
-  """
-  S, n = inst.S, inst.n
-  a = jnp.arange(S)
-  ref = children_ref(inst, pre, d)
-  child_d = d + 1
-  if inst.target == "uniform":
-    logm = jnp.full(S, (n - child_d) * math.log(S), jnp.float32)
-  elif inst.target in ("product", "ar"):
-    logm = pre.logm[d] + ref
-  elif inst.target == "dfa":
-    nxt = jnp.asarray(inst.arrays["trans"])[pre.state[d]]
-    logv = jnp.asarray(inst.arrays["logv"], jnp.float32)
-    logm = pre.logref[d] + ref + logv[child_d, nxt]
-  else:
-    offs = jnp.asarray([level_offset(S, k) for k in range(n + 1)],
-                       jnp.int32)
-    logm = jnp.asarray(inst.arrays["node_logm"], jnp.float32)[
-        offs[child_d] + pre.value[d] * S + a]
-  if inst.pattern == "table":
-    offs = jnp.asarray([level_offset(S, k) for k in range(n + 1)], jnp.int32)
-    table = jnp.asarray(inst.arrays["oracle_internal"], jnp.float32)
-    idx = jnp.minimum(offs[child_d] + pre.value[d] * S + a,
-                      table.shape[0] - 1)
-    logmu = jnp.where(child_d < n, table[idx], logm)
-    return logm, logmu, ref
-  s = error_signs(inst, pre, d, logm)
-  internal = child_d < n
-  logmu = logm + jnp.where(internal, s, 0.0) * inst.log_alpha
-  return logm, logmu, ref
-
-
-def error_signs(inst: Instance, pre: Prefix, d, child_logm):
-  """s(v·a) ∈ [−1, 1] for the children of the depth-d node (§3.2)."""
-  S, n = inst.S, inst.n
-  a = jnp.arange(S)
-  k = d + 1  # the children's depth
-  parity = jnp.where(k % 2 == 0, 1.0, -1.0)
-  sib = jnp.where(a == S - 1, 1.0, -1.0)
-  p = inst.pattern
-  if p == "exact":
-    return jnp.zeros(S)
-  if p == "depth":
-    return jnp.full(S, parity)
-  if p == "slow":
-    return jnp.full(S, jnp.sin(2 * math.pi * k / n))
-  if p == "sibling":
-    return sib
-  if p == "combo":
-    return sib * parity
-  hs = child_hash(pre.hash[d], a) ^ mix32(jnp.uint32(inst.seed) + 0x5bd1e995)
-  u = hash_uniform(mix32(hs))
-  if p == "random":
-    return 2.0 * u - 1.0
-  if p == "randsign":
-    return jnp.where(u < 0.5, -1.0, 1.0)
-  # adv_td: inflate children lighter than the mean sibling mass
-  mean = jax.nn.logsumexp(child_logm) - math.log(S)
-  return jnp.where(child_logm < mean, 1.0, -1.0)
 
 
 def push(inst: Instance, pre: Prefix, d, a, logm_c, logmu_c, ref_c

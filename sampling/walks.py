@@ -33,7 +33,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from sampling import trees
+from sampling import oracles, trees
 
 
 def _geom(key, log_q):
@@ -60,7 +60,7 @@ def make_top_down(inst: trees.Instance):
     def level(carry, d):
       pre, key, log_rho_sum = carry
       key, k = jax.random.split(key)
-      logm, logmu, ref = trees.children(inst, pre, d)
+      logm, logmu, ref = oracles.children(inst, pre, d)
       a = jax.random.categorical(k, logmu)
       lb = jax.nn.logsumexp(logmu)
       # ρ(v) = B(v) / μ̂(v) for internal v ≠ ∅ (depth 1..n−1)
@@ -132,7 +132,7 @@ class _Walk:
 
   def neighbours(self, pre, d):
     """(log μ̂(v) or −inf at the root, children values)."""
-    logm, logmu, ref = trees.children(self.inst, pre, jnp.minimum(
+    logm, logmu, ref = oracles.children(self.inst, pre, jnp.minimum(
         d, self.n - 1))
     la = jnp.where(d > 0, pre.logmu[d], -jnp.inf)
     return la, logm, logmu, ref
