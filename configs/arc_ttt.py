@@ -3,7 +3,7 @@ r"""The main job: TTT -> augmented inference -> voting -> scores (`launch.ttt`).
 Commands:
 
   # The default (embedded) run: the shipped tiny model on the 10 shortest
-  # ARC-AGI-1 evaluation tasks, CPU, a few minutes on 2 cores:
+  # ARC-AGI-1 evaluation tasks, CPU, about 1 minute on 2 cores:
   python -m launch.ttt
   # The same with flags spelled out, writing to a chosen workdir:
   python -m launch.ttt --config=configs/arc_ttt.py:tiny --workdir=/tmp/ttt
@@ -15,11 +15,12 @@ Commands:
       --config.run.solutions=my_solutions.json --config.run.num_tasks=0
 
 Presets:
-  tiny  checkpoints/tiny (0.86M parameters, trained ~1 CPU-hour, see
+  tiny  checkpoints/tiny (0.86M parameters, trained 1.6 CPU-hours, see
         checkpoints/tiny/README.md); 10 shortest evaluation tasks; LoRA rank
-        16; 48 TTT steps. Expected: a few minutes on a 2-core CPU; pass@2
-        around 0-2 of 10 -- a model this small solves only the simplest
-        tasks. The run demonstrates the pipeline, not the method's ceiling.
+        16, 128 TTT steps at lr 2e-3. Measured on a 2-core CPU: about 90 s
+        (TTT 69 s, inference 9 s); pass@2 2/10 (66e6c45b, e633a9e5),
+        candidate coverage 18%; the same run without TTT
+        (--config.ttt.enabled=False) solves 0/10.
   gpu   checkpoints/base (issue: a trained base model ships later); all 400
         ARC-AGI-1 evaluation tasks; max_len 4096.
 
@@ -83,9 +84,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.ttt = dict(
       enabled=True,  # False: no TTT (the base model's predictions)
       shared_adapter=False,  # True: one adapter for all tasks of a chunk
-      steps=128 if gpu else 48,  # optimizer steps per task
+      steps=128,  # optimizer steps per task
       batch_size=4 if gpu else 2,  # sequences per step
-      lr=5e-4 if gpu else 1e-3,  # peak learning rate
+      lr=5e-4 if gpu else 2e-3,  # peak learning rate
       warmup_frac=0.1,  # linear warm-up share
       weight_decay=0.01,  # AdamW weight decay
       b1=0.9,  # Adam beta1
