@@ -283,7 +283,7 @@ def _decode_queries(queries, adapters, graphdef, base, dec_cfg, mesh,
                     decoder_cache):
   """Greedy predictions for every query x view (fills q.predictions)."""
   if not queries:
-    return 0
+    return
   bucket = dec_cfg.prompt_bucket
   plen = max(len(p.tokens) for q in queries for p in q.prompts[:1])
   longest = max(p.length for q in queries for p in q.prompts)
@@ -319,7 +319,6 @@ def _decode_queries(queries, adapters, graphdef, base, dec_cfg, mesh,
   for i, q in enumerate(queries):
     for j, v in enumerate(q.views):
       q.predictions.append(views.to_original(v, tokens.decode_grid(out[i, j])))
-  return int(valid.sum())
 
 
 def _pad_votes(groups: list[list[np.ndarray | None]], num_g: int, num_s: int):
@@ -546,15 +545,13 @@ def run_chunk(config, tasks: list[arc.Task], first_index: int, model,
       queries.append(_Query(slot, task, ti, views.make_views(
           len(task.train), view_cfg, rng), data_cfg.max_len))
   if predictor is not None:
-    decodes = 0
     for q in queries:
       for v in q.views:
         q.predictions.append(views.to_original(
             v, predictor(q.task, q.test_index, v)))
-        decodes += 1
   else:
-    decodes = _decode_queries(queries, adapters, graphdef, base, dec_cfg,
-                              mesh, decoder_cache)
+    _decode_queries(queries, adapters, graphdef, base, dec_cfg, mesh,
+                    decoder_cache)
   timings["inference"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
@@ -581,7 +578,6 @@ def run_chunk(config, tasks: list[arc.Task], first_index: int, model,
     if ttt_metrics["nonfinite"][slot]:
       logging.warning("task %s: TTT loss went non-finite; its adapter was "
                       "reset to the initial one", tasks[n].id)
-  del decodes
   return records, timings
 
 
