@@ -2,11 +2,14 @@ r"""Initial training: `python -m launch.pretrain --config=... --workdir=...`.
 
 Resumes from the checkpoint in --workdir when there is one (see
 `configs/pretrain.py` for commands, runtimes and expected results).
+Several hosts: add `--multihost` (see `launch/common.py`); every host saves
+the checkpoints with Orbax.
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import common
 from ttt import pretrain
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -18,12 +21,10 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/ttt_pretrain",
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.INFO)
-  import jax  # after absl parsed flags (platform flags may be set there)
-
-  logging.info("devices: %s", jax.devices())
+  common.start()
   last = pretrain.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info("done: %s", last)
+  common.end()
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@ r"""Sampling experiments: `python -m launch.sample --config=... --workdir=...`.
 
 See `configs/sampling/scaling.py` for commands, runtimes and expected
 results. Writes results.json, report.md and PNG plots to --workdir.
+Several hosts: add `--multihost` (see `launch/common.py`).
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from launch import common
 from sampling import experiments
+from ttt import sharding
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/sampling/scaling.py:tiny",
@@ -18,16 +21,14 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir_sampling",
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.INFO)
-  import jax
-
-  logging.info("devices: %s", jax.devices())
+  common.start()
   res = experiments.run(_CONFIG.value.sampling, _WORKDIR.value)
-  lumped = res["lumped"]
-  print("slopes: " + ", ".join(f"{k} {v['slope']:.2f}"
-                               for k, v in lumped.items()))
-  print(f"TTT_ELIM queries per n: {res['ttt_elim_queries']}; report: "
-        f"{_WORKDIR.value}/report.md")
+  if sharding.is_main():
+    print("slopes: " + ", ".join(f"{k} {v['slope']:.2f}"
+                                 for k, v in res["lumped"].items()))
+    print(f"TTT_ELIM queries per n: {res['ttt_elim_queries']}; report: "
+          f"{_WORKDIR.value}/report.md")
+  common.end()
 
 
 if __name__ == "__main__":

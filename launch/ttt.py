@@ -2,12 +2,14 @@ r"""The main job: `python -m launch.ttt [--config=... --workdir=...]`.
 
 With no flags: the embedded default (`configs/arc_ttt.py:tiny`) into
 `./workdir_ttt`. A workdir that already holds finished chunks is resumed.
+Several hosts: add `--multihost` (see `launch/common.py`).
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ttt import pipeline
+from launch import common
+from ttt import pipeline, sharding
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/arc_ttt.py:tiny", "Config file (`file.py:arg`).",
@@ -18,14 +20,14 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir_ttt",
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.INFO)
-  import jax
-
-  logging.info("devices: %s", jax.devices())
+  common.start()
   summary = pipeline.run(_CONFIG.value, _WORKDIR.value)
-  print(f"pass@2: {summary['pass2_tasks']}/{summary['scored_tasks']} tasks "
-        f"({100 * summary['pass2']:.1f}%), coverage "
-        f"{100 * summary['coverage']:.1f}%; outputs in {_WORKDIR.value}/")
+  if sharding.is_main():
+    print(f"pass@2: {summary['pass2_tasks']}/{summary['scored_tasks']} "
+          f"tasks ({100 * summary['pass2']:.1f}%), coverage "
+          f"{100 * summary['coverage']:.1f}%; outputs in {_WORKDIR.value}/")
+  logging.info("done")
+  common.end()
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import numpy as np
 from sampling import bounded, exact, oracles, trees, walks
 from sampling.exact import exact_output_law
 from sampling.trees import Instance, InstanceError, load_instance, make_instance
+from ttt import sharding
 
 METHODS = ("top_down", "rejection", "sir", "js", "lifted", "vgb", "ttt_elim")
 
@@ -69,8 +70,13 @@ def make_chain(instance: Instance, method: str, *, steps: int = 256,
 
 
 def sample(instance: Instance, method: str, key: jax.Array,
-           num_samples: int, **params):
+           num_samples: int, mesh=None, **params):
   """Runs `num_samples` independent chains in one compiled program.
+
+  Chain i runs on key `jax.random.split(key, N)[i]`, whatever the devices:
+  the chain axis is padded to the mesh size and sharded over `mesh` (default:
+  every device, of every host), so several devices or hosts split the chains
+  and every host gets all results back.
 
   Returns:
     (samples int32[N, n], stats dict of numpy arrays [N]). For walks a
@@ -85,18 +91,18 @@ def sample(instance: Instance, method: str, key: jax.Array,
     chain = make_chain(instance, method, **params)
     fn = (instance, jax.jit(jax.vmap(chain)))
     _CACHE[cache_key] = fn
-  if params.get("readout") == "r3":
-    # R3: num_samples / records chains, `records` correlated samples each
-    records = params.get("records", 1)
-    chains = -(-num_samples // records)
-    xs, stats = fn[1](jax.random.split(key, chains))
-    xs = np.asarray(xs).reshape(-1, instance.n)[:num_samples]
-    stats = {k: np.asarray(v).reshape(-1)[:num_samples]
-             for k, v in stats.items()}
-    return xs, stats
-  keys = jax.random.split(key, num_samples)
-  xs, stats = fn[1](keys)
-  return np.asarray(xs), {k: np.asarray(v) for k, v in stats.items()}
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  r3 = params.get("readout") == "r3"
+  # R3: num_samples / records chains, `records` correlated samples each
+  # (a leading [records] axis on every output of the chain)
+  records = params.get("records", 1) if r3 else 1
+  chains = -(-num_samples // records)
+  keys, _ = sharding.pad_tasks(jax.random.split(key, chains), mesh.size)
+  xs, stats = sharding.gather(fn[1](sharding.shard_tasks(keys, mesh)))
+  xs = xs[:chains].reshape(-1, instance.n)[:num_samples]
+  stats = {k: v[:chains].reshape((chains * records,) + v.shape[
+      1 + r3:])[:num_samples] for k, v in stats.items()}
+  return xs, stats
 
 
 def empirical_law(samples: np.ndarray, S: int,

@@ -18,6 +18,11 @@ each fitted log-log slope next to the expected one:
 * A Monte-Carlo check: `sampling.sample` vs the exact law on the smallest
   tree, for every walk (the vectorised samplers are the same chains).
 
+Several hosts: every host runs `run` with the same config; the Monte-Carlo
+chains are sharded over all devices of all hosts (`sampling.sample`), the
+exact chains are host numpy (repeated on each host, deterministic), and
+process 0 writes the files.
+
 Expected slopes (§4.4): SJ + loops → 2, lifted → 1 on consistent oracles
 (exact, slow) and → 2 on locally inconsistent ones at constant α, TTT_ELIM
 → 0; top-down TV increases with n.
@@ -38,6 +43,7 @@ from absl import logging
 
 import sampling
 from sampling import bounded, exact, trees
+from ttt import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,11 +216,13 @@ def run(config: Any, workdir: str) -> dict:
   res["monte_carlo"] = mc
   res["seconds"] = time.perf_counter() - t0
 
-  with open(os.path.join(workdir, "results.json"), "w",
-            encoding="utf-8") as f:
-    json.dump(res, f, indent=1, default=float)
-  plots = write_plots(res, workdir)
-  write_report(res, workdir, plots)
+  if sharding.is_main():
+    with open(os.path.join(workdir, "results.json"), "w",
+              encoding="utf-8") as f:
+      json.dump(res, f, indent=1, default=float)
+    plots = write_plots(res, workdir)
+    write_report(res, workdir, plots)
+  sharding.barrier("experiments.run")
   return res
 
 

@@ -99,7 +99,9 @@ def save_weights(path: str, params: Any, model_config: dict, *,
 
   Layout: `path/weights/` (an Orbax pytree) and `path/model_config.json`
   (`{"model": {...}, **extra}`). The weights are written to a temporary
-  directory and renamed, so `path` is either complete or absent.
+  directory and renamed, so `path` is either complete or absent. With
+  several hosts every host calls it (Orbax coordinates the write); process
+  0 writes the JSON.
   """
   path = os.path.abspath(path)
   cast = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
@@ -109,6 +111,8 @@ def save_weights(path: str, params: Any, model_config: dict, *,
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(target, cast, force=True)
     ckptr.wait_until_finished()
+  if jax.process_index() != 0:
+    return
   tmp = os.path.join(path, CONFIG_FILE + ".tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(dict(model=dict(model_config), dtype=dtype, **(extra or {})), f,

@@ -14,8 +14,10 @@ scores, leaving in `workdir`:
 
 Per chunk of `run.chunk_size` tasks (sized to device memory):
 1. data: per task, the TTT dataset (`ttt.data`, key `fold_in(key, task
-   index)`); a task whose identity prompt does not fit `data.max_len` is
-   skipped and reported, never truncated.
+   index)`), built by the host whose devices hold the task (several hosts:
+   each tokenizes only its slice; `ttt.sharding.put_rows` assembles the
+   global array); a task whose identity prompt does not fit `data.max_len`
+   is skipped and reported, never truncated.
 2. TTT: the vmapped inner loop (`ttt.inner_loop`) over the chunk's tasks,
    task axis sharded over the mesh and padded with tasks that never report;
    or one adapter shared by the chunk (`ttt.shared_adapter`), or none
@@ -223,16 +225,33 @@ class _Query:
     self.predictions: list[np.ndarray | None] = []  # task frame
 
 
-def trim_length(ds: data.TTTDataset, bucket: int) -> data.TTTDataset:
-  """Cuts the sequence axis of [T, N, L] datasets to the longest real row,
-  rounded up to a multiple of `bucket` (padding costs compute, not
-  accuracy: it is masked out of the loss and never attended to)."""
+def real_length(ds: data.TTTDataset) -> int:
+  """1 + the last sequence position holding a real token in any row."""
   real = (ds.tokens != tokens.PAD).any(axis=tuple(range(ds.tokens.ndim - 1)))
-  longest = int(np.flatnonzero(real).max()) + 1 if real.any() else 1
+  return int(np.flatnonzero(real).max()) + 1 if real.any() else 1
+
+
+def trim_length(ds: data.TTTDataset, bucket: int,
+                longest: int | None = None) -> data.TTTDataset:
+  """Cuts the sequence axis of [T, N, L] datasets to the longest real row
+  (or `longest`, e.g. the longest over hosts), rounded up to a multiple of
+  `bucket` (padding costs compute, not accuracy: it is masked out of the
+  loss and never attended to)."""
+  longest = real_length(ds) if longest is None else longest
   length = min(ds.tokens.shape[-1], -(-longest // bucket) * bucket)
   return data.TTTDataset(ds.tokens[..., :length], ds.mask[..., :length],
                          ds.positions[..., :length],
                          ds.coords[..., :length, :], ds.valid)
+
+
+def _blank(data_cfg: data.DataConfig) -> data.TTTDataset:
+  """A task with no data (padding rows of the task axis)."""
+  n, length = data_cfg.num_sequences, data_cfg.max_len
+  return data.TTTDataset(np.full((n, length), tokens.PAD, np.int32),
+                         np.zeros((n, length), np.int32),
+                         np.zeros((n, length), np.int32),
+                         np.zeros((n, length, 3), np.int32),
+                         np.zeros(n, bool))
 
 
 def _groups(config, ttt_fields: dict) -> ml_collections.ConfigDict:
@@ -244,15 +263,22 @@ def _groups(config, ttt_fields: dict) -> ml_collections.ConfigDict:
 
 def _train_adapters(config, ttt_cfg, switches, graphdef, base, template,
                     datasets, keys, mesh):
-  """Adapters [T] for the chunk (and per-task TTT metrics)."""
-  n = len(datasets)
+  """Adapters [T] for the chunk (and per-task TTT metrics).
+
+  `datasets` maps a task slot to its TTT dataset: every slot with a shared
+  adapter, otherwise only the slots this host holds (`_my_slots`); the
+  others' rows are built by their own hosts.
+  """
+  n = len(keys)
   full = config.adapter.mode == "full"
   init = lora.init_adapters(config, jax.random.fold_in(
       jax.random.key(config.run.seed), 1), n, template if full else None)
   if not switches.enabled:
-    return init, dict(final_loss=[None] * n, nonfinite=[False] * n)
-  ds = trim_length(_stack(datasets), config.decode.get("prompt_bucket", 128))
+    return init, dict(final_loss=[None] * n, nonfinite=[False] * n,
+                      rows=[0] * n)
+  bucket = config.decode.get("prompt_bucket", 128)
   if switches.shared_adapter:
+    ds = trim_length(_stack([datasets[i] for i in range(n)]), bucket)
     rows = jax.tree.map(lambda x: x.reshape((1, -1) + x.shape[2:]), ds)
     shared_cfg = dict(dataclasses.asdict(ttt_cfg))
     shared_cfg["steps"] = ttt_cfg.steps * n
@@ -262,21 +288,41 @@ def _train_adapters(config, ttt_cfg, switches, graphdef, base, template,
     adapters = jax.tree.map(lambda x: jnp.repeat(x, n, 0), out)
     loss = float(np.asarray(m["loss"])[0, -1])
     return adapters, dict(final_loss=[loss] * n,
-                          nonfinite=[bool(m["nonfinite"][0])] * n)
+                          nonfinite=[bool(m["nonfinite"][0])] * n,
+                          rows=[int(d.valid.sum()) for d in ds_list(ds)])
   fn = inner_loop.make_inner_loop(
       _groups(config, dataclasses.asdict(ttt_cfg)), graphdef)
-  (p_init, p_ds, p_keys), real = sharding.pad_tasks((init, ds, keys),
-                                                    mesh.size)
+  total = sharding.padded_count(n, mesh.size)
+  mine = sharding.local_rows(total, mesh)
+  blank = _blank(data.DataConfig.make(config.data))
+  local = _stack([datasets.get(int(r), blank) for r in mine])
+  local = trim_length(local, bucket, sharding.global_max(real_length(local)))
+  p_ds = sharding.put_rows(local, total, mesh)
+  (p_init, p_keys), _ = sharding.pad_tasks((init, keys), mesh.size)
   out, m = fn(sharding.replicate(base, mesh),
-              sharding.shard_tasks(p_init, mesh),
-              sharding.shard_tasks(p_ds, mesh),
+              sharding.shard_tasks(p_init, mesh), p_ds,
               sharding.shard_tasks(p_keys, mesh))
   adapters = jax.tree.map(lambda x: x[:n], out)
-  loss = np.asarray(m["loss"])[:n]
+  m = sharding.gather(dict(loss=m["loss"], nonfinite=m["nonfinite"],
+                           rows=sharding.put_rows(local.valid.sum(-1), total,
+                                                  mesh)))
   return adapters, dict(
-      final_loss=[float(x) for x in loss[:, -3:].mean(-1)],
-      nonfinite=[bool(x) for x in np.asarray(m["nonfinite"])[:n]],
-      has_data=[bool(x) for x in np.asarray(m["has_data"])[:n]])
+      final_loss=[float(x) for x in m["loss"][:n, -3:].mean(-1)],
+      nonfinite=[bool(x) for x in m["nonfinite"][:n]],
+      rows=[int(x) for x in m["rows"][:n]])
+
+
+def ds_list(ds: data.TTTDataset) -> list[data.TTTDataset]:
+  """[T, N, ...] -> T one-task datasets."""
+  return [jax.tree.map(lambda x, i=i: x[i], ds) for i in range(len(ds.valid))]
+
+
+def _my_slots(n: int, mesh, everything: bool) -> list[int]:
+  """The task slots (< n) whose TTT data this host builds."""
+  if everything:
+    return list(range(n))
+  rows = sharding.local_rows(sharding.padded_count(n, mesh.size), mesh)
+  return [int(r) for r in rows if r < n]
 
 
 def _decode_queries(queries, adapters, graphdef, base, dec_cfg, mesh,
@@ -315,7 +361,7 @@ def _decode_queries(queries, adapters, graphdef, base, dec_cfg, mesh,
       sharding.replicate(base, mesh),
       *sharding.shard_tasks((per_query, prompts, lengths, coords, segs,
                              valid), mesh))
-  out = np.asarray(out)
+  out = sharding.gather(out)
   for i, q in enumerate(queries):
     for j, v in enumerate(q.views):
       q.predictions.append(views.to_original(v, tokens.decode_grid(out[i, j])))
@@ -424,7 +470,7 @@ def _vote_poe(queries, adapters, graphdef, base, config, mesh):
   slots = np.array([q.task_slot for q in queries])
   ad = jax.tree.map(lambda a: a[slots], adapters)
   (ad, batch), _ = sharding.pad_tasks((ad, batch), mesh.size)
-  scores = np.asarray(decode.make_scorer(None, graphdef)(
+  scores = sharding.gather(decode.make_scorer(None, graphdef)(
       sharding.replicate(base, mesh), *sharding.shard_tasks((ad, batch),
                                                             mesh)))
   out = []
@@ -506,34 +552,33 @@ def run_chunk(config, tasks: list[arc.Task], first_index: int, model,
 
   t0 = time.perf_counter()
   records: list[dict | None] = [None] * len(tasks)
-  kept, datasets, keys, rows = [], [], [], []
+  kept, keys = [], []
   for n, task in enumerate(tasks):
     why = _fits(task, data_cfg.max_len)
     if why:
       records[n] = dict(id=task.id, skipped=why, num_tests=len(task.test))
       logging.warning("skipping task %s: %s", task.id, why)
       continue
-    k = jax.random.fold_in(key, first_index + n)
-    if switches.enabled and predictor is None:
-      stats = {}
-      datasets.append(data.build_ttt_dataset(task, data_cfg, k, stats))
-      rows.append(stats["rows"])
-    else:
-      rows.append(0)
-    keys.append(k)
+    keys.append(jax.random.fold_in(key, first_index + n))
     kept.append(n)
+  build = switches.enabled and predictor is None
+  datasets = {}  # slot -> dataset, for the slots this host builds
+  if build:
+    for slot in _my_slots(len(kept), mesh, switches.shared_adapter):
+      datasets[slot] = data.build_ttt_dataset(tasks[kept[slot]], data_cfg,
+                                              keys[slot])
   timings["data"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
   if predictor is None and kept:
     adapters, ttt_metrics = _train_adapters(
-        config, ttt_cfg, switches if datasets else TTTSwitches(enabled=False),
-        graphdef, base, template, datasets or [None] * len(kept),
-        jnp.stack(keys), mesh)
+        config, ttt_cfg, switches if build else TTTSwitches(enabled=False),
+        graphdef, base, template, datasets, jnp.stack(keys), mesh)
     jax.block_until_ready(adapters)
   else:
     adapters, ttt_metrics = None, dict(final_loss=[None] * len(kept),
-                                       nonfinite=[False] * len(kept))
+                                       nonfinite=[False] * len(kept),
+                                       rows=[0] * len(kept))
   timings["ttt"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
@@ -573,7 +618,8 @@ def run_chunk(config, tasks: list[arc.Task], first_index: int, model,
         decodes=sum(len(t["views"]) for t in tests),
         malformed=sum(sum(t["malformed_by_category"].values())
                       for t in tests),
-        ttt=dict(rows=rows[slot], final_loss=ttt_metrics["final_loss"][slot],
+        ttt=dict(rows=ttt_metrics["rows"][slot],
+                 final_loss=ttt_metrics["final_loss"][slot],
                  nonfinite=ttt_metrics["nonfinite"][slot]))
     if ttt_metrics["nonfinite"][slot]:
       logging.warning("task %s: TTT loss went non-finite; its adapter was "
@@ -599,12 +645,18 @@ def run(config, workdir: str, predictor: Callable | None = None,
     predictor: optional test double replacing the model's decoding.
     stop_after_chunks: stop after this many new chunks (0: run all) --
       how tests simulate a killed run.
+
+  Several hosts (`ttt.sharding.initialize_distributed`): every host calls
+  `run` with the same arguments; each builds the TTT data of its own tasks,
+  process 0 writes every file and decides which chunks a resumed run skips.
+  Hosts that cannot read process 0's workdir return a summary of the chunks
+  they ran; process 0's is the run's.
   """
   run_cfg = configlib.from_config(RunConfig, config.run)
   configlib.from_config(VoteConfig, config.vote)
   configlib.from_config(views.ViewConfig, config.views)
   os.makedirs(os.path.join(workdir, "chunks"), exist_ok=True)
-  is_main = jax.process_index() == 0
+  is_main = sharding.is_main()
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w",
               encoding="utf-8") as f:
@@ -640,20 +692,20 @@ def run(config, workdir: str, predictor: Callable | None = None,
   done_tasks = 0
   for c, chunk in enumerate(chunks):
     path = _chunk_path(workdir, c)
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        stored = json.load(f)
-      if [r["id"] for r in stored["records"]] == [t.id for t in chunk]:
+    stored = _stored_chunk(path, chunk)
+    # Process 0's files decide, so every host skips or runs the same chunks.
+    if bool(sharding.broadcast(np.int32(stored is not None))):
+      if stored is not None:  # hosts without process 0's files lack them
         results += stored["records"]
         for k, v in stored["timings"].items():
           timings[k] += v
-        logging.info("chunk %d/%d: already done (resumed)", c + 1,
-                     len(chunks))
-        continue
-      logging.warning("chunk %d on disk holds other tasks; redoing it", c)
+      logging.info("chunk %d/%d: already done (resumed)", c + 1,
+                   len(chunks))
+      continue
     if stop_after_chunks and new_chunks >= stop_after_chunks:
       logging.info("stopping after %d chunks (resume with the same "
                    "workdir)", new_chunks)
+      sharding.barrier("pipeline.run")
       return dict(stopped=True, chunks_done=c)
     records, t = run_chunk(config, chunk, c * size, model, mesh, predictor,
                            decoder_cache)
@@ -707,4 +759,17 @@ def run(config, workdir: str, predictor: Callable | None = None,
                "written to %s", summary["pass2_tasks"],
                summary["scored_tasks"], 100 * summary["pass2"],
                100 * summary["coverage"], workdir)
+  sharding.barrier("pipeline.run")
   return summary
+
+
+def _stored_chunk(path: str, chunk: list[arc.Task]) -> dict | None:
+  """The finished chunk at `path` if it holds exactly `chunk`'s tasks."""
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    stored = json.load(f)
+  if [r["id"] for r in stored["records"]] != [t.id for t in chunk]:
+    logging.warning("%s holds other tasks; redoing that chunk", path)
+    return None
+  return stored

@@ -20,9 +20,11 @@ resumed run sees exactly the batches an uninterrupted one would, by a
 background thread that keeps `prefetch` batches ahead of the device; the
 pipeline's own tokens/s is logged beside the step's.
 
-Training is data-parallel: the batch is split over a `data` mesh axis, the
-float32 weights replicated, compute in the model's dtype (bf16 by default);
-AdamW with linear warm-up and cosine decay, global-norm clipping.
+Training is data-parallel: the batch is split over a `data` mesh axis (with
+several hosts each builds only its rows of the batch: row r of step s comes
+from its own generator), the float32 weights replicated, compute in the
+model's dtype (bf16 by default); AdamW with linear warm-up and cosine
+decay, global-norm clipping.
 
 Resume order (`train_and_evaluate`): a checkpoint in `workdir/checkpoints`,
 then `config.init_from` (weights only, fresh optimizer), then fresh weights.
@@ -240,11 +242,16 @@ def sample_sequence(rng: np.random.Generator, sources: list[Source],
                    f"{cfg.max_len} in 100 tries; raise pretrain.max_len")
 
 
-def make_batch(sources: list[Source], cfg: PretrainConfig, step: int
-               ) -> data.TTTDataset:
-  """The batch of `step`: `TTTDataset` with leaves [B, L] (all rows valid)."""
-  rng = np.random.default_rng([cfg.seed, step])
-  seqs = [sample_sequence(rng, sources, cfg) for _ in range(cfg.batch_size)]
+def make_batch(sources: list[Source], cfg: PretrainConfig, step: int,
+               rows=None) -> data.TTTDataset:
+  """The batch of `step`: `TTTDataset` with leaves [B, L] (all rows valid).
+
+  Row r is drawn from its own generator (seed, step, r), so a host can build
+  only `rows` (its slice of the global batch) and get the same sequences.
+  """
+  rows = range(cfg.batch_size) if rows is None else rows
+  seqs = [sample_sequence(np.random.default_rng([cfg.seed, step, int(r)]),
+                          sources, cfg) for r in rows]
   return data.TTTDataset(
       tokens=np.stack([s.tokens for s in seqs]),
       mask=np.stack([s.mask for s in seqs]),
@@ -260,7 +267,8 @@ class Prefetcher:
   while building are re-raised there.
   """
 
-  def __init__(self, sources, cfg: PretrainConfig, start: int, stop: int):
+  def __init__(self, sources, cfg: PretrainConfig, start: int, stop: int,
+               rows=None):
     self._q = queue.Queue(maxsize=max(1, cfg.prefetch))
     self._stop = threading.Event()
 
@@ -270,7 +278,7 @@ class Prefetcher:
           return
         t0 = time.perf_counter()
         try:
-          batch = make_batch(sources, cfg, step)
+          batch = make_batch(sources, cfg, step, rows)
         except Exception as e:  # noqa: BLE001 -- handed to the consumer
           self._q.put(e)
           return
@@ -409,7 +417,7 @@ def evaluate(eval_step, params, batches, mesh) -> dict:
     (s, c), ex = eval_step(params, sharding.shard_batch(b, mesh))
     nll += float(s)
     count += int(c)
-    exact += int(np.asarray(ex).sum())
+    exact += int(sharding.gather(ex).sum())
     total += int(b.valid.sum())
   return dict(eval_loss=nll / max(count, 1),
               eval_exact=exact / max(total, 1), eval_pairs=total)
@@ -437,7 +445,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   cfg = configlib.from_config(PretrainConfig, config.pretrain)
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
+  if sharding.is_main():
     with open(os.path.join(workdir, "config.json"), "w",
               encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -480,14 +488,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   stop = cfg.steps
   if cfg.stop_after_steps:
     stop = min(stop, start + cfg.stop_after_steps)
-  prefetch = Prefetcher(sources, cfg, start, stop)
+  # Each host builds only the rows of the batch its devices hold.
+  rows = sharding.local_rows(cfg.batch_size, mesh)
+  prefetch = Prefetcher(sources, cfg, start, stop, rows)
   run_t0 = time.perf_counter()
   window = dict(t=time.perf_counter(), tokens=0, build_s=0.0, steps=0)
   step = start
   try:
     while step < stop:
       batch, real_tokens, build_s = prefetch.next()
-      state, m = train_step(state, sharding.shard_batch(batch, mesh))
+      state, m = train_step(state, sharding.put_rows(batch, cfg.batch_size,
+                                                     mesh))
       step += 1
       window["tokens"] += real_tokens
       window["build_s"] += build_s
@@ -536,9 +547,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   checkpointer.close()
   if step >= cfg.steps:
     export = cfg.export_dir or os.path.join(workdir, "model")
-    if jax.process_index() == 0:
-      ckpt.save_weights(export, state.params, config.model.to_dict(),
-                        extra=dict(trained_steps=step))
+    ckpt.save_weights(export, state.params, config.model.to_dict(),
+                      extra=dict(trained_steps=step))  # by every host
     logging.info("final weights written to %s", export)
   last["stopped_at"] = step
   return last

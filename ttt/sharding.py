@@ -1,13 +1,25 @@
-"""The one mesh helper: a `task` axis over devices, and task padding.
+"""The one mesh helper: a `task` axis over devices, task padding, hosts.
 
 Every per-task input (adapters, datasets, keys) goes through `shard_tasks`,
 which places its leading axis on the mesh's `task` axis; shared inputs (the
 base weights) go through `replicate`. Task counts that do not divide the
 device count are padded by `pad_tasks`, which returns a validity mask:
 padding tasks get no data (so they never train) and must never report.
+
+Several hosts (JAX's multi-controller runtime): `initialize_distributed()`
+starts it (a no-op unless asked for); every host runs the same program and
+builds the same mesh from all devices. A host builds only the rows of a
+task-sharded array that its own devices hold (`local_rows`) and `put_rows`
+assembles the global array with `jax.make_array_from_process_local_data`;
+`shard_tasks` does the same from a full host array. `gather` brings a
+global array back to every host; `is_main()` says who writes files;
+`barrier` keeps hosts together. With one process all of it reduces to the
+single-host behaviour.
 """
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -50,9 +62,27 @@ def replicated(mesh) -> NamedSharding:
 
 
 def shard_tasks(tree, mesh):
-  """Places every leaf's leading (task) axis on the mesh's task axis."""
+  """Places every leaf's leading (task) axis on the mesh's task axis.
+
+  Host leaves (numpy, or arrays on one local device) hold the full task
+  axis, the same on every host; each host hands over only its own rows
+  (`put_rows`). Leaves that already are global arrays are resharded.
+  """
   sharding = task_sharding(mesh)
-  return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+  def put(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, sharding)
+    total = x.shape[0]
+    rows = local_rows(total, mesh)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(
+        x.dtype, jax.dtypes.prng_key):
+      data = np.asarray(jax.random.key_data(x))[rows]
+      return jax.random.wrap_key_data(put_rows(data, total, mesh),
+                                      impl=jax.random.key_impl(x))
+    return put_rows(np.asarray(x)[rows], total, mesh)
+
+  return jax.tree.map(put, tree)
 
 
 def replicate(tree, mesh):
@@ -89,3 +119,116 @@ def pad_tasks(tree, multiple: int):
     return xp.concatenate([x, xp.zeros((extra,) + x.shape[1:], x.dtype)])
 
   return jax.tree.map(pad, tree), np.arange(total) < n
+
+
+# --- several hosts -----------------------------------------------------------
+
+MULTIHOST_ENV = "TTT_MULTIHOST"
+
+
+def initialize_distributed(enabled: bool | None = None,
+                           coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+  """Starts JAX's multi-controller runtime when asked for; else a no-op.
+
+  Asked for by `enabled=True` or, when `enabled` is None, by the environment
+  variable `TTT_MULTIHOST=1`. Call it before anything touches a device. On
+  TPU pods and under Slurm `jax.distributed.initialize()` finds the
+  coordinator, process count and index itself (leave the three arguments
+  None); elsewhere pass them (or set `JAX_COORDINATOR_ADDRESS`,
+  `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`).
+
+  Returns:
+    True when the runtime was started by this call.
+  """
+  if enabled is None:
+    enabled = os.environ.get(MULTIHOST_ENV, "").lower() in ("1", "true",
+                                                            "yes")
+  if not enabled:
+    return False
+  env = os.environ
+  coordinator_address = (coordinator_address
+                         or env.get("JAX_COORDINATOR_ADDRESS") or None)
+  if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+    num_processes = int(env["JAX_NUM_PROCESSES"])
+  if process_id is None and env.get("JAX_PROCESS_ID"):
+    process_id = int(env["JAX_PROCESS_ID"])
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes,
+                             process_id=process_id)
+  return True
+
+
+def is_main() -> bool:
+  """True on the process that writes results (process 0)."""
+  return jax.process_index() == 0
+
+
+def local_rows(total: int, mesh) -> np.ndarray:
+  """The rows of a task-sharded `[total, ...]` array held by this host's
+  devices, in the order `make_array_from_process_local_data` reads them.
+
+  `total` must be a multiple of the mesh size (see `pad_tasks`).
+  """
+  if total % mesh.size:
+    raise ValueError(f"{total} rows do not split over {mesh.size} devices; "
+                     "pad them first (pad_tasks)")
+  index = task_sharding(mesh).addressable_devices_indices_map((total,))
+  spans = sorted({(s[0].start or 0, total if s[0].stop is None
+                   else s[0].stop) for s in index.values()})
+  return np.concatenate([np.arange(a, b) for a, b in spans])
+
+
+def put_rows(local_tree, total: int, mesh):
+  """Global task-sharded arrays `[total, ...]` from this host's rows: in
+  every leaf, `local[i]` is global row `local_rows(total, mesh)[i]`."""
+  sharding = task_sharding(mesh)
+
+  def put(local):
+    local = np.asarray(local)
+    return jax.make_array_from_process_local_data(
+        sharding, local, (total,) + local.shape[1:])
+
+  return jax.tree.map(put, local_tree)
+
+
+def gather(tree):
+  """Every leaf as a full numpy array on every host."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, tree)
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+  return jax.tree.map(one, tree)
+
+
+def global_max(value: int) -> int:
+  """The largest `value` over hosts."""
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils
+
+  return int(np.max(multihost_utils.process_allgather(
+      np.asarray([value], np.int64))))
+
+
+def broadcast(value):
+  """Process 0's `value` (a number or numpy array) on every host."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+
+  return multihost_utils.broadcast_one_to_all(np.asarray(value))
+
+
+def barrier(name: str) -> None:
+  """Waits until every host reaches the barrier `name` (no-op alone)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
