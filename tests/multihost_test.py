@@ -90,7 +90,8 @@ TTT_ARGS = ["--config.init_from=", "--config.run.num_tasks=3",
             "--config.run.chunk_size=3", "--config.ttt.steps=2",
             "--config.data.num_sequences=4",
             "--config.decode.max_new_tokens=8", "--config.model.num_layers=1",
-            "--config.model.dtype=float32", "--config.views.orders=1"]
+            "--config.model.dtype=float32", "--config.views.orders=1",
+            "--config.vote.method=product_of_experts"]
 
 
 def test_ttt_pipeline_on_two_processes_equals_one(tmp_path):

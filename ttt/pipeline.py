@@ -206,23 +206,32 @@ def _fits(task: arc.Task, max_len: int) -> str | None:
 
 
 class _Query:
-  """One test input of one task: its views, prompts and predictions."""
+  """One test input of one task: its views, their prompt lengths and (after
+  decoding) predictions. Prompts are encoded only by the host that decodes
+  them (`encode`)."""
 
   def __init__(self, task_slot, task, test_index, view_list, max_len):
     self.task_slot = task_slot
     self.task = task
     self.test_index = test_index
+    self.max_len = max_len
     self.views = []
-    self.prompts = []
+    self.lengths = []  # real prompt tokens per kept view
     self.too_long = 0
     for v in view_list:
-      p = views.prompt(task, test_index, v, max_len)
-      if p is None:
+      n = tokens.sequence_length(views.view_task(task, test_index, v),
+                                 include_answer=False)
+      if n >= max_len:  # no room for an answer token (views.prompt's rule)
         self.too_long += 1
         continue
       self.views.append(v)
-      self.prompts.append(p)
+      self.lengths.append(n)
     self.predictions: list[np.ndarray | None] = []  # task frame
+
+  def encode(self) -> list[tokens.Encoded]:
+    """The kept views' prompts."""
+    return [views.prompt(self.task, self.test_index, v, self.max_len)
+            for v in self.views]
 
 
 def real_length(ds: data.TTTDataset) -> int:
@@ -327,23 +336,31 @@ def _my_slots(n: int, mesh, everything: bool) -> list[int]:
 
 def _decode_queries(queries, adapters, graphdef, base, dec_cfg, mesh,
                     decoder_cache):
-  """Greedy predictions for every query x view (fills q.predictions)."""
+  """Greedy predictions for every query x view (fills q.predictions).
+
+  Queries are the rows of a task-sharded batch; each host encodes only the
+  prompts of the rows its devices hold.
+  """
   if not queries:
     return
-  bucket = dec_cfg.prompt_bucket
-  plen = max(len(p.tokens) for q in queries for p in q.prompts[:1])
-  longest = max(p.length for q in queries for p in q.prompts)
-  plen = min(plen, -(-longest // bucket) * bucket)
-  num_v = max(len(q.prompts) for q in queries)
+  longest = max(n for q in queries for n in q.lengths)
+  plen = min(queries[0].max_len,
+             -(-longest // dec_cfg.prompt_bucket) * dec_cfg.prompt_bucket)
+  num_v = max(len(q.views) for q in queries)
   max_new = min(dec_cfg.max_new_tokens, tokens.MAX_ANSWER_TOKENS)
   n_q = len(queries)
-  prompts = np.full((n_q, num_v, plen), tokens.PAD, np.int32)
-  coords = np.zeros((n_q, num_v, plen, 3), np.int32)
-  lengths = np.ones((n_q, num_v), np.int32)
-  segs = np.zeros((n_q, num_v), np.int32)
-  valid = np.zeros((n_q, num_v), bool)
-  for i, q in enumerate(queries):
-    for j, (v, p) in enumerate(zip(q.views, q.prompts, strict=True)):
+  total = sharding.padded_count(n_q, mesh.size)
+  mine = sharding.local_rows(total, mesh)
+  prompts = np.full((len(mine), num_v, plen), tokens.PAD, np.int32)
+  coords = np.zeros((len(mine), num_v, plen, 3), np.int32)
+  lengths = np.ones((len(mine), num_v), np.int32)
+  segs = np.zeros((len(mine), num_v), np.int32)
+  valid = np.zeros((len(mine), num_v), bool)
+  for i, r in enumerate(mine):
+    if r >= n_q:
+      continue  # padding row
+    q = queries[r]
+    for j, (v, p) in enumerate(zip(q.views, q.encode(), strict=True)):
       prompts[i, j] = p.tokens[:plen]
       coords[i, j] = p.coords[:plen]
       lengths[i, j] = p.length
@@ -351,16 +368,15 @@ def _decode_queries(queries, adapters, graphdef, base, dec_cfg, mesh,
       valid[i, j] = True
   slots = np.array([q.task_slot for q in queries])
   per_query = jax.tree.map(lambda a: a[slots], adapters)
-  (per_query, prompts, lengths, coords, segs, valid), _ = sharding.pad_tasks(
-      (per_query, prompts, lengths, coords, segs, valid), mesh.size)
+  per_query, _ = sharding.pad_tasks(per_query, mesh.size)
   key = (plen, max_new)
   if key not in decoder_cache:
     decoder_cache[key] = decode.make_greedy_decoder(None, graphdef, plen,
                                                     max_new)
   out = decoder_cache[key](
-      sharding.replicate(base, mesh),
-      *sharding.shard_tasks((per_query, prompts, lengths, coords, segs,
-                             valid), mesh))
+      sharding.replicate(base, mesh), sharding.shard_tasks(per_query, mesh),
+      *sharding.put_rows((prompts, lengths, coords, segs, valid), total,
+                         mesh))
   out = sharding.gather(out)
   for i, q in enumerate(queries):
     for j, v in enumerate(q.views):
