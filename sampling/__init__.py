@@ -27,7 +27,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from sampling import bounded, exact, oracles, trees, walks
+from sampling import bounded, exact, montecarlo, oracles, trees, walks
 from sampling.exact import exact_output_law
 from sampling.trees import Instance, InstanceError, load_instance, make_instance
 from ttt import sharding
@@ -36,7 +36,8 @@ METHODS = ("top_down", "rejection", "sir", "js", "lifted", "vgb", "ttt_elim")
 
 __all__ = ["Instance", "InstanceError", "METHODS", "bounded", "exact",
            "exact_output_law", "load_instance", "make_chain", "make_instance",
-           "oracles", "sample", "trees", "unique_queries", "walks"]
+           "montecarlo", "oracles", "sample", "trees", "unique_queries",
+           "walks"]
 
 _CACHE: dict = {}
 

@@ -121,7 +121,10 @@ def test_sampling_sweep_on_two_processes_equals_one(tmp_path):
           "--config.sampling.ns_lumped=(4, 8)",
           "--config.sampling.ns_topdown=(4, 16)",
           "--config.sampling.num_horizons=8",
-          "--config.sampling.mc_chains=1001"]
+          "--config.sampling.mc_chains=1001",
+          "--config.sampling.mc_ns=(8,)", "--config.sampling.mc_samples=501",
+          "--config.sampling.mc_horizons=(1.0,)",
+          "--config.sampling.mc_bootstrap=5"]
   one, two = tmp_path / "one", tmp_path / "two"
   _launch("launch.sample", args, one, 1)
   outs = _launch("launch.sample", args, two, PROCESSES, via="env")
@@ -131,6 +134,7 @@ def test_sampling_sweep_on_two_processes_equals_one(tmp_path):
   # the sharded Monte-Carlo chains: same samples, so the same figures
   assert a["monte_carlo"] == b["monte_carlo"]
   assert a["lumped"] == b["lumped"] and a["tree"] == b["tree"]
+  assert a["mc_large"] == b["mc_large"]  # sharded exact draws and scores
   assert (two / "report.md").exists()
 
 

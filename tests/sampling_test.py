@@ -359,7 +359,10 @@ def test_launch_sample_smoke_reports_the_expected_slopes(tmp_path):
          "--config.sampling.ns_tree=(4, 5)",
          "--config.sampling.ns_lumped=(4, 8, 16, 32)",
          "--config.sampling.num_horizons=16",
-         "--config.sampling.mc_chains=4000", f"--workdir={tmp_path}"]
+         "--config.sampling.mc_chains=4000",
+         "--config.sampling.mc_ns=(16,)", "--config.sampling.mc_samples=4000",
+         "--config.sampling.mc_horizons=(4.0,)",
+         "--config.sampling.mc_bootstrap=10", f"--workdir={tmp_path}"]
   out = subprocess.run(cmd, cwd=root, env=env, capture_output=True,
                        text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -373,9 +376,17 @@ def test_launch_sample_smoke_reports_the_expected_slopes(tmp_path):
   assert tvs == sorted(tvs) and tvs[-1] > 0.99
   for r in res["monte_carlo"].values():
     assert r["tv_empirical_vs_exact"] < 0.08
+  # §4.3 at n = 16: top-down is far off, the long walks are not
+  mc = res["mc_large"]["16"]
+  assert mc["top_down"]["unbiased"]["tv"] > 0.7
+  assert mc["top_down"]["lower_bound"]["tv"] > 0.6
+  for k in ("js/T=4096", "lifted/T=4096"):
+    assert mc[k]["lower_bound"]["tv"] < 0.1, k
   report = (tmp_path / "report.md").read_text()
   assert "fitted slope" in report and "fig_b_cost_vs_n.png" in report
+  assert "beyond enumeration" in report
   assert (tmp_path / "fig_b_cost_vs_n.png").exists()
+  assert (tmp_path / "fig_e_mc_tv.png").exists()
 
 
 def test_unique_queries_match_a_host_count_on_a_small_tree():
