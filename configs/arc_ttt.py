@@ -103,6 +103,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.decode = dict(
       max_new_tokens=931 if gpu else 320,  # answer tokens at most
       prompt_bucket=128,  # prompt lengths padded to a multiple of this
+      temperature=0.0,  # 0: greedy; > 0: sample answers at this temperature
+      samples=1,  # answers sampled per view (needs temperature > 0)
   )
   c.vote = dict(
       method="hierarchical",  # 'hierarchical', 'flat', 'reference',

@@ -129,3 +129,28 @@ def test_views_default_marc_set_and_inverses():
   assert [v.demos for v in loo] == [(0, 1, 2), (1, 2), (0, 2), (0, 1)]
   with pytest.raises(ValueError, match="unknown view transforms"):
     views.make_views(3, dict(transforms=("spin",)))
+
+
+def test_sampling_decoder_is_greedy_when_cold_and_varies_when_hot():
+  key = jax.random.key(3)
+  model = M.make_model(TINY, dict(mode="lora", rank=4), key)
+  graphdef, adapters, base = lora.split(model)
+  task = _task()
+  vs = views.make_views(3, dict(orders=1))[:2]
+  p, lengths, coords, segs = _prompts(task, vs, 160)
+  args = (base, jax.tree.map(lambda x: x[None], adapters),
+          *(jnp.asarray(x)[None] for x in (p, lengths, coords, segs)),
+          jnp.ones((1, len(vs)), bool))
+  greedy = np.asarray(decode.make_greedy_decoder(None, graphdef, 160, 10)(
+      *args))
+  keys = jax.random.split(jax.random.key(0), (1, len(vs)))
+  cold = decode.make_greedy_decoder(None, graphdef, 160, 10, 1e-4)
+  np.testing.assert_array_equal(np.asarray(cold(*args, keys)), greedy)
+  hot = decode.make_greedy_decoder(None, graphdef, 160, 10, 5.0)
+  a = np.asarray(hot(*args, keys))
+  np.testing.assert_array_equal(np.asarray(hot(*args, keys)), a)  # keyed
+  b = np.asarray(hot(*args, jax.random.split(jax.random.key(1),
+                                              (1, len(vs)))))
+  assert (a != b).any()
+  assert np.isin(a, np.flatnonzero(decode.ANSWER_TOKENS).tolist()
+                 + [tokens.PAD]).all()

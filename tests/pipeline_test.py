@@ -178,3 +178,25 @@ def test_trim_length_keeps_every_real_token():
   assert (stacked.tokens[..., n:] == tokens.PAD).all()
   assert stacked.mask[..., n:].sum() == 0
   np.testing.assert_array_equal(cut.mask, stacked.mask[..., :n])
+
+
+def test_sampled_answers_vote_and_are_reproducible(tmp_path):
+  c = _config(num_tasks=2)
+  c.decode.temperature = 1.0
+  c.decode.samples = 3
+  s = pipeline.run(c, str(tmp_path / "a"))
+  assert s["tasks"] == 2
+  res = json.loads((tmp_path / "a" / "results.json").read_text())
+  for t in res["tasks"]:
+    for q in t["tests"]:
+      labels = q["views"]
+      assert len(labels) % 3 == 0 and labels[0] == labels[1] == labels[2]
+      assert sum(c["count"] for c in q["candidates"]) + sum(
+          q["malformed_by_category"].values()) == len(labels)
+  pipeline.run(c, str(tmp_path / "b"))
+  assert ((tmp_path / "a" / "submission.json").read_text()
+          == (tmp_path / "b" / "submission.json").read_text())
+  greedy = _config(num_tasks=2)
+  greedy.decode.samples = 2
+  with pytest.raises(ValueError, match="needs decode.temperature > 0"):
+    pipeline.run(greedy, str(tmp_path / "c"))

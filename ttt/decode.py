@@ -1,11 +1,12 @@
 """Batched greedy decoding under per-task adapters, and candidate scoring.
 
-`make_greedy_decoder(config, graphdef, prompt_len, max_new)` returns ONE
-jitted function
+`make_greedy_decoder(config, graphdef, prompt_len, max_new, temperature=0)`
+returns ONE jitted function
 
     (base, adapters[Q], prompts[Q, V, P], lengths[Q, V], coords[Q, V, P, 3],
      segments[Q, V], valid[Q, V]) -> tokens int32[Q, V, max_new]
 
+(with `temperature > 0`, a last argument: PRNG keys [Q, V], tokens sampled)
 written for one query (a test input of a task, under that task's adapter)
 over its V views, and vmapped over Q queries (shard Q with
 `ttt.sharding.shard_tasks`). Each row is prefilled with a full forward pass
@@ -54,7 +55,7 @@ def answer_coords(tok, row, col, segment):
 
 
 def make_greedy_decoder(config: Any, graphdef, prompt_len: int,
-                        max_new: int):
+                        max_new: int, temperature: float = 0.0):
   """The jitted decoder over Q queries x V views (see module docstring).
 
   Args:
@@ -63,15 +64,24 @@ def make_greedy_decoder(config: Any, graphdef, prompt_len: int,
     graphdef: from `ttt.lora.split` of the model in use.
     prompt_len: P, the padded prompt length.
     max_new: tokens generated at most per row (<= 931 is the largest grid).
+    temperature: 0 decodes greedily; T > 0 samples each token from
+      softmax(logits / T) over the answer tokens, and the decoder then takes
+      a last argument `keys`: PRNG keys [Q, V], one per row (token t of a
+      row uses `fold_in(key, t)`).
   """
   del config
   allowed = jnp.asarray(ANSWER_TOKENS)
 
-  def pick(logits):
-    return jnp.argmax(jnp.where(allowed, logits, -jnp.inf), -1).astype(
-        jnp.int32)
+  def pick(logits, keys, t):
+    logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)
+    if temperature <= 0:
+      return jnp.argmax(logits, -1).astype(jnp.int32)
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
+    return jax.vmap(jax.random.categorical)(
+        step_keys, logits / temperature).astype(jnp.int32)
 
-  def decode_query(base, adapter, prompts, lengths, coords, segments, valid):
+  def decode_query(base, adapter, prompts, lengths, coords, segments, valid,
+                   keys=None):
     model = lora.merge(graphdef, adapter, base)
     num_views = prompts.shape[0]
     positions = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32),
@@ -82,7 +92,7 @@ def make_greedy_decoder(config: Any, graphdef, prompt_len: int,
     cache = jax.tree.map(
         lambda c: jnp.pad(c, ((0, 0), (0, max_new), (0, 0), (0, 0))), cache)
     rows = jnp.arange(num_views)
-    first = pick(logits[rows, jnp.maximum(lengths - 1, 0)])
+    first = pick(logits[rows, jnp.maximum(lengths - 1, 0)], keys, 0)
     zeros = jnp.zeros(num_views, jnp.int32)
     out = jnp.full((num_views, max_new), tokens.PAD, jnp.int32)
     init = (jnp.int32(0), first, lengths.astype(jnp.int32), zeros, zeros,
@@ -98,11 +108,13 @@ def make_greedy_decoder(config: Any, graphdef, prompt_len: int,
       tok_coords, row, col = answer_coords(tok, row, col, segments)
       done = done | (tok == tokens.EOS)
       logits, cache = model.step(tok, index, tok_coords, cache, index)
-      return (t + 1, pick(logits), index + 1, row, col, done, out, cache)
+      return (t + 1, pick(logits, keys, t + 1), index + 1, row, col, done,
+              out, cache)
 
     return jax.lax.while_loop(cond, body, init)[6]
 
-  return jax.jit(jax.vmap(decode_query, in_axes=(None, 0, 0, 0, 0, 0, 0)))
+  axes = (None, 0, 0, 0, 0, 0, 0) + ((0,) if temperature > 0 else ())
+  return jax.jit(jax.vmap(decode_query, in_axes=axes))
 
 
 def make_scorer(config: Any, graphdef):

@@ -23,7 +23,9 @@ Per chunk of `run.chunk_size` tasks (sized to device memory):
    or one adapter shared by the chunk (`ttt.shared_adapter`), or none
    (`ttt.enabled=False`).
 3. inference: every test input x view (`ttt.views`) decoded greedily under
-   its task's adapter (`ttt.decode`), malformed decodes counted, predictions
+   its task's adapter (`ttt.decode`) -- or, with `decode.temperature > 0`,
+   `decode.samples` answers sampled per view (keys from the task and test
+   indices), every one voting --, malformed decodes counted, predictions
    mapped back to the task's frame.
 4. voting (`vote.method`): 'hierarchical' (views grouped by category),
    'flat', 'reference' (MARC-exact) or 'product_of_experts' (distinct
@@ -102,6 +104,16 @@ class DecodeConfig:
 
   max_new_tokens: int = tokens.MAX_ANSWER_TOKENS  # per view, at most 931
   prompt_bucket: int = 128  # prompt lengths padded up to a multiple
+  temperature: float = 0.0  # 0: greedy; > 0: sampled answers
+  samples: int = 1  # answers sampled per view (each one votes)
+
+  def validate(self) -> None:
+    if self.temperature < 0 or self.samples < 1:
+      raise ValueError("decode.temperature must be >= 0 and decode.samples "
+                       ">= 1")
+    if self.samples > 1 and self.temperature == 0:
+      raise ValueError("decode.samples > 1 needs decode.temperature > 0 "
+                       "(greedy copies are identical)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,7 +347,7 @@ def _my_slots(n: int, mesh, everything: bool) -> list[int]:
 
 
 def _decode_queries(queries, adapters, graphdef, base, dec_cfg, mesh,
-                    decoder_cache):
+                    decoder_cache, seed: int = 0):
   """Greedy predictions for every query x view (fills q.predictions).
 
   Queries are the rows of a task-sharded batch; each host encodes only the
@@ -369,14 +381,26 @@ def _decode_queries(queries, adapters, graphdef, base, dec_cfg, mesh,
   slots = np.array([q.task_slot for q in queries])
   per_query = jax.tree.map(lambda a: a[slots], adapters)
   per_query, _ = sharding.pad_tasks(per_query, mesh.size)
-  key = (plen, max_new)
+  temperature = dec_cfg.temperature
+  extra = ()
+  if temperature > 0:  # one key per row, from the task and test indices
+    keys = np.zeros((len(mine), num_v, 2), np.uint32)
+    for i, r in enumerate(mine):
+      if r < n_q:
+        q = queries[r]
+        k = jax.random.fold_in(jax.random.fold_in(
+            jax.random.key(seed), q.task_index), q.test_index)
+        keys[i] = np.asarray(jax.random.key_data(jax.random.split(
+            jax.random.fold_in(k, 7), num_v)))
+    extra = (jax.random.wrap_key_data(sharding.put_rows(keys, total, mesh)),)
+  key = (plen, max_new, temperature)
   if key not in decoder_cache:
     decoder_cache[key] = decode.make_greedy_decoder(None, graphdef, plen,
-                                                    max_new)
+                                                    max_new, temperature)
   out = decoder_cache[key](
       sharding.replicate(base, mesh), sharding.shard_tasks(per_query, mesh),
       *sharding.put_rows((prompts, lengths, coords, segs, valid), total,
-                         mesh))
+                         mesh), *extra)
   out = sharding.gather(out)
   for i, q in enumerate(queries):
     for j, v in enumerate(q.views):
@@ -603,8 +627,14 @@ def run_chunk(config, tasks: list[arc.Task], first_index: int, model,
     task = tasks[n]
     for ti in range(len(task.test)):
       rng = np.random.default_rng([run_cfg.seed, first_index + n, ti])
-      queries.append(_Query(slot, task, ti, views.make_views(
-          len(task.train), view_cfg, rng), data_cfg.max_len))
+      q = _Query(slot, task, ti, views.make_views(
+          len(task.train), view_cfg, rng), data_cfg.max_len)
+      q.task_index = first_index + n
+      if predictor is None and dec_cfg.samples > 1:
+        # each view decoded `samples` times (sampled answers), all voting
+        q.views = [v for v in q.views for _ in range(dec_cfg.samples)]
+        q.lengths = [k for k in q.lengths for _ in range(dec_cfg.samples)]
+      queries.append(q)
   if predictor is not None:
     for q in queries:
       for v in q.views:
@@ -612,7 +642,7 @@ def run_chunk(config, tasks: list[arc.Task], first_index: int, model,
             v, predictor(q.task, q.test_index, v)))
   else:
     _decode_queries(queries, adapters, graphdef, base, dec_cfg, mesh,
-                    decoder_cache)
+                    decoder_cache, run_cfg.seed)
   timings["inference"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
@@ -671,6 +701,7 @@ def run(config, workdir: str, predictor: Callable | None = None,
   run_cfg = configlib.from_config(RunConfig, config.run)
   configlib.from_config(VoteConfig, config.vote)
   configlib.from_config(views.ViewConfig, config.views)
+  configlib.from_config(DecodeConfig, config.decode)
   os.makedirs(os.path.join(workdir, "chunks"), exist_ok=True)
   is_main = sharding.is_main()
   if is_main:
