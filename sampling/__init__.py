@@ -19,7 +19,7 @@ Methods and parameters (the same names in both):
                spacing)                           §2c
   'lifted'     steps, leaf_loop                   §2d (our reconstruction)
   'vgb'        steps, leaf_loop, form ('sj'|'mh') §2e
-  'ttt_elim'   family, delta, imh_steps           §2f (our design)
+  'ttt_elim'   family, delta, imh_steps, internal §2f (our design)
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def make_chain(instance: Instance, method: str, *, steps: int = 256,
                form: str = "sj", alpha: float | None = None,
                max_proposals: int = 1000, proposals: int = 16,
                family=None, delta: float = 0.01, imh_steps: int = 0,
+               internal: bool = False,
                trace: int = 0, records: int = 1, spacing: int = 0):
   """The one-chain function `chain(key) -> (x int32[n], stats)`."""
   if method == "top_down":
@@ -66,7 +67,8 @@ def make_chain(instance: Instance, method: str, *, steps: int = 256,
     return walks.make_lifted(instance, steps, leaf_loop, trace=trace)
   if method == "ttt_elim":
     fam = family if family is not None else bounded.make_family(instance)
-    return bounded.make_sampler(instance, fam, delta, imh_steps)[0]
+    return bounded.make_sampler(instance, fam, delta, imh_steps,
+                                internal)[0]
   raise ValueError(f"unknown method {method!r}; known: {METHODS}")
 
 

@@ -15,8 +15,9 @@ further query cost.
   the leaf that minimises the worst-case number of survivors (generalised
   binary search over all leaves; leaf answers are exact, E0) until the
   survivors' TV diameter is ≤ δ. μ* is never eliminated, so the output is
-  within δ of μ*; at most K queries for any n and α. (Only leaf queries are
-  used; the spec also allows interval tests at internal nodes.)
+  within δ of μ*; at most K queries for any n and α. `internal=True` adds
+  the spec's interval tests at internal nodes (answers known up to α) to
+  the pool.
 * `make_sampler(...)`: draws from the identified ν̂ (0 queries per sample),
   optionally followed by `imh_steps` of independence Metropolis–Hastings
   with ν̂ as proposal (the robust add-on for μ* ∉ F: 1 query per step,
@@ -94,9 +95,51 @@ def _tv_matrix(logp: np.ndarray) -> np.ndarray:
   return 0.5 * np.abs(p[:, None, :] - p[None, :, :]).sum(-1)
 
 
+def _internal_logp(logp: np.ndarray, S: int, n: int) -> np.ndarray:
+  """Each candidate's mass of every internal node: float64[K, internal],
+  level order, root first (the node table's order)."""
+  k = logp.shape[0]
+  levels = []
+  for d in range(n):
+    blocks = logp.reshape(k, S ** d, S ** (n - d))
+    with np.errstate(divide="ignore"):
+      top = blocks.max(-1, keepdims=True)
+      safe = np.where(np.isfinite(top), top, 0.0)
+      levels.append((safe + np.log(np.exp(blocks - safe).sum(
+          -1, keepdims=True)))[..., 0])
+  return np.concatenate(levels, 1)
+
+
+def _worst_exact(col: np.ndarray, tol: float) -> int:
+  """Survivors in the worst case after an exact (leaf) answer."""
+  groups: dict = {}
+  for v in col:
+    key = "zero" if not np.isfinite(v) else round(float(v) / tol)
+    groups[key] = groups.get(key, 0) + 1
+  return max(groups.values())
+
+
+def _worst_interval(col: np.ndarray, log_alpha: float) -> int:
+  """Survivors in the worst case after an answer known up to a factor α:
+  the most prediction intervals [c − log α, c + log α] sharing a point (or
+  the candidates predicting 0)."""
+  fin = np.sort(col[np.isfinite(col)])
+  zero = int((~np.isfinite(col)).sum())
+  if fin.size == 0:
+    return zero
+  reach = np.searchsorted(fin, fin + 2 * log_alpha + 1e-12, side="right")
+  return max(zero, int((reach - np.arange(fin.size)).max()))
+
+
 def eliminate(inst: trees.Instance, family: Family, delta: float = 0.01,
-              tol: float = 1e-6) -> Elimination:
-  """Identifies μ* within the family (see module docstring)."""
+              tol: float = 1e-6, internal: bool = False) -> Elimination:
+  """Identifies μ* within the family (see module docstring).
+
+  With `internal=True` the query pool also holds every internal node u,
+  whose answer μ̂(u) only says that candidate i survives if
+  |log μ̂(u) − log Z_i ν_i(u)| ≤ log α (the oracle's error bound); the
+  greedy choice then weighs those interval tests against exact leaves.
+  """
   table = exact.node_table(inst)
   leaf_logw = table.logmu[table.first_leaf:]  # exact at leaves (E0)
   logp = np.asarray(family.log_probs, np.float64)
@@ -104,6 +147,10 @@ def eliminate(inst: trees.Instance, family: Family, delta: float = 0.01,
   if leaves != leaf_logw.shape[0]:
     raise ValueError(f"family laws have {leaves} leaves, the tree "
                      f"{leaf_logw.shape[0]}")
+  if internal:
+    node_logp = _internal_logp(logp, inst.S, inst.n)
+    node_logw = table.logmu[:table.first_leaf]
+    slack = inst.log_alpha + tol
   alive = np.arange(k)
   queries = 0
   while True:  # 1. the anchor
@@ -121,21 +168,29 @@ def eliminate(inst: trees.Instance, family: Family, delta: float = 0.01,
       raise ValueError("the family holds no candidate consistent with the "
                        "oracle (mu* not in F)")
   tvm = _tv_matrix(logp)
-  while alive.size > 1:  # 2. generalised binary search over leaves
+  while alive.size > 1:  # 2. generalised binary search
     sub = tvm[np.ix_(alive, alive)]
     if sub.max() <= delta:
       break
     pred = log_z[:, None] + logp[alive]  # [survivors, leaves]
-    worst = np.empty(leaves)
-    for u in range(leaves):
-      col = pred[:, u]
-      groups = {}
-      for v in col:
-        key = "zero" if not np.isfinite(v) else round(float(v) / tol)
-        groups[key] = groups.get(key, 0) + 1
-      worst[u] = max(groups.values())
+    worst = np.array([_worst_exact(pred[:, u], tol) for u in range(leaves)])
     u = int(np.argmin(worst))
     queries += 1
+    if internal:
+      ipred = log_z[:, None] + node_logp[alive]  # [survivors, internal]
+      iworst = np.array([_worst_interval(ipred[:, v], inst.log_alpha)
+                         for v in range(ipred.shape[1])])
+      v = int(np.argmin(iworst))
+      if iworst[v] < worst[u]:  # an interval test at node v
+        r, col = node_logw[v], ipred[:, v]
+        if np.isfinite(r):
+          keep = np.isfinite(col) & (np.abs(col - r) <= slack)
+        else:
+          keep = ~np.isfinite(col)
+        alive, log_z = alive[keep], log_z[keep]
+        if alive.size == 0:
+          raise ValueError("every candidate was eliminated: mu* is not in F")
+        continue
     r = leaf_logw[u]
     col = pred[:, u]
     if np.isfinite(r):
@@ -151,22 +206,22 @@ def eliminate(inst: trees.Instance, family: Family, delta: float = 0.01,
 
 
 def exact_ttt_law(inst: trees.Instance, family: Family | None,
-                  delta: float = 0.01) -> np.ndarray:
+                  delta: float = 0.01, internal: bool = False) -> np.ndarray:
   """The output law of TTT_ELIM without the add-on: the chosen ν̂."""
   family = family if family is not None else make_family(inst)
-  e = eliminate(inst, family, delta)
+  e = eliminate(inst, family, delta, internal=internal)
   return np.exp(family.log_probs[e.index])
 
 
 def make_sampler(inst: trees.Instance, family: Family, delta: float = 0.01,
-                 imh_steps: int = 0):
+                 imh_steps: int = 0, internal: bool = False):
   """(chain(key) -> (x, stats), Elimination) for vmapping over chains.
 
   stats: accepted (the last IMH proposal was accepted; True without IMH),
   oracle_calls (the elimination's queries are reported separately, in the
   Elimination; per chain only the IMH queries), moves (accepted IMH moves).
   """
-  e = eliminate(inst, family, delta)
+  e = eliminate(inst, family, delta, internal=internal)
   table = exact.node_table(inst)
   log_nu = jnp.asarray(family.log_probs[e.index], jnp.float32)
   log_w = jnp.asarray(table.logmu[table.first_leaf:], jnp.float32)

@@ -315,7 +315,8 @@ def walk_law(table: NodeTable, chain: Chain, steps: int,
 
 def exact_output_law(inst: trees.Instance, method: str, steps: int = 256,
                      leaf_loop: float | None = None, alpha: float | None = None,
-                     form: str = "sj", family=None, **unused) -> np.ndarray:
+                     form: str = "sj", family=None, delta: float = 0.01,
+                     internal: bool = False, **unused) -> np.ndarray:
   """The exact output law of a sampler, float64[S^n] (leaf = base-S index).
 
   Args:
@@ -325,7 +326,9 @@ def exact_output_law(inst: trees.Instance, method: str, steps: int = 256,
     leaf_loop: λ (default 0 for js/vgb, 2αn for lifted).
     alpha: the α rejection assumes (default the instance's).
     form: 'sj' or 'mh' for 'vgb'.
-    family: for 'ttt_elim', the candidate family (see `sampling.bounded`).
+    family, delta, internal: for 'ttt_elim', the candidate family, the TV
+      diameter to stop at, and interval tests at internal nodes (see
+      `sampling.bounded.eliminate`).
 
   For walks the law is conditioned on the read-out landing on a leaf.
   """
@@ -348,7 +351,7 @@ def exact_output_law(inst: trees.Instance, method: str, steps: int = 256,
   if method == "ttt_elim":
     from sampling import bounded
 
-    return bounded.exact_ttt_law(inst, family)
+    return bounded.exact_ttt_law(inst, family, delta, internal)
   raise ValueError(f"unknown method {method!r}")
 
 

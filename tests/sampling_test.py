@@ -240,6 +240,32 @@ def test_ttt_elim_identifies_the_target_and_samples_for_free():
   assert int(st["oracle_calls"][0]) == 60
 
 
+@pytest.mark.parametrize("alpha", [1.0, 1.1, 2.0])
+def test_interval_tests_at_internal_nodes_stay_correct_and_help(alpha):
+  inst = trees.make_instance(2, 5, "product", "sibling", alpha, p=0.3)
+  mu = exact.target_law(exact.node_table(inst))
+  for kind, size in (("generic", 40), ("nested", 20), ("needle", 32)):
+    fam = bounded.make_family(inst, kind, size, seed=3)
+    leaf = bounded.eliminate(inst, fam, delta=0.0)
+    both = bounded.eliminate(inst, fam, delta=0.0, internal=True)
+    for e in (leaf, both):
+      np.testing.assert_allclose(np.exp(fam.log_probs[e.index]), mu,
+                                 atol=1e-12)
+    # greedy over a larger pool: never worse on these families
+    assert both.queries <= leaf.queries
+    if kind == "needle" and alpha == 1.0:
+      # exact internal answers binary-search the needle: 2 instead of 31
+      assert (leaf.queries, both.queries) == (31, 2)
+    if kind == "needle" and alpha == 1.1:
+      assert both.queries < leaf.queries
+  law = sampling.exact_output_law(inst, "ttt_elim", family=fam, delta=0.0,
+                                  internal=True)
+  np.testing.assert_allclose(law, mu, atol=1e-12)
+  xs, _ = sampling.sample(inst, "ttt_elim", KEY, 4000, family=fam, delta=0.0,
+                          internal=True)
+  assert exact.tv(sampling.empirical_law(xs, 2), mu) < 0.1
+
+
 def test_vmapped_equals_one_chain_and_keys_are_deterministic():
   inst = trees.make_instance(2, 6, "ar", "random", 1.5, beta=1.0)
   chain = sampling.make_chain(inst, "lifted", steps=40)
