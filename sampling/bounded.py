@@ -98,16 +98,8 @@ def _tv_matrix(logp: np.ndarray) -> np.ndarray:
 def _internal_logp(logp: np.ndarray, S: int, n: int) -> np.ndarray:
   """Each candidate's mass of every internal node: float64[K, internal],
   level order, root first (the node table's order)."""
-  k = logp.shape[0]
-  levels = []
-  for d in range(n):
-    blocks = logp.reshape(k, S ** d, S ** (n - d))
-    with np.errstate(divide="ignore"):
-      top = blocks.max(-1, keepdims=True)
-      safe = np.where(np.isfinite(top), top, 0.0)
-      levels.append((safe + np.log(np.exp(blocks - safe).sum(
-          -1, keepdims=True)))[..., 0])
-  return np.concatenate(levels, 1)
+  internal = trees.num_nodes(S, n) - S ** n
+  return np.stack([trees._subtree_logm(row, S, n)[:internal] for row in logp])
 
 
 def _worst_exact(col: np.ndarray, tol: float) -> int:
