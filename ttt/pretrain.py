@@ -509,6 +509,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         metrics.check_finite("loss", loss, step)
         now = time.perf_counter()
         dt = now - window["t"]
+        # every host's real tokens (each built only its own rows)
+        window["tokens"] = sharding.global_sum(window["tokens"])
         elapsed = now - run_t0
         eta = elapsed / (step - start) * (cfg.steps - step)
         last = writer.write(

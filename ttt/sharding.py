@@ -207,14 +207,22 @@ def gather(tree):
   return jax.tree.map(one, tree)
 
 
-def global_max(value: int) -> int:
-  """The largest `value` over hosts."""
+def _over_hosts(value, reduce):
   if jax.process_count() == 1:
-    return int(value)
+    return value
   from jax.experimental import multihost_utils
 
-  return int(np.max(multihost_utils.process_allgather(
-      np.asarray([value], np.int64))))
+  return reduce(multihost_utils.process_allgather(np.asarray([value])))
+
+
+def global_max(value: int) -> int:
+  """The largest `value` over hosts."""
+  return int(_over_hosts(int(value), np.max))
+
+
+def global_sum(value: float) -> float:
+  """The sum of `value` over hosts (e.g. tokens each host fed)."""
+  return float(_over_hosts(float(value), np.sum))
 
 
 def broadcast(value):
