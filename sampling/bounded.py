@@ -168,25 +168,17 @@ def eliminate(inst: trees.Instance, family: Family, delta: float = 0.01,
     worst = np.array([_worst_exact(pred[:, u], tol) for u in range(leaves)])
     u = int(np.argmin(worst))
     queries += 1
+    r, col = leaf_logw[u], pred[:, u]  # an exact answer at leaf u ...
+    width = tol * max(1.0, abs(r)) if np.isfinite(r) else 0.0
     if internal:
       ipred = log_z[:, None] + node_logp[alive]  # [survivors, internal]
       iworst = np.array([_worst_interval(ipred[:, v], inst.log_alpha)
                          for v in range(ipred.shape[1])])
       v = int(np.argmin(iworst))
-      if iworst[v] < worst[u]:  # an interval test at node v
-        r, col = node_logw[v], ipred[:, v]
-        if np.isfinite(r):
-          keep = np.isfinite(col) & (np.abs(col - r) <= slack)
-        else:
-          keep = ~np.isfinite(col)
-        alive, log_z = alive[keep], log_z[keep]
-        if alive.size == 0:
-          raise ValueError("every candidate was eliminated: mu* is not in F")
-        continue
-    r = leaf_logw[u]
-    col = pred[:, u]
+      if iworst[v] < worst[u]:  # ... or an interval test at node v
+        r, col, width = node_logw[v], ipred[:, v], slack
     if np.isfinite(r):
-      keep = np.isfinite(col) & (np.abs(col - r) <= tol * max(1.0, abs(r)))
+      keep = np.isfinite(col) & (np.abs(col - r) <= width)
     else:
       keep = ~np.isfinite(col)
     alive, log_z = alive[keep], log_z[keep]
