@@ -21,8 +21,20 @@ Presets:
         (TTT 69 s, inference 9 s); pass@2 2/10 (66e6c45b, e633a9e5),
         candidate coverage 18%; the same run without TTT
         (--config.ttt.enabled=False) solves 0/10.
-  gpu   checkpoints/base (issue: a trained base model ships later); all 400
-        ARC-AGI-1 evaluation tasks; max_len 4096.
+  gpu   the `base` model (27M parameters) from `init_from` -- none ships
+        yet: train one first (configs/pretrain.py:base) and pass
+        --config.init_from=<its model dir>; without it the run stops with
+        that message. All 400 ARC-AGI-1 evaluation tasks; max_len 4096;
+        lengths bucketed per chunk to multiples of 256 (run.fixed_shapes=
+        False: at most 16 shapes per program, less padding than one
+        run-wide length).
+
+Every group is built from its dataclass (`ttt.configlib.group`): the
+dataclass declares each field with its default and a comment; a preset
+names only what it changes. `python -m launch.ttt --helpfull` lists flags;
+the fields are those of `ttt.pipeline.RunConfig`, `ttt.model.ModelConfig` /
+`AdapterConfig`, `ttt.data.DataConfig`, `ttt.inner_loop.TTTConfig`,
+`ttt.views.ViewConfig`, `ttt.decode.DecodeConfig`, `ttt.vote.VoteConfig`.
 
 Ablation switches (one field each): ttt.enabled, ttt.shared_adapter,
 data.leave_out ('one' | 'end_to_end'), data.loss ('outputs' | 'query' |
@@ -36,6 +48,8 @@ config.json, report.md (+ renderings/), chunks/ (resume state).
 import ml_collections
 
 from configs import common
+from ttt import configlib, data, decode, inner_loop, pipeline, views, vote
+from ttt import model as model_lib
 
 PRESETS = ("tiny", "gpu")
 
@@ -49,66 +63,22 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # Weights written by ttt.ckpt.save_weights; '' = untrained (said loudly).
   c.init_from = common.checkpoint_path("base" if gpu else "tiny")
   c.model = common.model_config("base" if gpu else "tiny")
-  c.run = dict(
-      version=1,  # ARC-AGI version when no challenges file is given
-      split="evaluation",  # 'evaluation' or 'training'
-      challenges="",  # Kaggle-format challenges JSON (overrides split)
-      solutions="",  # its solutions JSON (optional; scores need it)
-      task_ids=(),  # only these task ids (empty: all)
-      num_tasks=0 if gpu else 10,  # keep this many tasks (0: all)
-      select="first" if gpu else "shortest",  # or 'shortest' sequences
-      chunk_size=64 if gpu else 10,  # tasks per compiled chunk
-      seed=0,  # TTT data, adapters and views
-      num_renderings=8,  # tasks drawn in report.md
-  )
-  c.adapter = dict(
-      mode="lora",  # 'lora', 'prefix', 'lora+prefix' or 'full'
-      rank=16,  # LoRA rank
-      alpha=32.0,  # LoRA alpha (update scale alpha / rank)
-      targets=("q", "k", "v", "o", "gate", "up", "down"),  # LoRA targets
-      prefix_len=8,  # learned prefix vectors in the prefix modes
-  )
-  c.data = dict(
-      max_len=4096 if gpu else 1024,  # tokens per sequence (longer: skip)
-      num_sequences=250 if gpu else 64,  # TTT sequences per task (MARC 250)
-      leave_out="one",  # 'one' (leave-one-out) or 'end_to_end' (ablation)
-      fill_leave_two_out=True,  # leave-two-out tasks fill up to N
-      oversample=2.0,  # candidates drawn per kept sequence
-      dihedral=True,  # D8 augmentations of the TTT data
-      colours=True,  # colour permutations (0 fixed)
-      fix_background=True,  # keep colour 0 fixed
-      shuffle=True,  # demonstration orders
-      extra_augmenters=(),  # MARC's extras, e.g. ('upscale2',)
-      loss="outputs",  # 'outputs' (all), 'marc', or 'query' (last only)
-  )
-  c.ttt = dict(
-      enabled=True,  # False: no TTT (the base model's predictions)
-      shared_adapter=False,  # True: one adapter for all tasks of a chunk
-      steps=128,  # optimizer steps per task
-      batch_size=4 if gpu else 2,  # sequences per step
-      lr=5e-4 if gpu else 2e-3,  # peak learning rate
-      warmup_frac=0.1,  # linear warm-up share
-      weight_decay=0.01,  # AdamW weight decay
-      b1=0.9,  # Adam beta1
-      b2=0.999,  # Adam beta2
-      clip_norm=1.0,  # per-task gradient-norm clip
-  )
-  c.views = dict(
-      orders=2,  # extra shuffled demonstration orders (identity views)
-      leave_one_out=False,  # add leave-one-out demonstration subsets
-      transforms=("transpose", "flip_ud", "flip_lr", "rot90", "rot180"),
-      colour_perms=0,  # views with a colour permutation
-      max_views=0,  # cap on views per test input (0: none)
-  )
-  c.decode = dict(
-      max_new_tokens=931 if gpu else 320,  # answer tokens at most
-      prompt_bucket=128,  # prompt lengths padded to a multiple of this
-      temperature=0.0,  # 0: greedy; > 0: sample answers at this temperature
-      samples=1,  # answers sampled per view (needs temperature > 0)
-  )
-  c.vote = dict(
-      method="hierarchical",  # 'hierarchical', 'flat', 'reference',
-      # 'product_of_experts'
-      poe_candidates=8,  # product of experts: candidates rescored
-  )
+  if gpu:
+    c.run = configlib.group(pipeline.RunConfig, chunk_size=64,
+                            fixed_shapes=False, length_bucket=256)
+  else:  # the 10 shortest evaluation tasks, one chunk
+    c.run = configlib.group(pipeline.RunConfig, num_tasks=10,
+                            select="shortest", chunk_size=10)
+  c.adapter = configlib.group(model_lib.AdapterConfig)
+  c.data = configlib.group(data.DataConfig,
+                           **({} if gpu else dict(max_len=1024,
+                                                  num_sequences=64)),
+                           **(dict(max_len=4096) if gpu else {}))
+  c.ttt = configlib.group(inner_loop.TTTConfig, steps=128,
+                          **(dict(batch_size=4, lr=5e-4) if gpu
+                             else dict(lr=2e-3)))
+  c.views = configlib.group(views.ViewConfig)
+  c.decode = configlib.group(decode.DecodeConfig,
+                             max_new_tokens=931 if gpu else 320)
+  c.vote = configlib.group(vote.VoteConfig)
   return c

@@ -86,16 +86,11 @@ def model_config(preset: str = "tiny", **overrides
   if preset not in MODEL_PRESETS:
     raise ValueError(f"unknown model preset {preset!r}; known: "
                      f"{sorted(MODEL_PRESETS)}")
-  out = dict(
-      vocab_size=16,  # ttt.tokens.VOCAB_SIZE
-      rope="3d",  # '1d' or '3d' (row, column, segment) rotary positions
-      rope_base=10000.0,  # rotary wavelength base
-      dtype="bfloat16",  # compute dtype; weights stay float32
-      norm_eps=1e-6,  # RMSNorm epsilon
-  )
-  out.update(MODEL_PRESETS[preset])
-  out.update(overrides)
-  return ml_collections.ConfigDict(out)
+  from ttt import configlib
+  from ttt import model as model_lib
+
+  return configlib.group(model_lib.ModelConfig,
+                         **{**MODEL_PRESETS[preset], **overrides})
 
 
 def checkpoint_path(name: str) -> str:

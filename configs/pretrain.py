@@ -48,45 +48,17 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, preset="tiny", steps=0, batch_size=0)
   if a.preset not in PRESETS:
     raise ValueError(f"unknown preset {a.preset!r}; known: {sorted(PRESETS)}")
+  from ttt import configlib, pretrain
+
   config = ml_collections.ConfigDict()
   config.model = common.model_config(a.preset)
-  p = dict(
-      steps=1000,  # total optimizer steps of the whole run
-      batch_size=32,  # global sequences per step (multiple of the devices)
-      max_len=1024,  # tokens per sequence
-      lr=3e-4,  # peak learning rate
-      warmup_steps=100,  # linear warm-up steps
-      end_lr_frac=0.1,  # cosine decays to lr * end_lr_frac
-      weight_decay=0.05,  # AdamW decoupled weight decay
-      b1=0.9,  # Adam beta1
-      b2=0.95,  # Adam beta2
-      clip_norm=1.0,  # global gradient-norm clip (0: off)
-      min_demos=2,  # demonstrations per sampled task, at least
-      max_demos=6,  # ... at most
-      p_inputs_only=0.1,  # group element applied to the inputs only
-      p_outputs_only=0.1,  # ... to the outputs only (else to both)
-      dihedral=True,  # sample the D8 part of the group element
-      colours=True,  # sample colour permutations (0 stays fixed)
-      loss="marc",  # loss on outputs but the first ('outputs', 'query')
-      re_arc_dir=os.environ.get("TTT_RE_ARC_DIR", ""),  # '' = no re-ARC
-      re_arc_examples=1000,  # re-ARC examples per task, at most
-      arc_training=True,  # add ARC-AGI-1 training tasks' own pairs
-      heldout_tasks=16,  # ARC-AGI-1 training tasks kept out for eval
-      eval_every=200,  # steps between held-out evaluations (0: never)
-      checkpoint_every=200,  # steps between checkpoints
-      keep_checkpoints=2,  # newest checkpoints kept
-      log_every=20,  # steps between progress lines
-      seed=0,  # data order and initial weights
-      prefetch=4,  # batches built ahead on the host
-      stop_after_steps=0,  # stop (checkpointed) after this many steps
-      time_limit_s=0.0,  # stop (checkpointed) after this many seconds
-      init_from="",  # start from these weights (ckpt.save_weights format)
-      export_dir="",  # final weights ('' = workdir/model)
-  )
-  p.update(PRESETS[a.preset])
+  # Every field of ttt.pretrain.PretrainConfig (its defaults and comments are
+  # the one source); the preset names what it changes.
+  p = dict(PRESETS[a.preset],
+           re_arc_dir=os.environ.get("TTT_RE_ARC_DIR", ""))  # '' = none
   if a.steps:
     p["steps"] = a.steps
   if a.batch_size:
     p["batch_size"] = a.batch_size
-  config.pretrain = p
+  config.pretrain = configlib.group(pretrain.PretrainConfig, **p)
   return config

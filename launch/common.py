@@ -9,11 +9,44 @@ process count and index are found by JAX itself; elsewhere pass
 `JAX_COORDINATOR_ADDRESS` / `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID`
 environment variables). See the README, "Running on a TPU pod or several GPU
 hosts", and `launch/run_tpu.sh`.
+
+Two defaults for speed on the machine people run first:
+* CPU: one JAX CPU device per core (at most 8; `TTT_CPU_DEVICES=n` sets n,
+  0 leaves JAX's single device), set when this module is imported -- before
+  JAX starts its CPU backend -- unless `XLA_FLAGS` already names a count.
+  The task axis is sharded over them, so every core works (XLA:CPU leaves
+  most of a second core idle inside one device's small matmuls).
+* A persistent compilation cache (`--compilation_cache`, default
+  `~/.cache/ttt-jax/xla` or under `$XDG_CACHE_HOME`; '' turns it off): a
+  second run of the same programs loads them instead of compiling.
 """
+
+import os
 
 from absl import flags, logging
 
 from ttt import sharding
+
+_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def _cpu_devices() -> None:
+  xla = os.environ.get("XLA_FLAGS", "")
+  if _COUNT_FLAG in xla:
+    return
+  n = int(os.environ.get("TTT_CPU_DEVICES", min(8, os.cpu_count() or 1)))
+  if n > 1:
+    os.environ["XLA_FLAGS"] = f"{xla} {_COUNT_FLAG}={n}".strip()
+
+
+_cpu_devices()
+
+_CACHE = flags.DEFINE_string(
+    "compilation_cache",
+    os.path.join(os.environ.get("XDG_CACHE_HOME")
+                 or os.path.join(os.path.expanduser("~"), ".cache"),
+                 "ttt-jax", "xla"),
+    "Persistent XLA compilation cache directory ('' = off).")
 
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Start jax.distributed (one process per host); also "
@@ -30,10 +63,14 @@ _PROCESS_ID = flags.DEFINE_integer(
 def start() -> None:
   """Distributed init (when asked for), verbose logging, the topology."""
   logging.set_verbosity(logging.INFO)
+  import jax
+
+  if _CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   sharding.initialize_distributed(
       True if _MULTIHOST.value else None, _COORDINATOR.value,
       _NUM_PROCESSES.value, _PROCESS_ID.value)
-  import jax
 
   logging.info("process %d of %d; %d local devices of %d: %s",
                jax.process_index(), jax.process_count(),

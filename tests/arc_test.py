@@ -119,3 +119,16 @@ def test_load_json_file_errors(tmp_path):
     arc.load_json(path)
   with pytest.raises(arc.TaskError, match="has 1 test inputs but 2 solutions"):
     arc.load_json({"a": GOOD}, {"a": [[[1]], [[2]]]})
+
+
+def test_repeated_task_ids_are_refused(tmp_path):
+  """JSON allows repeated keys (Python keeps the last): a challenges file
+  that repeats a task id is refused, naming it."""
+  task = json.dumps(dict(train=[dict(input=[[1]], output=[[2]])],
+                         test=[dict(input=[[1]])]))
+  path = tmp_path / "c.json"
+  path.write_text(f'{{"a": {task}, "b": {task}, "a": {task}}}')
+  with pytest.raises(ValueError, match=r"repeats task ids \['a'\]"):
+    arc.load_json(str(path))
+  path.write_text(f'{{"a": {task}, "b": {task}}}')
+  assert [t.id for t in arc.load_json(str(path))] == ["a", "b"]

@@ -137,11 +137,18 @@ def test_end_to_end_variant_has_no_context():
 
 def test_extra_augmenters_and_config_checks():
   task = _task(3)
-  ds = data.build_ttt_dataset(task, dict(
-      max_len=512, num_sequences=100, extra_augmenters=["upscale_2x"],
-      dihedral=False, colours=False, shuffle=False))
-  # 3 loo tasks + their 3 upscaled images (identity element only => 6)
-  assert ds.valid.sum() >= 6
+  plain = dict(max_len=512, num_sequences=100, dihedral=False, colours=False,
+               shuffle=False, fill_leave_two_out=False)
+  without = data.build_ttt_dataset(task, plain)
+  ds = data.build_ttt_dataset(task, dict(plain,
+                                         extra_augmenters=["upscale_2x"]))
+  # 3 loo tasks, plus their 3 upscaled images (identity element only)
+  assert without.valid.sum() == 3 and ds.valid.sum() == 6
+  n_without = (without.tokens[without.valid] != tokens.PAD).sum(-1)
+  n_with = (ds.tokens[ds.valid] != tokens.PAD).sum(-1)
+  # the upscaled rows hold 4x the cells: strictly longer than any plain row
+  assert sorted(n_with)[:3] == sorted(n_without)
+  assert min(sorted(n_with)[3:]) > max(n_without)
   with pytest.raises(ValueError, match="unknown DataConfig fields"):
     data.build_ttt_dataset(task, dict(steps=3))
   with pytest.raises(ValueError, match="unknown extra augmenter"):
@@ -162,3 +169,22 @@ def test_all_arc1_eval_tasks_build(arc1_eval):
     # targets are never markers, BOS or PAD
     t = ds.tokens[ds.valid][m == 1]
     assert np.isin(t, list(range(11)) + [tokens.EOS]).all()
+    # rows are distinct (deduplicated) and within the bound that fixes
+    # the run's TTT length
+    real = [r[r != tokens.PAD].tobytes() for r in ds.tokens[ds.valid]]
+    assert len(set(real)) == len(real)
+    assert data.real_length(ds) <= data.row_length_bound(
+        task, dict(max_len=2048, num_sequences=64))
+    # each row's last output (the query answer) is a demonstration output
+    # under a group element: same cell count, same colour histogram up to
+    # a permutation of the non-background colours
+    outs = {(o.size, tuple(sorted(np.bincount(o.ravel(), minlength=10)[1:])),
+             int((o == 0).sum())) for _, o in task.train}
+    for row in ds.tokens[ds.valid][:8]:
+      last = np.flatnonzero(row == tokens.OUTPUT)[-1]
+      grid = tokens.decode_grid(row[last + 1:])
+      assert grid is not None
+      sig = (grid.size, tuple(sorted(np.bincount(grid.ravel(),
+                                                 minlength=10)[1:])),
+             int((grid == 0).sum()))
+      assert sig in outs, task.id

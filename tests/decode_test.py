@@ -87,26 +87,60 @@ def test_answer_coords_match_the_codec():
     assert np.asarray(c).tolist() == want.tolist()
 
 
-def test_scorer_prefers_the_trained_answer():
+def test_scorers_equal_the_training_loss_and_rank_answers():
+  """The candidate scorers are the inner loop's NLL (one kernel), per row,
+  and the slot-gathering row scorer equals the per-query one."""
+  from ttt import inner_loop
+
   key = jax.random.key(0)
   model = M.make_model(TINY, dict(mode="lora", rank=4), key)
   graphdef, adapters, base = lora.split(model)
+  adapters = jax.tree.map(
+      lambda x: x + 0.05 * jax.random.normal(key, x.shape), adapters)
   task = _task(side=2)
-  enc = tokens.encode_task(task, 128, loss="query")
   wrong = arc.Task(task.id, task.train, [(task.test[0][0],
                                           (task.test[0][1] + 1) % 10)])
-  enc2 = tokens.encode_task(wrong, 128, loss="query")
-  batch = data.TTTDataset(
-      tokens=np.stack([enc.tokens, enc2.tokens])[None],
-      mask=np.stack([enc.mask, enc2.mask])[None],
-      positions=np.stack([enc.positions, enc2.positions])[None],
-      coords=np.stack([enc.coords, enc2.coords])[None],
-      valid=np.array([[True, False]]))
+  rows = [tokens.encode_task(t, 128, loss="query") for t in (task, wrong)]
+  batch = data.stack_rows(rows + [None], 3, 128)
   score = decode.make_scorer(None, graphdef)
   s = np.asarray(score(base, jax.tree.map(lambda x: x[None], adapters),
-                       batch))
-  assert s.shape == (1, 2) and np.isfinite(s[0, 0]) and s[0, 1] == -np.inf
-  assert s[0, 0] < 0
+                       jax.tree.map(lambda x: x[None], batch)))[0]
+  merged = lora.merge(graphdef, adapters, base)
+  for r in range(2):
+    loss, count = inner_loop.sequence_loss(
+        merged, jax.tree.map(lambda x, r=r: x[r:r + 1], batch))
+    np.testing.assert_allclose(s[r], -float(loss) * float(count), rtol=1e-5)
+  assert s[0] != s[1] and s[2] == -np.inf
+  # two adapter slots: row r scored under slot r % 2
+  two = jax.tree.map(lambda x: jnp.stack([x, jnp.zeros_like(x)]), adapters)
+  rs = np.asarray(decode.make_row_scorer(graphdef)(
+      base, two, jnp.array([0, 1, 0]), batch))
+  np.testing.assert_allclose(rs[[0, 2]], s[[0, 2]], rtol=1e-5)
+  zero = jax.tree.map(lambda x: jnp.zeros_like(x)[None], adapters)
+  s1 = np.asarray(score(base, zero, jax.tree.map(lambda x: x[None],
+                                                 batch)))[0]
+  np.testing.assert_allclose(rs[1], s1[1], rtol=1e-5)
+
+
+def test_decoder_with_slots_equals_per_query_decoder():
+  key = jax.random.key(3)
+  model = M.make_model(TINY, dict(mode="lora", rank=4), key)
+  graphdef, adapters, base = lora.split(model)
+  ad = [jax.tree.map(lambda x, k=k: x + 0.1 * jax.random.normal(
+      jax.random.fold_in(key, k), x.shape), adapters) for k in range(2)]
+  stacked = jax.tree.map(lambda *x: jnp.stack(x), *ad)
+  task = _task()
+  vs = views.make_views(3, dict(orders=1))[:2]
+  p, lengths, coords, segs = _prompts(task, vs, 160)
+  valid = np.ones(len(vs), bool)
+  args = [np.stack([x, x]) for x in (p, lengths, coords, segs, valid)]
+  slots = np.array([1, 0], np.int32)
+  got = decode.make_decoder(graphdef, 10)(base, stacked, slots, *args,
+                                          jax.random.split(key, 2))
+  ref = decode.make_greedy_decoder(None, graphdef, 160, 10)(
+      base, jax.tree.map(lambda x: x[slots], stacked), *args)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+  assert not np.array_equal(np.asarray(got)[0], np.asarray(got)[1])
 
 
 def test_views_default_marc_set_and_inverses():

@@ -166,6 +166,16 @@ def test_loss_mask_counts_only_targets():
   ds = data.build_ttt_dataset(_task(0), cfg.data)
   model = M.make_model(cfg.model, cfg.adapter)
   batch = jax.tree.map(lambda x: x[:2], ds)
-  _, count = inner_loop.sequence_loss(model, batch)
+  loss, count = inner_loop.sequence_loss(model, batch)
   assert int(count) == int(ds.mask[:2, 1:].sum())
   assert (ds.tokens[:2][ds.mask[:2] == 1] != tokens.PAD).all()
+  # reference: numpy log-softmax over the model's logits, mean over targets
+  logits = np.asarray(model(batch.tokens, batch.positions, batch.coords),
+                      np.float64)[:, :-1]
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+      -1, keepdims=True)) - logits.max(-1, keepdims=True)
+  targets = np.asarray(batch.tokens)[:, 1:]
+  nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  w = np.asarray(batch.mask)[:, 1:]
+  np.testing.assert_allclose(float(loss), (nll * w).sum() / w.sum(),
+                             rtol=1e-5)

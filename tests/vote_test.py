@@ -285,3 +285,15 @@ def test_reference_unlisted_label_counts_only_in_pool():
   unlisted = vote.reference_vote(preds, identity="id", categories=[])
   np.testing.assert_array_equal(listed[0], b)
   np.testing.assert_array_equal(unlisted[0], a)
+
+
+def test_product_of_experts_with_one_candidate():
+  """A single candidate (all views agreed) is attempt 1; attempt 2 is not
+  found (this crashed top_k with k=2 before)."""
+  idx, total, found = vote.product_of_experts(np.array([[-1.0, -2.0]]))
+  assert np.asarray(idx).tolist() == [0, 0]
+  assert np.asarray(found).tolist() == [True, False]
+  assert float(total[0]) == -3.0
+  grid = np.ones((2, 2), np.int8)
+  a1, a2 = vote.poe_attempts([grid], np.array([[-1.0, -2.0]]))
+  assert a1 is grid and a2 is None

@@ -250,13 +250,26 @@ def _read_json(source: Any, what: str) -> Any:
   if source is None or isinstance(source, Mapping):
     return source
   path = os.fspath(source)
+  dupes: list[list[str]] = []  # per JSON object, innermost first
+
+  def pairs(items):
+    keys = [k for k, _ in items]
+    dupes.append(sorted({k for k in keys if keys.count(k) > 1}))
+    return dict(items)
+
   try:
     with open(path, encoding="utf-8") as f:
-      return json.load(f)
+      data = json.load(f, object_pairs_hook=pairs)
   except json.JSONDecodeError as e:
     raise ValueError(f"{what} file {path} is not valid JSON: {e}") from e
   except OSError as e:
     raise ValueError(f"cannot read {what} file {path}: {e}") from e
+  if isinstance(data, Mapping) and dupes and dupes[-1]:
+    # JSON allows repeated keys and Python keeps the last: refuse instead
+    # of silently scoring one task against another's answers.
+    raise ValueError(f"{what} file {path} repeats task ids {dupes[-1]}; "
+                     "each task id must appear once")
+  return data
 
 
 def _collect(tasks: Iterable, build, on_error: str | None,

@@ -4,6 +4,9 @@ Each module that takes a config group (`config.data`, `config.model`, ...)
 declares a frozen dataclass with commented defaults; `from_config` builds it
 from None, an instance, a mapping or an `ml_collections.ConfigDict`, and
 rejects unknown fields by name so a typo in `--config.x.y=...` fails loudly.
+
+The dataclasses are the ONE source of defaults: config files build their
+groups with `group(cls, **overrides)`, naming only what a preset changes.
 """
 
 from __future__ import annotations
@@ -40,3 +43,15 @@ def from_config(cls: type[T], config: Any = None) -> T:
   if hasattr(out, "validate"):
     out.validate()
   return out
+
+
+def group(cls: type, **overrides: Any):
+  """The ConfigDict for dataclass `cls`: every field, at its default unless
+  overridden (unknown names raise). Tuples stay tuples (ConfigDicts keep
+  them), so `--config.g.field=...` overrides type-check against them."""
+  import ml_collections
+
+  out = from_config(cls, overrides)
+  return ml_collections.ConfigDict(
+      {f.name: getattr(out, f.name) for f in dataclasses.fields(cls)})
+

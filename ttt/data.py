@@ -113,6 +113,64 @@ class TTTDataset(NamedTuple):
   valid: np.ndarray
 
 
+def stack_rows(rows: list[tokens.Encoded | None], num_rows: int,
+               max_len: int) -> TTTDataset:
+  """One task's `TTTDataset` [num_rows, max_len] from encoded rows.
+
+  `None` entries and the rows after the last are padding (`valid` False,
+  empty mask); rows longer than `max_len` are cut (callers check lengths).
+  """
+  out = TTTDataset(
+      tokens=np.full((num_rows, max_len), tokens.PAD, np.int32),
+      mask=np.zeros((num_rows, max_len), np.int32),
+      positions=np.broadcast_to(np.arange(max_len, dtype=np.int32),
+                                (num_rows, max_len)).copy(),
+      coords=np.zeros((num_rows, max_len, 3), np.int32),
+      valid=np.zeros(num_rows, bool))
+  for n, seq in enumerate(rows[:num_rows]):
+    if seq is None:
+      continue
+    m = min(max_len, len(seq.tokens))
+    out.tokens[n, :m] = seq.tokens[:m]
+    out.mask[n, :m] = seq.mask[:m]
+    out.coords[n, :m] = seq.coords[:m]
+    out.valid[n] = True
+  return out
+
+
+def stack(datasets: list[TTTDataset]) -> TTTDataset:
+  """[T] datasets -> one with a leading task axis [T, ...]."""
+  return jax.tree.map(lambda *x: np.stack(x), *datasets)
+
+
+def real_length(ds: TTTDataset) -> int:
+  """1 + the last sequence position holding a real token in any row."""
+  real = (ds.tokens != tokens.PAD).any(axis=tuple(range(ds.tokens.ndim - 1)))
+  return int(np.flatnonzero(real).max()) + 1 if real.any() else 1
+
+
+def bucket_length(n: int, bucket: int, cap: int) -> int:
+  """`n` rounded up to a multiple of `bucket`, at most `cap`."""
+  return max(1, min(cap, -(-n // bucket) * bucket))
+
+
+def trim(ds: TTTDataset, length: int) -> TTTDataset:
+  """Cuts the sequence axis of [..., N, L] datasets to `length` (padding
+  costs compute, not accuracy: it is masked out of the loss and never
+  attended to by a real token)."""
+  if length < real_length(ds):
+    raise ValueError(f"trim to {length} would cut real tokens "
+                     f"(longest row {real_length(ds)})")
+  return TTTDataset(ds.tokens[..., :length], ds.mask[..., :length],
+                    ds.positions[..., :length], ds.coords[..., :length, :],
+                    ds.valid)
+
+
+def blank(num_rows: int, max_len: int) -> TTTDataset:
+  """A task with no data (padding rows of the task axis)."""
+  return stack_rows([], num_rows, max_len)
+
+
 def rng_from_key(key: jax.Array) -> np.random.Generator:
   """A numpy Generator seeded by a jax PRNG key (typed or raw uint32)."""
   if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -139,18 +197,15 @@ class _Encoder:
     return tokens.Segment(seg.tokens, coords, is_output)
 
   def segments(self, g: augment.Element) -> list[tokens.Segment]:
+    """The task's segments under `g`'s dihedral part and order (colours
+    act later, on the packed tokens)."""
     d = int(g.dihedral)
     pairs = self.task.train
     if len(g.order):
       pairs = [pairs[k] for k in g.order]
-    segs = []
-    for k, (i, o) in enumerate(pairs):
-      segs.append(self.segment(i, d, k, False))
-      segs.append(self.segment(o, d, k, True))
-    q, a = self.task.test[0]
-    segs.append(self.segment(q, d, len(pairs), False))
-    segs.append(self.segment(a, d, len(pairs), True))
-    return segs
+    return tokens.task_segments(
+        arc.Task(self.task.id, pairs, self.task.test), 0, True,
+        lambda grid, k, out: self.segment(grid, d, k, out))
 
 
 def _candidates(base: list[arc.Task], config: DataConfig,
@@ -173,6 +228,42 @@ def _candidates(base: list[arc.Task], config: DataConfig,
   for v in range(per_task):
     for enc, g in zip(encoders, elements, strict=True):
       yield enc, augment.take(g, v)
+
+
+def _base_stages(task: arc.Task, config: DataConfig) -> list[list[arc.Task]]:
+  """The base tasks the dataset draws from (before group elements), in
+  stages: leave-one-out (or end-to-end), then leave-two-out fillers."""
+  def with_extras(base):
+    out = list(base)
+    for name in config.extra_augmenters:
+      out += [t for t in (augment.apply_extra(name, b) for b in base)
+              if t is not None]
+    return out
+
+  if config.leave_out == "end_to_end":
+    return [with_extras(end_to_end(task))]
+  out = [with_extras(leave_one_out(task))]
+  if config.fill_leave_two_out:
+    out.append(with_extras(leave_two_out(task)))
+  return out
+
+
+def row_length_bound(task: arc.Task, config: Any = None) -> int:
+  """An upper bound on the real tokens of any row `build_ttt_dataset` can
+  produce for `task` (no data built): the longest base task in either
+  orientation (group elements only transpose or keep grid shapes), among
+  those that fit `max_len` (longer rows are dropped). 1 when none fits."""
+  config = DataConfig.make(config)
+  best = 1
+  for t in [b for stage in _base_stages(task, config) for b in stage]:
+    for d in ((0, 1) if config.dihedral else (0,)):  # 1: rot90 transposes
+      g = augment.Element(np.int32(d), np.arange(arc.NUM_COLOURS,
+                                                 dtype=np.int32),
+                          np.zeros(0, np.int32))
+      n = tokens.sequence_length(augment.apply_task(g, t))
+      if n <= config.max_len:
+        best = max(best, n)
+  return best
 
 
 def build_ttt_dataset(task: arc.Task, config: Any = None,
@@ -202,19 +293,7 @@ def build_ttt_dataset(task: arc.Task, config: Any = None,
   rng = rng_from_key(key)
   n_rows, length = config.num_sequences, config.max_len
 
-  def with_extras(base):
-    out = list(base)
-    for name in config.extra_augmenters:
-      out += [t for t in (augment.apply_extra(name, b) for b in base)
-              if t is not None]
-    return out
-
-  if config.leave_out == "end_to_end":
-    stages = [with_extras(end_to_end(task))]
-  else:
-    stages = [with_extras(leave_one_out(task))]
-    if config.fill_leave_two_out:
-      stages.append(with_extras(leave_two_out(task)))
+  stages = _base_stages(task, config)
 
   seen = set()
   rows = []
@@ -241,18 +320,7 @@ def build_ttt_dataset(task: arc.Task, config: Any = None,
       seen.add(h)
       rows.append(seq._replace(tokens=toks))
 
-  out = TTTDataset(
-      tokens=np.full((n_rows, length), tokens.PAD, np.int32),
-      mask=np.zeros((n_rows, length), np.int32),
-      positions=np.broadcast_to(np.arange(length, dtype=np.int32),
-                                (n_rows, length)),
-      coords=np.zeros((n_rows, length, 3), np.int32),
-      valid=np.zeros(n_rows, bool))
-  for n, seq in enumerate(rows):
-    out.tokens[n] = seq.tokens
-    out.mask[n] = seq.mask
-    out.coords[n] = seq.coords
-    out.valid[n] = True
+  out = stack_rows(rows, n_rows, length)
   if stats is not None:
     stats.update(counts, rows=len(rows))
   return out

@@ -18,6 +18,19 @@ coordinates of each generated token are computed from the rows and columns
 written so far, exactly as `ttt.tokens` lays out an answer grid. Parse the
 output with `ttt.tokens.decode_grid` (malformed -> None).
 
+The main job uses `make_decoder(graphdef, max_new, temperature)`, the same
+kernel with each query's adapter gathered INSIDE the program from the
+chunk's adapters by a task-slot index (no per-query copies on the host):
+
+    (base, adapters[T], slots[Q], prompts[Q, V, P], lengths[Q, V],
+     coords[Q, V, P, 3], segments[Q, V], valid[Q, V], keys[Q])
+        -> tokens int32[Q, V, max_new]
+
+(keys: one PRNG key per query, view v samples with `fold_in(key, v)`;
+ignored when greedy), and `make_row_scorer(graphdef)`: `(base, adapters[T],
+slots[R], batch[R, L]) -> float32[R]`, one sequence per row. Both are built
+once per run; P, Q, R are fixed capacities chosen by the caller.
+
 `make_scorer(config, graphdef)` returns the teacher-forced log-likelihood of
 given answers: `(base, adapters[Q], batch) -> float32[Q, M]` summed over the
 loss-mask tokens of M full sequences per query (prompt + candidate answer +
@@ -27,6 +40,7 @@ selection and coverage reports.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -34,6 +48,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from ttt import lora, tokens
+from ttt import model as model_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """Decoding settings (the `config.decode` group)."""
+
+  max_new_tokens: int = tokens.MAX_ANSWER_TOKENS  # per view, at most 931
+  temperature: float = 0.0  # 0: greedy; > 0: sampled answers
+  samples: int = 1  # answers sampled per view (each one votes)
+
+  def validate(self) -> None:
+    if self.temperature < 0 or self.samples < 1:
+      raise ValueError("decode.temperature must be >= 0 and decode.samples "
+                       ">= 1")
+    if self.samples > 1 and self.temperature == 0:
+      raise ValueError("decode.samples > 1 needs decode.temperature > 0 "
+                       "(greedy copies are identical)")
+    if self.max_new_tokens < 1:
+      raise ValueError("decode.max_new_tokens must be >= 1")
+
 
 ANSWER_TOKENS = np.zeros(tokens.VOCAB_SIZE, bool)
 ANSWER_TOKENS[:10] = True
@@ -54,22 +89,9 @@ def answer_coords(tok, row, col, segment):
           jnp.where(row_end, 0, col + 1))
 
 
-def make_greedy_decoder(config: Any, graphdef, prompt_len: int,
-                        max_new: int, temperature: float = 0.0):
-  """The jitted decoder over Q queries x V views (see module docstring).
-
-  Args:
-    config: unused beyond documentation symmetry (the graphdef fixes the
-      model); kept so callers pass the same config everywhere.
-    graphdef: from `ttt.lora.split` of the model in use.
-    prompt_len: P, the padded prompt length.
-    max_new: tokens generated at most per row (<= 931 is the largest grid).
-    temperature: 0 decodes greedily; T > 0 samples each token from
-      softmax(logits / T) over the answer tokens, and the decoder then takes
-      a last argument `keys`: PRNG keys [Q, V], one per row (token t of a
-      row uses `fold_in(key, t)`).
-  """
-  del config
+def _decode_query_fn(graphdef, max_new: int, temperature: float):
+  """`decode_query(base, adapter, prompts[V, P], lengths[V], coords[V, P, 3],
+  segments[V], valid[V], keys[V] | None) -> int32[V, max_new]`, unjitted."""
   allowed = jnp.asarray(ANSWER_TOKENS)
 
   def pick(logits, keys, t):
@@ -83,7 +105,7 @@ def make_greedy_decoder(config: Any, graphdef, prompt_len: int,
   def decode_query(base, adapter, prompts, lengths, coords, segments, valid,
                    keys=None):
     model = lora.merge(graphdef, adapter, base)
-    num_views = prompts.shape[0]
+    num_views, prompt_len = prompts.shape
     positions = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32),
                                  prompts.shape)
     kv_valid = positions < lengths[:, None]
@@ -113,8 +135,70 @@ def make_greedy_decoder(config: Any, graphdef, prompt_len: int,
 
     return jax.lax.while_loop(cond, body, init)[6]
 
+  return decode_query
+
+
+def make_greedy_decoder(config: Any, graphdef, prompt_len: int,
+                        max_new: int, temperature: float = 0.0):
+  """The jitted decoder over Q queries x V views (see module docstring).
+
+  Args:
+    config: unused beyond documentation symmetry (the graphdef fixes the
+      model); kept so callers pass the same config everywhere.
+    graphdef: from `ttt.lora.split` of the model in use.
+    prompt_len: P, the padded prompt length (the prompts' shape decides;
+      kept for callers).
+    max_new: tokens generated at most per row (<= 931 is the largest grid).
+    temperature: 0 decodes greedily; T > 0 samples each token from
+      softmax(logits / T) over the answer tokens, and the decoder then takes
+      a last argument `keys`: PRNG keys [Q, V], one per row (token t of a
+      row uses `fold_in(key, t)`).
+  """
+  del config, prompt_len
+  decode_query = _decode_query_fn(graphdef, max_new, temperature)
   axes = (None, 0, 0, 0, 0, 0, 0) + ((0,) if temperature > 0 else ())
   return jax.jit(jax.vmap(decode_query, in_axes=axes))
+
+
+def make_decoder(graphdef, max_new: int, temperature: float = 0.0):
+  """The main job's decoder: adapters gathered by slot inside the program.
+
+  Returns `decode(base, adapters[T], slots[Q], prompts[Q, V, P],
+  lengths[Q, V], coords[Q, V, P, 3], segments[Q, V], valid[Q, V],
+  keys[Q]) -> int32[Q, V, max_new]`, jitted once; each new (Q, V, P)
+  shape compiles once. Query q decodes under adapter `slots[q]`; view v of
+  a sampled decode draws from `fold_in(keys[q], v)`.
+  """
+  decode_query = _decode_query_fn(graphdef, max_new, temperature)
+
+  def decode_with_slot(base, adapters, slot, prompts, lengths, coords,
+                       segments, valid, key):
+    adapter = jax.tree.map(lambda a: a[slot], adapters)
+    keys = jax.vmap(lambda v: jax.random.fold_in(key, v))(
+        jnp.arange(prompts.shape[0]))
+    return decode_query(base, adapter, prompts, lengths, coords, segments,
+                        valid, keys if temperature > 0 else None)
+
+  return jax.jit(jax.vmap(decode_with_slot,
+                          in_axes=(None, None, 0, 0, 0, 0, 0, 0, 0)))
+
+
+def make_row_scorer(graphdef):
+  """`score(base, adapters[T], slots[R], batch[R, L]) -> float32[R]`.
+
+  The teacher-forced log-likelihood of each row's loss-mask tokens under
+  adapter `slots[r]` (`batch`: a `ttt.data.TTTDataset` with leaves [R, L]);
+  rows with `valid` False score -inf. Jitted once; each (R, L) compiles once.
+  """
+
+  def score_with_slot(base, adapters, slot, row):
+    adapter = jax.tree.map(lambda a: a[slot], adapters)
+    batch = jax.tree.map(lambda x: x[None], row)
+    ll, weights = model_lib.target_logprobs(
+        lora.merge(graphdef, adapter, base), batch)
+    return jnp.where(row.valid, (ll * weights).sum(), -jnp.inf)
+
+  return jax.jit(jax.vmap(score_with_slot, in_axes=(None, None, 0, 0)))
 
 
 def make_scorer(config: Any, graphdef):
@@ -127,12 +211,9 @@ def make_scorer(config: Any, graphdef):
   del config
 
   def score_query(base, adapter, batch):
-    model = lora.merge(graphdef, adapter, base)
-    logits = model(batch.tokens, batch.positions, batch.coords)[:, :-1]
-    logp = jax.nn.log_softmax(logits, -1)
-    targets = batch.tokens[:, 1:]
-    ll = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-    total = (ll * batch.mask[:, 1:]).sum(-1)
+    ll, weights = model_lib.target_logprobs(
+        lora.merge(graphdef, adapter, base), batch)
+    total = (ll * weights).sum(-1)
     return jnp.where(batch.valid, total, -jnp.inf)
 
   return jax.jit(jax.vmap(score_query, in_axes=(None, 0, 0)))

@@ -22,6 +22,7 @@ produced it) and the truth when known.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
@@ -195,11 +196,73 @@ def render_task(path: str, task, record: dict) -> None:
   render_png(path, rows)
 
 
+def query_record(query, predictions, attempts) -> dict:
+  """The record of one test input: attempts, truth, candidates (with counts,
+  views and categories), malformed decodes by category.
+
+  Args:
+    query: a `ttt.views.Query`.
+    predictions: per view of the query, a grid in the task frame or None
+      (malformed).
+    attempts: [attempt_1, attempt_2] (grids or None; a missing attempt_2
+      repeats attempt_1).
+  """
+  truth = query.task.test[query.test_index][1]
+  cands: dict = {}
+  malformed: dict[str, int] = {}
+  for v, p in zip(query.views, predictions, strict=True):
+    if p is None:
+      malformed[v.category] = malformed.get(v.category, 0) + 1
+      continue
+    k = (p.shape, p.tobytes())
+    c = cands.setdefault(k, dict(grid=grid_list(p), count=0, views=[],
+                                 categories={}))
+    c["count"] += 1
+    c["views"].append(v.label)
+    c["categories"][v.category] = c["categories"].get(v.category, 0) + 1
+  a1, a2 = attempts
+  a2 = a2 if a2 is not None else a1
+  rec = dict(
+      attempt_1=None if a1 is None else grid_list(a1),
+      attempt_2=None if a2 is None else grid_list(a2),
+      truth=None if truth is None else grid_list(truth),
+      candidates=sorted(cands.values(), key=lambda c: -c["count"]),
+      views=[v.label for v in query.views], views_too_long=query.too_long,
+      malformed_by_category=malformed)
+  rec["correct"] = (None if truth is None else
+                    same(a1, truth) or same(a2, truth))
+  return rec
+
+
+def task_record(task, tests: list[dict], ttt: dict) -> dict:
+  """A scored task's record from its test-input records and TTT metrics;
+  `correct` is None unless every test input has a truth."""
+  known = [t["correct"] for t in tests if t["correct"] is not None]
+  return dict(
+      id=task.id, tests=tests,
+      correct=all(known) if known and len(known) == len(tests) else None,
+      decodes=sum(len(t["views"]) for t in tests),
+      malformed=sum(sum(t["malformed_by_category"].values()) for t in tests),
+      ttt=ttt)
+
+
+def strict(obj):
+  """`obj` with every non-finite float replaced by None (strict JSON)."""
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: strict(v) for k, v in obj.items()}
+  if isinstance(obj, list | tuple):
+    return [strict(v) for v in obj]
+  return obj
+
+
 def write_json(path: str, obj) -> None:
-  """Writes JSON atomically (temporary file, then rename)."""
+  """Writes strict JSON (NaN/inf become null) atomically (temporary file,
+  then rename)."""
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f)
+    json.dump(strict(obj), f, allow_nan=False)
   os.replace(tmp, path)
 
 

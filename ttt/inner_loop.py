@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ttt import configlib, lora
+from ttt import configlib, lora, optim
+from ttt import model as model_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,35 +47,25 @@ class TTTConfig:
   b1: float = 0.9  # Adam beta1
   b2: float = 0.999  # Adam beta2
   clip_norm: float = 1.0  # per-task global gradient-norm clip (0: off)
+  # The main job's switches (the inner loop itself ignores them):
+  enabled: bool = True  # False: no TTT (the base model's predictions)
+  shared_adapter: bool = False  # one adapter per chunk, steps x tasks
 
   def validate(self) -> None:
     if self.steps < 1 or self.batch_size < 1:
       raise ValueError("ttt.steps and ttt.batch_size must be >= 1")
+    if self.lr <= 0 or not 0 <= self.warmup_frac < 1:
+      raise ValueError("ttt.lr must be > 0 and 0 <= ttt.warmup_frac < 1")
 
 
 def make_schedule(cfg: TTTConfig) -> optax.Schedule:
   """Linear warm-up to `lr`, then cosine decay to 0 at `steps`."""
-  warmup = int(round(cfg.warmup_frac * cfg.steps))
-  if warmup == 0:
-    return optax.cosine_decay_schedule(cfg.lr, max(cfg.steps, 1))
-  return optax.warmup_cosine_decay_schedule(
-      0.0, cfg.lr, warmup_steps=warmup, decay_steps=max(cfg.steps, warmup + 1),
-      end_value=0.0)
-
-
-def clipped_adamw(schedule, cfg) -> optax.GradientTransformation:
-  """Global-norm clip (`cfg.clip_norm`, 0: off), then AdamW on `schedule`
-  with `cfg.b1`, `cfg.b2`, `cfg.weight_decay`."""
-  adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2,
-                      weight_decay=cfg.weight_decay)
-  if cfg.clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
-  return adamw
+  return optim.ttt_schedule(cfg)
 
 
 def make_optimizer(cfg: TTTConfig) -> optax.GradientTransformation:
   """Clip (per task under vmap), then AdamW on the schedule."""
-  return clipped_adamw(make_schedule(cfg), cfg)
+  return optim.clipped_adamw(make_schedule(cfg), cfg)
 
 
 def draw_rows(key: jax.Array, valid: jax.Array, step: jax.Array,
@@ -107,13 +98,9 @@ def sequence_loss(model, batch) -> tuple[jax.Array, jax.Array]:
   Returns:
     (float32[] mean loss, float32[] number of target tokens).
   """
-  logits = model(batch.tokens, batch.positions, batch.coords)[:, :-1]
-  targets = batch.tokens[:, 1:]
-  weights = batch.mask[:, 1:].astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  ll, weights = model_lib.target_logprobs(model, batch)
   count = weights.sum()
-  return (nll * weights).sum() / jnp.maximum(count, 1.0), count
+  return -(ll * weights).sum() / jnp.maximum(count, 1.0), count
 
 
 def make_train_task(config: Any, graphdef=None):

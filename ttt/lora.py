@@ -59,6 +59,33 @@ def abstract_split(config: Any):
   return split(model)
 
 
+def make_init(config: Any, key: jax.Array):
+  """`init(params, task_index int32[T]) -> adapters [T, ...]` (unjitted).
+
+  Task t's adapter depends only on `fold_in(key, task_index[t])` -- not on
+  which chunk or slot it lands in. In 'full' mode every task starts from
+  `params` (the weights to fine-tune); otherwise `params` is ignored (pass
+  None). Jit it with `out_shardings` to create adapters in place.
+  """
+  model_config, adapter_config = configs(config)
+  if adapter_config.mode == "full":
+    def init_adapters_full(params, task_index):
+      return jax.tree.map(
+          lambda x: jnp.broadcast_to(x, task_index.shape + x.shape), params)
+    return init_adapters_full
+
+  def one(k):
+    model = model_lib.Transformer(model_config, adapter_config,
+                                  rngs=nnx.Rngs(params=0, lora=k))
+    return split(model)[1]
+
+  def init_adapters_at(params, task_index):
+    del params
+    return jax.vmap(lambda t: one(jax.random.fold_in(key, t)))(task_index)
+
+  return init_adapters_at
+
+
 def init_adapters(config: Any, key: jax.Array, n_tasks: int, params=None):
   """Per-task adapters stacked along a leading task axis.
 

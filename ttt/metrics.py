@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from ttt import evaluate
+
 
 def _plain(value: Any):
   if isinstance(value, (str, bool, int)) or value is None:
@@ -51,7 +53,7 @@ class MetricsWriter:
                   **{k: _plain(v) for k, v in values.items()})
     if self.enabled:
       with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(evaluate.strict(record), allow_nan=False) + "\n")
       if self.echo:
         logging.info("metrics %s", json.dumps(record))
     return record

@@ -5,8 +5,8 @@ to logits `float32[B, L, V]`. Blocks are pre-norm (RMSNorm), multi-head
 causal attention through `jax.nn.dot_product_attention` (cuDNN flash
 attention on GPU when shapes allow: bf16, head dim a multiple of 8, batch
 axis first, causal mask without an explicit mask array), and a SwiGLU MLP.
-Parameters are float32 (master weights); compute runs in `dtype` (bf16 by
-default); logits come out in float32.
+Parameters are float32 (master weights); compute runs in `dtype` (default
+'auto': float32 on CPU, bfloat16 on GPU/TPU); logits come out in float32.
 
 Positions: `rope='1d'` rotates by the 1-D position; `rope='3d'` splits each
 head's rotary pairs into three groups rotated by the (row, column, segment)
@@ -49,7 +49,8 @@ class ModelConfig:
   mlp_dim: int = 128  # SwiGLU hidden width
   rope: str = "3d"  # '1d' (1-D positions) or '3d' (row, column, segment)
   rope_base: float = 10000.0  # RoPE wavelength base
-  dtype: str = "bfloat16"  # compute dtype ('float32' for exact tests)
+  dtype: str = "auto"  # compute dtype: 'auto' (f32 on CPU, bf16 on
+  # GPU/TPU), 'bfloat16' or 'float32' (exact tests)
   norm_eps: float = 1e-6  # RMSNorm epsilon
 
   def validate(self) -> None:
@@ -103,6 +104,10 @@ class PrefixParam(nnx.LoRAParam):
 
 
 def _dtype(name: str):
+  """The compute dtype; 'auto' is float32 on CPU (no native bfloat16 on most
+  CPUs: measured faster there) and bfloat16 on GPU/TPU."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
   return jnp.dtype(name)
 
 
@@ -364,6 +369,31 @@ def make_model(config, adapter=None, key: jax.Array | None = None
   rngs = nnx.Rngs(params=jax.random.fold_in(key, 0),
                   lora=jax.random.fold_in(key, 1))
   return Transformer(model_config, adapter_config, rngs=rngs)
+
+
+def target_logprobs(model: Transformer, batch, with_argmax: bool = False):
+  """Teacher-forced log-probabilities of each next token: the one NLL kernel.
+
+  Args:
+    model: a `Transformer` (adapters merged).
+    batch: anything with `tokens`, `positions` int32[B, L], `coords`
+      int32[B, L, 3] and `mask` int32[B, L] (1 on loss targets), e.g. a
+      `ttt.data.TTTDataset` slice.
+
+  Returns:
+    (logp float32[B, L-1]: log p(token t+1 | tokens <= t); weights
+    float32[B, L-1]: the mask of the predicted token) -- the inner loop, the
+    candidate scorer and initial training reduce these their own way. With
+    `with_argmax`, a third array bool[B, L-1]: the target is the argmax.
+  """
+  logits = model(batch.tokens, batch.positions, batch.coords)[:, :-1]
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  targets = batch.tokens[:, 1:]
+  ll = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  weights = batch.mask[:, 1:].astype(jnp.float32)
+  if with_argmax:
+    return ll, weights, logits.argmax(-1) == targets
+  return ll, weights
 
 
 def count_params(state) -> int:

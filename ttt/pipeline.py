@@ -12,32 +12,40 @@ scores, leaving in `workdir`:
   killed run started again with the same workdir skips the chunks already
   there, so it resumes where it stopped.
 
-Per chunk of `run.chunk_size` tasks (sized to device memory):
-1. data: per task, the TTT dataset (`ttt.data`, key `fold_in(key, task
-   index)`), built by the host whose devices hold the task (several hosts:
-   each tokenizes only its slice; `ttt.sharding.put_rows` assembles the
-   global array); a task whose identity prompt does not fit `data.max_len`
-   is skipped and reported, never truncated.
-2. TTT: the vmapped inner loop (`ttt.inner_loop`) over the chunk's tasks,
-   task axis sharded over the mesh and padded with tasks that never report;
-   or one adapter shared by the chunk (`ttt.shared_adapter`), or none
-   (`ttt.enabled=False`).
-3. inference: every test input x view (`ttt.views`) decoded greedily under
-   its task's adapter (`ttt.decode`) -- or, with `decode.temperature > 0`,
-   `decode.samples` answers sampled per view (keys from the task and test
-   indices), every one voting --, malformed decodes counted, predictions
-   mapped back to the task's frame.
-4. voting (`vote.method`): 'hierarchical' (views grouped by category),
+Compile once. `run` parses the config once (`parse_config` -> `JobConfig`),
+plans the run (`plan_run`: every task's queries and views, the fixed
+capacities `Capacities` -- task slots, queries, views, vote groups and the
+sequence lengths), builds every jitted program once (`make_programs` ->
+`Programs`: init, train, decode, score, vote) and every chunk reuses them
+with the same shapes: chunks are padded to the capacities with validity
+masks. With `run.fixed_shapes` (default) one length serves the whole run, so
+each program compiles exactly once; without it each chunk's lengths are
+bucketed to multiples of `run.length_bucket` (each bucket compiles once;
+fewer padded tokens when tasks differ a lot in length).
+
+Per chunk (`run_chunk`), values pass stage to stage:
+1. data (`chunk_data`): per task, the TTT dataset (`ttt.data`, key
+   `fold_in(key, task index)`), built by the host whose devices hold the
+   task slot; tasks whose prompt does not fit `data.max_len` are skipped and
+   reported at planning, never truncated.
+2. TTT (`train_chunk`): adapters created in place on the mesh (keyed by the
+   global task index, so results do not depend on `run.chunk_size`), then
+   the vmapped inner loop (`ttt.inner_loop`); or one adapter shared by the
+   chunk (`ttt.shared_adapter`), or none (`ttt.enabled=False`).
+3. inference (a decoder chosen once per run): `ModelDecoder` decodes every
+   query (`ttt.views.Query`) x view under its task's adapter, gathered by
+   slot inside the program (`ttt.decode.make_decoder`), greedily or -- with
+   `decode.temperature > 0` -- sampled (`decode.samples` per view, every one
+   voting); predictions are mapped back to the task's frame.
+   `PredictorDecoder` wraps a test double instead.
+4. selection (`vote.method`): 'hierarchical' (views grouped by category),
    'flat', 'reference' (MARC-exact) or 'product_of_experts' (distinct
    candidates rescored by teacher-forced log-likelihood under every view).
+5. records (`ttt.evaluate.query_record` / `task_record`).
 
 Model: `init_from` names a checkpoint written by `ttt.ckpt.save_weights`
 (its model config wins over `config.model`); an empty `init_from` runs an
 UNTRAINED model, said loudly in the log and the report.
-
-A `predictor(task, test_index, view) -> grid | None` may replace the model's
-decoding (a test double: e.g. an oracle returning the true answer in the
-view's frame), so voting, inversion and scoring are exercised for real.
 """
 
 from __future__ import annotations
@@ -47,17 +55,16 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
 from ttt import (
   arc,
-  augment,
   ckpt,
   configlib,
   data,
@@ -73,12 +80,14 @@ from ttt import (
 )
 from ttt import model as model_lib
 
-VOTE_METHODS = ("hierarchical", "flat", "reference", "product_of_experts")
+VOTE_METHODS = vote.METHODS
+DecodeConfig = decode.DecodeConfig  # the `config.decode` group
+VoteConfig = vote.VoteConfig  # the `config.vote` group
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """What to run on (fields mirror `config.run`)."""
+  """What to run on, and how it is cut into chunks (the `config.run` group)."""
 
   version: int = 1  # ARC-AGI version (1 or 2) when no challenges file
   split: str = "evaluation"  # 'evaluation' or 'training'
@@ -87,61 +96,56 @@ class RunConfig:
   task_ids: tuple[str, ...] = ()  # only these tasks (empty: all)
   num_tasks: int = 0  # keep this many tasks after selection (0: all)
   select: str = "first"  # 'first' (file order) or 'shortest' sequences
-  chunk_size: int = 32  # tasks per compiled chunk
+  chunk_size: int = 32  # tasks per compiled chunk (sized to device memory)
   seed: int = 0  # TTT data, adapters, views
   num_renderings: int = 8  # tasks drawn in report.md
+  length_bucket: int = 32  # sequence lengths padded up to a multiple
+  fixed_shapes: bool = True  # one set of shapes for the whole run
 
   def validate(self) -> None:
     if self.select not in ("first", "shortest"):
       raise ValueError("run.select must be 'first' or 'shortest'")
     if self.chunk_size < 1:
       raise ValueError("run.chunk_size must be >= 1")
+    if self.num_tasks < 0:
+      raise ValueError(f"run.num_tasks must be >= 0 (0: all), got "
+                       f"{self.num_tasks}")
+    if self.length_bucket < 1:
+      raise ValueError("run.length_bucket must be >= 1")
+    if self.version not in (1, 2):
+      raise ValueError(f"run.version must be 1 or 2, got {self.version}")
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodeConfig:
-  """Decoding settings (fields mirror `config.decode`)."""
+class JobConfig(NamedTuple):
+  """Every group of the main job's config, parsed and validated once."""
 
-  max_new_tokens: int = tokens.MAX_ANSWER_TOKENS  # per view, at most 931
-  prompt_bucket: int = 128  # prompt lengths padded up to a multiple
-  temperature: float = 0.0  # 0: greedy; > 0: sampled answers
-  samples: int = 1  # answers sampled per view (each one votes)
-
-  def validate(self) -> None:
-    if self.temperature < 0 or self.samples < 1:
-      raise ValueError("decode.temperature must be >= 0 and decode.samples "
-                       ">= 1")
-    if self.samples > 1 and self.temperature == 0:
-      raise ValueError("decode.samples > 1 needs decode.temperature > 0 "
-                       "(greedy copies are identical)")
+  init_from: str
+  run: RunConfig
+  model: model_lib.ModelConfig
+  adapter: model_lib.AdapterConfig
+  data: data.DataConfig
+  ttt: inner_loop.TTTConfig
+  views: views.ViewConfig
+  decode: decode.DecodeConfig
+  vote: vote.VoteConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class VoteConfig:
-  """Voting settings (fields mirror `config.vote`)."""
-
-  method: str = "hierarchical"  # one of VOTE_METHODS
-  poe_candidates: int = 8  # product of experts: candidates rescored
-
-  def validate(self) -> None:
-    if self.method not in VOTE_METHODS:
-      raise ValueError(f"vote.method must be one of {VOTE_METHODS}, got "
-                       f"{self.method!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class TTTSwitches:
-  """The ablation switches of `config.ttt` beyond the inner loop's."""
-
-  enabled: bool = True  # run TTT at all
-  shared_adapter: bool = False  # one adapter for the whole chunk
-
-
-def _split_ttt(group) -> tuple[inner_loop.TTTConfig, TTTSwitches]:
-  d = dict(group.to_dict() if hasattr(group, "to_dict") else group or {})
-  sw = {k: d.pop(k) for k in ("enabled", "shared_adapter") if k in d}
-  return (configlib.from_config(inner_loop.TTTConfig, d),
-          configlib.from_config(TTTSwitches, sw))
+def parse_config(config) -> JobConfig:
+  """The typed groups of `config` (a ConfigDict or a JobConfig)."""
+  if isinstance(config, JobConfig):
+    return config
+  get = config.get if hasattr(config, "get") else (
+      lambda k, d=None: getattr(config, k, d))
+  return JobConfig(
+      init_from=get("init_from", "") or "",
+      run=configlib.from_config(RunConfig, get("run")),
+      model=configlib.from_config(model_lib.ModelConfig, get("model")),
+      adapter=configlib.from_config(model_lib.AdapterConfig, get("adapter")),
+      data=configlib.from_config(data.DataConfig, get("data")),
+      ttt=configlib.from_config(inner_loop.TTTConfig, get("ttt")),
+      views=configlib.from_config(views.ViewConfig, get("views")),
+      decode=configlib.from_config(decode.DecodeConfig, get("decode")),
+      vote=configlib.from_config(vote.VoteConfig, get("vote")))
 
 
 # --- tasks and model ---------------------------------------------------------
@@ -179,19 +183,26 @@ def load_model(config) -> tuple[Any, Any, Any, dict]:
   The adapter template is one task's fresh adapter (LoRA/prefix) or, in
   'full' mode, the loaded weights themselves.
   """
-  model_cfg = dict(config.model.to_dict())
-  path = config.get("init_from", "")
+  job = parse_config(config)
+  model_cfg = dataclasses.asdict(job.model)
+  path = job.init_from
   if path:
+    if not os.path.isdir(path):
+      raise FileNotFoundError(
+          f"no model checkpoint at {path}: train one first (python -m "
+          "launch.pretrain --config=configs/pretrain.py:<preset> and point "
+          "init_from at its exported model), or run the shipped one "
+          "(--config.init_from=checkpoints/tiny with the tiny model)")
     # The checkpoint's shape wins; the compute dtype stays the config's.
     stored = ckpt.load_weights_config(path)["model"]
     fields = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
     model_cfg.update({k: v for k, v in stored.items()
                       if k in fields and k != "dtype"})
-  model = model_lib.make_model(model_cfg, config.adapter,
-                               jax.random.key(config.run.seed))
+  model = model_lib.make_model(model_cfg, job.adapter,
+                               jax.random.key(job.run.seed))
   graphdef, adapters, base = lora.split(model)
   if path:
-    if config.adapter.mode == "full":
+    if job.adapter.mode == "full":
       adapters = ckpt.load_weights(path, adapters)
     else:
       base = ckpt.load_weights(path, base)
@@ -201,14 +212,55 @@ def load_model(config) -> tuple[Any, Any, Any, dict]:
   return graphdef, adapters, base, model_cfg
 
 
-# --- one chunk --------------------------------------------------------------
+# --- the plan: queries and fixed capacities ---------------------------------
 
 
-def _stack(items):
-  return jax.tree.map(lambda *x: np.stack(x), *items)
+class Capacities(NamedTuple):
+  """The fixed shapes every chunk is padded to.
+
+  Attributes:
+    chunk: tasks in the largest chunk.
+    tasks: T, task slots per chunk (the largest chunk, padded to the
+      mesh; the last, smaller chunk fills the rest with padding slots).
+    queries: Q, test inputs per chunk (padded to the mesh).
+    views: V, views (x samples) per query.
+    groups: G, view categories per query (the vote).
+    per_group: S, predictions per category (the vote).
+    ttt_len: L of the TTT rows (0: bucketed per chunk).
+    prompt_len: P of the decode prompts (0: bucketed per chunk).
+  """
+
+  chunk: int
+  tasks: int
+  queries: int
+  views: int
+  groups: int
+  per_group: int
+  ttt_len: int
+  prompt_len: int
 
 
-def _fits(task: arc.Task, max_len: int) -> str | None:
+class Plan(NamedTuple):
+  """What the run will do, decided before any program runs.
+
+  Attributes:
+    tasks: the loaded tasks, in run order (task index = position).
+    skipped: tasks skipped at load (bad input), as records.
+    queries: per task, its `Query`s ([] for a task skipped for length).
+    too_long: task index -> why it is skipped (prompt over `max_len`).
+    chunks: task indices per chunk.
+    caps: the capacities.
+  """
+
+  tasks: list[arc.Task]
+  skipped: list[dict]
+  queries: list[list[views.Query]]
+  too_long: dict[int, str]
+  chunks: list[list[int]]
+  caps: Capacities
+
+
+def _too_long(task: arc.Task, max_len: int) -> str | None:
   for k in range(len(task.test)):
     n = tokens.sequence_length(task, k, include_answer=False)
     if n >= max_len:
@@ -217,463 +269,421 @@ def _fits(task: arc.Task, max_len: int) -> str | None:
   return None
 
 
-class _Query:
-  """One test input of one task: its views, their prompt lengths and (after
-  decoding) predictions. Prompts are encoded only by the host that decodes
-  them (`encode`)."""
-
-  def __init__(self, task_slot, task, test_index, view_list, max_len):
-    self.task_slot = task_slot
-    self.task = task
-    self.test_index = test_index
-    self.max_len = max_len
-    self.views = []
-    self.lengths = []  # real prompt tokens per kept view
-    self.too_long = 0
-    for v in view_list:
-      n = tokens.sequence_length(views.view_task(task, test_index, v),
-                                 include_answer=False)
-      if n >= max_len:  # no room for an answer token (views.prompt's rule)
-        self.too_long += 1
-        continue
-      self.views.append(v)
-      self.lengths.append(n)
-    self.predictions: list[np.ndarray | None] = []  # task frame
-
-  def encode(self) -> list[tokens.Encoded]:
-    """The kept views' prompts."""
-    return [views.prompt(self.task, self.test_index, v, self.max_len)
-            for v in self.views]
-
-
-def real_length(ds: data.TTTDataset) -> int:
-  """1 + the last sequence position holding a real token in any row."""
-  real = (ds.tokens != tokens.PAD).any(axis=tuple(range(ds.tokens.ndim - 1)))
-  return int(np.flatnonzero(real).max()) + 1 if real.any() else 1
-
-
-def trim_length(ds: data.TTTDataset, bucket: int,
-                longest: int | None = None) -> data.TTTDataset:
-  """Cuts the sequence axis of [T, N, L] datasets to the longest real row
-  (or `longest`, e.g. the longest over hosts), rounded up to a multiple of
-  `bucket` (padding costs compute, not accuracy: it is masked out of the
-  loss and never attended to)."""
-  longest = real_length(ds) if longest is None else longest
-  length = min(ds.tokens.shape[-1], -(-longest // bucket) * bucket)
-  return data.TTTDataset(ds.tokens[..., :length], ds.mask[..., :length],
-                         ds.positions[..., :length],
-                         ds.coords[..., :length, :], ds.valid)
+def plan_run(job: JobConfig, tasks: list[arc.Task], skipped: list[dict],
+             mesh, trains: bool = True) -> Plan:
+  """Queries of every task and the run's capacities (host arithmetic only:
+  no data is built and nothing is compiled)."""
+  rc, max_len = job.run, job.data.max_len
+  too_long, queries = {}, []
+  for n, task in enumerate(tasks):
+    why = _too_long(task, max_len)
+    if why:
+      too_long[n] = why
+      queries.append([])
+      continue
+    queries.append(views.make_queries(task, n, job.views, max_len, rc.seed,
+                                      job.decode.samples))
+  chunks = [list(range(i, min(i + rc.chunk_size, len(tasks))))
+            for i in range(0, len(tasks), rc.chunk_size)]
+  qs = [q for per_task in queries for q in per_task]
+  per_chunk = max([sum(len(queries[n]) for n in c) for c in chunks] or [1])
+  groups = [len(set(q.categories)) for q in qs]
+  per_group = [max(q.categories.count(c) for c in set(q.categories))
+               for q in qs if q.views]
+  ttt_len = prompt_len = 0
+  if rc.fixed_shapes:
+    bound = max([data.row_length_bound(t, job.data) for n, t in
+                 enumerate(tasks) if n not in too_long] or [1]) if trains \
+        else 1
+    ttt_len = data.bucket_length(bound, rc.length_bucket, max_len)
+    prompt_len = data.bucket_length(
+        max([n for q in qs for n in q.lengths] or [1]), rc.length_bucket,
+        max_len)
+  largest = max([len(c) for c in chunks] or [1])
+  caps = Capacities(
+      chunk=largest, tasks=sharding.padded_count(largest, mesh.size),
+      queries=sharding.padded_count(per_chunk, mesh.size),
+      views=max([len(q.views) for q in qs] or [1]),
+      groups=max(groups or [1]), per_group=max(per_group or [1]),
+      ttt_len=ttt_len, prompt_len=prompt_len)
+  return Plan(tasks, skipped, queries, too_long, chunks, caps)
 
 
-def _blank(data_cfg: data.DataConfig) -> data.TTTDataset:
-  """A task with no data (padding rows of the task axis)."""
-  n, length = data_cfg.num_sequences, data_cfg.max_len
-  return data.TTTDataset(np.full((n, length), tokens.PAD, np.int32),
-                         np.zeros((n, length), np.int32),
-                         np.zeros((n, length), np.int32),
-                         np.zeros((n, length, 3), np.int32),
-                         np.zeros(n, bool))
+# --- the programs, built once ----------------------------------------------
 
 
-def _groups(config, ttt_fields: dict) -> ml_collections.ConfigDict:
-  """The model/adapter/ttt groups the inner loop reads."""
-  return ml_collections.ConfigDict(dict(
-      model=config.model.to_dict(), adapter=config.adapter.to_dict(),
-      ttt=ttt_fields))
+class Programs(NamedTuple):
+  """Every jitted program of the run (None where the run needs none).
 
-
-def _train_adapters(config, ttt_cfg, switches, graphdef, base, template,
-                    datasets, keys, mesh):
-  """Adapters [T] for the chunk (and per-task TTT metrics).
-
-  `datasets` maps a task slot to its TTT dataset: every slot with a shared
-  adapter, otherwise only the slots this host holds (`_my_slots`); the
-  others' rows are built by their own hosts.
+  init(params, task_index[T]) -> adapters[T] (created task-sharded);
+  train(base, adapters[T], data[T, N, L], keys[T]) -> (adapters, metrics);
+  train_shared: the same over one task holding a chunk's rows;
+  decode: `ttt.decode.make_decoder`; score: `ttt.decode.make_row_scorer`;
+  vote: the vmapped hierarchical or flat reducer.
   """
-  n = len(keys)
-  full = config.adapter.mode == "full"
-  init = lora.init_adapters(config, jax.random.fold_in(
-      jax.random.key(config.run.seed), 1), n, template if full else None)
-  if not switches.enabled:
-    return init, dict(final_loss=[None] * n, nonfinite=[False] * n,
-                      rows=[0] * n)
-  bucket = config.decode.get("prompt_bucket", 128)
-  if switches.shared_adapter:
-    ds = trim_length(_stack([datasets[i] for i in range(n)]), bucket)
-    rows = jax.tree.map(lambda x: x.reshape((1, -1) + x.shape[2:]), ds)
-    shared_cfg = dict(dataclasses.asdict(ttt_cfg))
-    shared_cfg["steps"] = ttt_cfg.steps * n
-    fn = inner_loop.make_inner_loop(_groups(config, shared_cfg), graphdef)
-    one = jax.tree.map(lambda x: x[:1], init)
-    out, m = fn(base, one, rows, keys[:1])
-    adapters = jax.tree.map(lambda x: jnp.repeat(x, n, 0), out)
-    loss = float(np.asarray(m["loss"])[0, -1])
+
+  init: Callable | None
+  train: Callable | None
+  train_shared: Callable | None
+  decode: Callable | None
+  score: Callable | None
+  vote: Callable | None
+
+
+def _ttt_groups(job: JobConfig, **ttt_overrides):
+  return dict(model=job.model, adapter=job.adapter,
+              ttt=dataclasses.replace(job.ttt, **ttt_overrides))
+
+
+def make_programs(job: JobConfig, graphdef, mesh, caps: Capacities,
+                  with_model: bool = True) -> Programs:
+  """Builds every program the run uses, once."""
+  voter = None
+  if job.vote.method in ("hierarchical", "flat"):
+    voter = vote.vmap_vote(vote.hierarchical_vote
+                           if job.vote.method == "hierarchical"
+                           else vote.flat_vote)
+  if not with_model:
+    return Programs(None, None, None, None, None, voter)
+  init = jax.jit(
+      lora.make_init(SimpleNamespace(**_ttt_groups(job)),
+                     jax.random.fold_in(jax.random.key(job.run.seed), 1)),
+      out_shardings=sharding.task_sharding(mesh))
+  train = train_shared = None
+  if job.ttt.enabled and not job.ttt.shared_adapter:
+    train = inner_loop.make_inner_loop(SimpleNamespace(**_ttt_groups(job)),
+                                       graphdef)
+  if job.ttt.enabled and job.ttt.shared_adapter:
+    train_shared = inner_loop.make_inner_loop(
+        SimpleNamespace(**_ttt_groups(job, steps=job.ttt.steps * caps.tasks)),
+        graphdef)
+  return Programs(
+      init=init, train=train, train_shared=train_shared,
+      decode=decode.make_decoder(
+          graphdef, min(job.decode.max_new_tokens, tokens.MAX_ANSWER_TOKENS),
+          job.decode.temperature),
+      score=(decode.make_row_scorer(graphdef)
+             if job.vote.method == "product_of_experts" else None),
+      vote=voter)
+
+
+# --- the stages of one chunk -------------------------------------------------
+
+
+class ChunkData(NamedTuple):
+  """A chunk's TTT inputs.
+
+  Attributes:
+    slots: task index (in the run) of each used slot, in slot order.
+    task_index: int32[T] task index per slot (padding slots: indices past
+      every real task), host array.
+    keys: key[T] data/step keys `fold_in(key(seed), task index)`.
+    datasets: `TTTDataset` [T, N, L], task-sharded on the mesh (with a
+      shared adapter: a host array); None when nothing trains.
+    rows: int32[T] valid rows per slot.
+    row_tokens: mean real tokens of a training row, summed over the used
+      slots (all hosts); with `length`, the padded share of TTT compute.
+    length: L of the rows.
+  """
+
+  slots: list[int]
+  task_index: np.ndarray
+  keys: jax.Array
+  datasets: data.TTTDataset | None
+  rows: np.ndarray
+  row_tokens: float = 0.0
+  length: int = 0
+
+
+_PAD_INDEX = 2**31 - 1  # padding slot s gets task index _PAD_INDEX - s
+
+
+def _length(job: JobConfig, fixed: int, longest: int) -> int:
+  return fixed or data.bucket_length(longest, job.run.length_bucket,
+                                     job.data.max_len)
+
+
+def chunk_data(job: JobConfig, plan: Plan, chunk: list[int], mesh,
+               build: bool) -> ChunkData:
+  """Builds (on the hosts that hold them) the TTT datasets of a chunk."""
+  caps = plan.caps
+  slots = [n for n in chunk if n not in plan.too_long]
+  index = np.array(slots + [_PAD_INDEX - s for s in range(len(slots),
+                                                          caps.tasks)],
+                   np.int32)
+  key = jax.random.key(job.run.seed)
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(index))
+  if not build:
+    return ChunkData(slots, index, keys, None, np.zeros(caps.tasks, np.int32))
+  shared = job.ttt.shared_adapter  # then every host builds every row
+  mine = range(caps.tasks) if shared else sharding.local_rows(caps.tasks,
+                                                              mesh)
+  local = data.stack([
+      data.build_ttt_dataset(plan.tasks[slots[r]], job.data, keys[r])
+      if r < len(slots) else
+      data.blank(job.data.num_sequences, job.data.max_len) for r in mine])
+  length = _length(job, caps.ttt_len,
+                   sharding.global_max(data.real_length(local)))
+  local = data.trim(local, length)
+  rows = local.valid.sum(-1).astype(np.int32)
+  real = (local.tokens != tokens.PAD).sum(-1)  # [T_local, N]
+  used = [i for i, r in enumerate(mine) if r < len(slots)]
+  row_tokens = float(sum(real[i][local.valid[i]].mean() for i in used
+                         if local.valid[i].any()))
+  if shared:
+    return ChunkData(slots, index, keys, local, rows, row_tokens, length)
+  return ChunkData(slots, index, keys,
+                   sharding.put_rows(local, caps.tasks, mesh),
+                   sharding.gather(sharding.put_rows(rows, caps.tasks, mesh)),
+                   sharding.global_sum(row_tokens), length)
+
+
+def train_chunk(job: JobConfig, programs: Programs, model, cd: ChunkData,
+                mesh) -> tuple[Any, dict]:
+  """Adapters [T] (task-sharded) and per-slot TTT metrics."""
+  _, template, base = model
+  n = len(cd.slots)
+  untrained = dict(final_loss=[None] * n, nonfinite=[False] * n,
+                   rows=[0] * n)
+  if programs.init is None:  # a test double decodes: no model, no adapters
+    return None, untrained
+  params = template if job.adapter.mode == "full" else None
+  adapters = programs.init(params, sharding.shard_tasks(cd.task_index, mesh))
+  if cd.datasets is None:
+    return adapters, untrained
+  if job.ttt.shared_adapter:
+    one = jax.tree.map(lambda a: a[:1], sharding.gather(adapters))
+    rows = jax.tree.map(lambda x: x.reshape((1, -1) + x.shape[2:]),
+                        cd.datasets)
+    out, m = sharding.gather(programs.train_shared(base, one, rows,
+                                                   cd.keys[:1]))
+    adapters = sharding.shard_tasks(
+        jax.tree.map(lambda o: np.repeat(o, len(cd.task_index), 0), out),
+        mesh)
+    loss = float(m["loss"][0, -1])
     return adapters, dict(final_loss=[loss] * n,
                           nonfinite=[bool(m["nonfinite"][0])] * n,
-                          rows=[int(d.valid.sum()) for d in ds_list(ds)])
-  fn = inner_loop.make_inner_loop(
-      _groups(config, dataclasses.asdict(ttt_cfg)), graphdef)
-  total = sharding.padded_count(n, mesh.size)
-  mine = sharding.local_rows(total, mesh)
-  blank = _blank(data.DataConfig.make(config.data))
-  local = _stack([datasets.get(int(r), blank) for r in mine])
-  local = trim_length(local, bucket, sharding.global_max(real_length(local)))
-  p_ds = sharding.put_rows(local, total, mesh)
-  (p_init, p_keys), _ = sharding.pad_tasks((init, keys), mesh.size)
-  out, m = fn(sharding.replicate(base, mesh),
-              sharding.shard_tasks(p_init, mesh), p_ds,
-              sharding.shard_tasks(p_keys, mesh))
-  adapters = jax.tree.map(lambda x: x[:n], out)
-  m = sharding.gather(dict(loss=m["loss"], nonfinite=m["nonfinite"],
-                           rows=sharding.put_rows(local.valid.sum(-1), total,
-                                                  mesh)))
+                          rows=[int(x) for x in cd.rows[:n]])
+  adapters, m = programs.train(base, adapters, cd.datasets,
+                               sharding.shard_tasks(cd.keys, mesh))
+  m = sharding.gather(dict(loss=m["loss"], nonfinite=m["nonfinite"]))
   return adapters, dict(
       final_loss=[float(x) for x in m["loss"][:n, -3:].mean(-1)],
       nonfinite=[bool(x) for x in m["nonfinite"][:n]],
-      rows=[int(x) for x in m["rows"][:n]])
+      rows=[int(x) for x in cd.rows[:n]])
 
 
-def ds_list(ds: data.TTTDataset) -> list[data.TTTDataset]:
-  """[T, N, ...] -> T one-task datasets."""
-  return [jax.tree.map(lambda x, i=i: x[i], ds) for i in range(len(ds.valid))]
+class ModelDecoder:
+  """Decodes every query x view with the model under its task's adapter.
 
-
-def _my_slots(n: int, mesh, everything: bool) -> list[int]:
-  """The task slots (< n) whose TTT data this host builds."""
-  if everything:
-    return list(range(n))
-  rows = sharding.local_rows(sharding.padded_count(n, mesh.size), mesh)
-  return [int(r) for r in rows if r < n]
-
-
-def _decode_queries(queries, adapters, graphdef, base, dec_cfg, mesh,
-                    decoder_cache, seed: int = 0):
-  """Greedy predictions for every query x view (fills q.predictions).
-
-  Queries are the rows of a task-sharded batch; each host encodes only the
-  prompts of the rows its devices hold.
+  `decoder(queries, slot_of_query, adapters) -> predictions`: per query a
+  tuple of grids in the task's frame (None: malformed), aligned with
+  `query.views`. One program (`Programs.decode`) for the whole run.
   """
-  if not queries:
-    return
-  longest = max(n for q in queries for n in q.lengths)
-  plen = min(queries[0].max_len,
-             -(-longest // dec_cfg.prompt_bucket) * dec_cfg.prompt_bucket)
-  num_v = max(len(q.views) for q in queries)
-  max_new = min(dec_cfg.max_new_tokens, tokens.MAX_ANSWER_TOKENS)
-  n_q = len(queries)
-  total = sharding.padded_count(n_q, mesh.size)
-  mine = sharding.local_rows(total, mesh)
-  prompts = np.full((len(mine), num_v, plen), tokens.PAD, np.int32)
-  coords = np.zeros((len(mine), num_v, plen, 3), np.int32)
-  lengths = np.ones((len(mine), num_v), np.int32)
-  segs = np.zeros((len(mine), num_v), np.int32)
-  valid = np.zeros((len(mine), num_v), bool)
-  for i, r in enumerate(mine):
-    if r >= n_q:
-      continue  # padding row
-    q = queries[r]
-    for j, (v, p) in enumerate(zip(q.views, q.encode(), strict=True)):
-      prompts[i, j] = p.tokens[:plen]
-      coords[i, j] = p.coords[:plen]
-      lengths[i, j] = p.length
-      segs[i, j] = 2 * len(v.demos) + 1
-      valid[i, j] = True
-  slots = np.array([q.task_slot for q in queries])
-  per_query = jax.tree.map(lambda a: a[slots], adapters)
-  per_query, _ = sharding.pad_tasks(per_query, mesh.size)
-  temperature = dec_cfg.temperature
-  extra = ()
-  if temperature > 0:  # one key per row, from the task and test indices
-    keys = np.zeros((len(mine), num_v, 2), np.uint32)
+
+  def __init__(self, job: JobConfig, programs: Programs, base, mesh,
+               caps: Capacities):
+    self.job, self.programs, self.mesh, self.caps = job, programs, mesh, caps
+    self.base = base  # replicated over the mesh
+    self.prompt_tokens = (0, 0)  # (real, computed) prompt tokens, last call
+
+  def __call__(self, queries: list[views.Query], slots: list[int], adapters):
+    if not queries:
+      return []
+    job, caps, mesh = self.job, self.caps, self.mesh
+    plen = _length(job, caps.prompt_len,
+                   max(n for q in queries for n in q.lengths) if any(
+                       q.lengths for q in queries) else 1)
+    total, num_v = caps.queries, caps.views
+    self.prompt_tokens = (sum(sum(q.lengths) for q in queries),
+                          total * num_v * plen)
+    mine = sharding.local_rows(total, mesh)
+    prompts = np.full((len(mine), num_v, plen), tokens.PAD, np.int32)
+    coords = np.zeros((len(mine), num_v, plen, 3), np.int32)
+    lengths = np.ones((len(mine), num_v), np.int32)
+    segs = np.zeros((len(mine), num_v), np.int32)
+    valid = np.zeros((len(mine), num_v), bool)
+    slot = np.zeros(len(mine), np.int32)
+    keys = np.zeros((len(mine), 2), np.uint32)
+    base_key = jax.random.key(job.run.seed)
     for i, r in enumerate(mine):
-      if r < n_q:
-        q = queries[r]
-        k = jax.random.fold_in(jax.random.fold_in(
-            jax.random.key(seed), q.task_index), q.test_index)
-        keys[i] = np.asarray(jax.random.key_data(jax.random.split(
-            jax.random.fold_in(k, 7), num_v)))
-    extra = (jax.random.wrap_key_data(sharding.put_rows(keys, total, mesh)),)
-  key = (plen, max_new, temperature)
-  if key not in decoder_cache:
-    decoder_cache[key] = decode.make_greedy_decoder(None, graphdef, plen,
-                                                    max_new, temperature)
-  out = decoder_cache[key](
-      sharding.replicate(base, mesh), sharding.shard_tasks(per_query, mesh),
-      *sharding.put_rows((prompts, lengths, coords, segs, valid), total,
-                         mesh), *extra)
-  out = sharding.gather(out)
-  for i, q in enumerate(queries):
-    for j, v in enumerate(q.views):
-      q.predictions.append(views.to_original(v, tokens.decode_grid(out[i, j])))
+      if r >= len(queries):
+        continue  # padding row
+      q = queries[r]
+      slot[i] = slots[r]
+      keys[i] = np.asarray(jax.random.key_data(jax.random.fold_in(
+          jax.random.fold_in(jax.random.fold_in(base_key, q.task_index),
+                             q.test_index), 7)))
+      for j, v in enumerate(q.views):
+        p = views.prompt(q.task, q.test_index, v, job.data.max_len)
+        prompts[i, j] = p.tokens[:plen]
+        coords[i, j] = p.coords[:plen]
+        lengths[i, j] = p.length
+        segs[i, j] = 2 * len(v.demos) + 1
+        valid[i, j] = True
+    args = sharding.put_rows((slot, prompts, lengths, coords, segs, valid),
+                             total, mesh)
+    qkeys = jax.random.wrap_key_data(sharding.put_rows(keys, total, mesh))
+    out = sharding.gather(self.programs.decode(self.base, adapters, *args,
+                                               qkeys))
+    return [tuple(views.to_original(v, tokens.decode_grid(out[i, j]))
+                  for j, v in enumerate(q.views))
+            for i, q in enumerate(queries)]
 
 
-def _pad_votes(groups: list[list[np.ndarray | None]], num_g: int, num_s: int):
-  """Padded vote inputs from predictions grouped by view category."""
-  grids = np.zeros((num_g, num_s, 30, 30), np.int8)
-  shapes = np.ones((num_g, num_s, 2), np.int32)
-  ok = np.zeros((num_g, num_s), bool)
-  for g, preds in enumerate(groups):
-    for s, p in enumerate(preds):
-      if p is not None:
-        grids[g, s], shapes[g, s] = augment.pad_grid(p)
-        ok[g, s] = True
-  return grids, shapes, ok
+class PredictorDecoder:
+  """A test double in place of the model: `predictor(task, test_index,
+  view) -> grid | None` in the view's frame (e.g. an oracle), so voting,
+  inversion and scoring run for real."""
+
+  def __init__(self, predictor: Callable):
+    self.predictor = predictor
+
+  def __call__(self, queries, slots, adapters):
+    del slots, adapters
+    return [tuple(views.to_original(v, self.predictor(q.task, q.test_index,
+                                                      v))
+                  for v in q.views) for q in queries]
 
 
-def _categories(q: _Query) -> list[str]:
-  cats = []
-  for v in q.views:
-    if v.category not in cats:
-      cats.append(v.category)
-  return cats
-
-
-def _vote_jitted(queries, method: str):
-  """Hierarchical / flat votes for all queries in one vmapped call."""
-  cats = [_categories(q) for q in queries]
-  num_g = max(1, max(len(c) for c in cats))
-  num_s = max(1, max(sum(v.category == c for v in q.views)
-                     for q, cs in zip(queries, cats, strict=True)
-                     for c in cs))
-  batch = []
-  for q, cs in zip(queries, cats, strict=True):
-    groups = [[p for v, p in zip(q.views, q.predictions, strict=True)
-               if v.category == c] for c in cs]
-    g, s, ok = _pad_votes(groups, num_g, num_s)
-    ident = np.array([c == views.IDENTITY for c in cs]
-                     + [False] * (num_g - len(cs)))
-    batch.append((g, s, ok, ident))
-  g, s, ok, ident = (np.stack(x) for x in zip(*batch, strict=True))
-  fn = vote.hierarchical_vote if method == "hierarchical" else vote.flat_vote
-  res = vote.vmap_vote(fn)(g, s, ok, ident)
-  out = []
-  for i in range(len(queries)):
-    found = np.asarray(res.found[i])
-    grids = [augment.unpad_grid(np.asarray(res.grids[i, k]),
-                                np.asarray(res.shapes[i, k]))
-             if found[k] else None for k in range(2)]
-    out.append(grids)
-  return out
-
-
-def _distinct(preds) -> list[tuple[np.ndarray, int]]:
-  seen: dict = {}
-  for p in preds:
-    if p is None:
-      continue
-    k = (p.shape, p.tobytes())
-    if k in seen:
-      seen[k][1] += 1
-    else:
-      seen[k] = [p, 1]
-  return sorted((tuple(x) for x in seen.values()), key=lambda x: -x[1])
-
-
-def _vote_poe(queries, adapters, graphdef, base, config, mesh):
-  """Product of experts: rescore distinct candidates under every view."""
-  max_len = config.data.max_len
-  cfg = configlib.from_config(VoteConfig, config.vote)
-  per_query = []
-  rows_all = []
-  for q in queries:
-    cands = [g for g, _ in _distinct(q.predictions)][:cfg.poe_candidates]
-    rows = []
+def _poe_select(job: JobConfig, programs: Programs, base, mesh, queries,
+                slots, predictions, adapters) -> list[list]:
+  """Product of experts: each query's distinct candidates (at most
+  `vote.poe_candidates`) scored under every view, Σ log p picks two."""
+  max_len = job.data.max_len
+  pools, rows, row_slot = [], [], []
+  for q, s, preds in zip(queries, slots, predictions, strict=True):
+    cands = [g for g, _ in vote.distinct(preds)][:job.vote.poe_candidates]
+    pools.append(cands)
     for c in cands:
       for v in q.views:
         vt = views.view_task(q.task, q.test_index, v, answer=c)
-        if tokens.sequence_length(vt) <= max_len:
-          rows.append(tokens.encode_task(vt, max_len, loss="query"))
-        else:
-          rows.append(None)
-    per_query.append(cands)
-    rows_all.append(rows)
-  width = max(1, max(len(r) for r in rows_all))
-  n_q = len(queries)
-  blank = tokens.Encoded(np.full(max_len, tokens.PAD, np.int32),
-                         np.zeros(max_len, np.int32),
-                         np.arange(max_len, dtype=np.int32),
-                         np.zeros((max_len, 3), np.int32), 0)
-  batch = data.TTTDataset(
-      tokens=np.stack([[(r or blank).tokens for r in rows]
-                       + [blank.tokens] * (width - len(rows))
-                       for rows in rows_all]),
-      mask=np.stack([[(r or blank).mask for r in rows]
-                     + [blank.mask] * (width - len(rows))
-                     for rows in rows_all]),
-      positions=np.broadcast_to(np.arange(max_len, dtype=np.int32),
-                                (n_q, width, max_len)).copy(),
-      coords=np.stack([[(r or blank).coords for r in rows]
-                       + [blank.coords] * (width - len(rows))
-                       for rows in rows_all]),
-      valid=np.array([[r is not None for r in rows]
-                      + [False] * (width - len(rows)) for rows in rows_all]))
-  slots = np.array([q.task_slot for q in queries])
-  ad = jax.tree.map(lambda a: a[slots], adapters)
-  (ad, batch), _ = sharding.pad_tasks((ad, batch), mesh.size)
-  scores = sharding.gather(decode.make_scorer(None, graphdef)(
-      sharding.replicate(base, mesh), *sharding.shard_tasks((ad, batch),
-                                                            mesh)))
-  out = []
-  for i, (q, cands) in enumerate(zip(queries, per_query, strict=True)):
-    if not cands:
-      out.append([None, None])
-      continue
-    s = scores[i, :len(cands) * len(q.views)].reshape(len(cands),
-                                                      len(q.views))
-    usable = np.isfinite(s).all(0)  # views where every candidate fits
-    s = s[:, usable] if usable.any() else s
-    idx, _, found = vote.product_of_experts(jnp.asarray(s))
-    idx, found = np.asarray(idx), np.asarray(found)
-    out.append([cands[idx[0]] if found[0] else cands[0],
-                cands[idx[1]] if found[1] else None])
+        fits = tokens.sequence_length(vt) <= max_len
+        rows.append(tokens.encode_task(vt, max_len, loss="query")
+                    if fits else None)
+        row_slot.append(s)
+  scores = np.zeros(0, np.float32)
+  if rows:
+    longest = max((r.length for r in rows if r is not None), default=1)
+    length = data.bucket_length(longest, job.run.length_bucket, max_len)
+    total = sharding.padded_count(1 << (len(rows) - 1).bit_length(),
+                                  mesh.size)
+    batch = data.stack_rows(rows, total, length)
+    slot = np.zeros(total, np.int32)
+    slot[:len(rows)] = row_slot
+    scores = sharding.gather(programs.score(
+        base, adapters,
+        *sharding.shard_tasks((slot, batch), mesh)))
+  out, at = [], 0
+  for q, cands in zip(queries, pools, strict=True):
+    m = len(cands) * len(q.views)
+    s = scores[at:at + m].reshape(len(cands), len(q.views))
+    at += m
+    out.append(vote.poe_attempts(cands, s))
   return out
 
 
-def _vote(queries, method, adapters, graphdef, base, config, mesh):
-  if not queries:
-    return []
+def select(job: JobConfig, programs: Programs, base, mesh, caps: Capacities,
+           queries, slots, predictions, adapters) -> list[list]:
+  """Two attempts per query by `vote.method`."""
+  items = [(q.categories, p) for q, p in zip(queries, predictions,
+                                             strict=True)]
+  method = job.vote.method
   if method in ("hierarchical", "flat"):
-    return _vote_jitted(queries, method)
-  if method == "product_of_experts":
-    return _vote_poe(queries, adapters, graphdef, base, config, mesh)
-  out = []
-  for q in queries:
-    preds = [(v.category, p) for v, p in zip(q.views, q.predictions,
-                                              strict=True) if p is not None]
-    cats = [c for c in _categories(q) if c != views.IDENTITY]
-    a1, a2 = vote.reference_vote(preds, identity=views.IDENTITY,
-                                 categories=cats)
-    out.append([a1, a2])
-  return out
+    return vote.vote_batch(programs.vote, items, caps.groups,
+                           caps.per_group, views.IDENTITY, caps.queries)
+  if method == "reference":
+    return vote.reference_batch(items, views.IDENTITY)
+  return _poe_select(job, programs, base, mesh, queries, slots, predictions,
+                     adapters)
 
 
-def _query_record(q: _Query, attempts) -> dict:
-  truth = q.task.test[q.test_index][1]
-  cands: dict = {}
-  malformed: dict[str, int] = {}
-  for v, p in zip(q.views, q.predictions, strict=True):
-    if p is None:
-      malformed[v.category] = malformed.get(v.category, 0) + 1
+def _padding(job: JobConfig, caps: Capacities, cd: ChunkData,
+             decoder) -> dict:
+  """Real vs computed tokens of the chunk's TTT rows and decode prompts."""
+  steps = job.ttt.steps * job.ttt.batch_size
+  trained = cd.datasets is not None
+  prompts = getattr(decoder, "prompt_tokens", (0, 0))
+  return dict(ttt_real=cd.row_tokens * steps if trained else 0.0,
+              ttt_computed=float(caps.tasks * steps * cd.length)
+              if trained else 0.0,
+              prompt_real=float(prompts[0]), prompt_computed=float(prompts[1]))
+
+
+def _records(plan: Plan, chunk: list[int], cd: ChunkData, tests: dict,
+             ttt_m: dict) -> list[dict]:
+  """The chunk's task records, in chunk order (skipped tasks included)."""
+  records = []
+  for n in chunk:
+    task = plan.tasks[n]
+    if n in plan.too_long:
+      records.append(dict(id=task.id, skipped=plan.too_long[n],
+                          num_tests=len(task.test)))
       continue
-    k = (p.shape, p.tobytes())
-    c = cands.setdefault(k, dict(grid=evaluate.grid_list(p), count=0,
-                                 views=[], categories={}))
-    c["count"] += 1
-    c["views"].append(v.label)
-    c["categories"][v.category] = c["categories"].get(v.category, 0) + 1
-  a1, a2 = attempts
-  a2 = a2 if a2 is not None else a1
-  rec = dict(
-      attempt_1=None if a1 is None else evaluate.grid_list(a1),
-      attempt_2=None if a2 is None else evaluate.grid_list(a2),
-      truth=None if truth is None else evaluate.grid_list(truth),
-      candidates=sorted(cands.values(), key=lambda c: -c["count"]),
-      views=[v.label for v in q.views], views_too_long=q.too_long,
-      malformed_by_category=malformed)
-  rec["correct"] = (None if truth is None else
-                    evaluate.same(a1, truth) or evaluate.same(a2, truth))
-  return rec
-
-
-def run_chunk(config, tasks: list[arc.Task], first_index: int, model,
-              mesh, predictor: Callable | None = None,
-              decoder_cache: dict | None = None) -> tuple[list[dict], dict]:
-  """Runs one chunk of tasks; returns (task records, timings)."""
-  graphdef, template, base = model
-  run_cfg = configlib.from_config(RunConfig, config.run)
-  data_cfg = data.DataConfig.make(config.data)
-  view_cfg = configlib.from_config(views.ViewConfig, config.views)
-  dec_cfg = configlib.from_config(DecodeConfig, config.decode)
-  vote_cfg = configlib.from_config(VoteConfig, config.vote)
-  ttt_cfg, switches = _split_ttt(config.ttt)
-  decoder_cache = {} if decoder_cache is None else decoder_cache
-  key = jax.random.key(run_cfg.seed)
-  timings = dict(data=0.0, ttt=0.0, inference=0.0, voting=0.0)
-
-  t0 = time.perf_counter()
-  records: list[dict | None] = [None] * len(tasks)
-  kept, keys = [], []
-  for n, task in enumerate(tasks):
-    why = _fits(task, data_cfg.max_len)
-    if why:
-      records[n] = dict(id=task.id, skipped=why, num_tests=len(task.test))
-      logging.warning("skipping task %s: %s", task.id, why)
-      continue
-    keys.append(jax.random.fold_in(key, first_index + n))
-    kept.append(n)
-  build = switches.enabled and predictor is None
-  datasets = {}  # slot -> dataset, for the slots this host builds
-  if build:
-    for slot in _my_slots(len(kept), mesh, switches.shared_adapter):
-      datasets[slot] = data.build_ttt_dataset(tasks[kept[slot]], data_cfg,
-                                              keys[slot])
-  timings["data"] = time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  if predictor is None and kept:
-    adapters, ttt_metrics = _train_adapters(
-        config, ttt_cfg, switches if build else TTTSwitches(enabled=False),
-        graphdef, base, template, datasets, jnp.stack(keys), mesh)
-    jax.block_until_ready(adapters)
-  else:
-    adapters, ttt_metrics = None, dict(final_loss=[None] * len(kept),
-                                       nonfinite=[False] * len(kept),
-                                       rows=[0] * len(kept))
-  timings["ttt"] = time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  queries = []
-  for slot, n in enumerate(kept):
-    task = tasks[n]
-    for ti in range(len(task.test)):
-      rng = np.random.default_rng([run_cfg.seed, first_index + n, ti])
-      q = _Query(slot, task, ti, views.make_views(
-          len(task.train), view_cfg, rng), data_cfg.max_len)
-      q.task_index = first_index + n
-      if predictor is None and dec_cfg.samples > 1:
-        # each view decoded `samples` times (sampled answers), all voting
-        q.views = [v for v in q.views for _ in range(dec_cfg.samples)]
-        q.lengths = [k for k in q.lengths for _ in range(dec_cfg.samples)]
-      queries.append(q)
-  if predictor is not None:
-    for q in queries:
-      for v in q.views:
-        q.predictions.append(views.to_original(
-            v, predictor(q.task, q.test_index, v)))
-  else:
-    _decode_queries(queries, adapters, graphdef, base, dec_cfg, mesh,
-                    decoder_cache, run_cfg.seed)
-  timings["inference"] = time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  method = vote_cfg.method
-  if predictor is not None and method == "product_of_experts":
-    raise ValueError("product_of_experts needs the model (no predictor)")
-  attempts = _vote(queries, method, adapters, graphdef, base, config, mesh)
-  timings["voting"] = time.perf_counter() - t0
-
-  by_slot: dict[int, list] = {}
-  for q, a in zip(queries, attempts, strict=True):
-    by_slot.setdefault(q.task_slot, []).append(_query_record(q, a))
-  for slot, n in enumerate(kept):
-    tests = by_slot.get(slot, [])
-    known = [t["correct"] for t in tests if t["correct"] is not None]
-    records[n] = dict(
-        id=tasks[n].id, tests=tests,
-        correct=all(known) if known and len(known) == len(tests) else None,
-        decodes=sum(len(t["views"]) for t in tests),
-        malformed=sum(sum(t["malformed_by_category"].values())
-                      for t in tests),
-        ttt=dict(rows=ttt_metrics["rows"][slot],
-                 final_loss=ttt_metrics["final_loss"][slot],
-                 nonfinite=ttt_metrics["nonfinite"][slot]))
-    if ttt_metrics["nonfinite"][slot]:
+    s = cd.slots.index(n)
+    records.append(evaluate.task_record(task, tests.get(n, []), dict(
+        rows=ttt_m["rows"][s], final_loss=ttt_m["final_loss"][s],
+        nonfinite=ttt_m["nonfinite"][s])))
+    if ttt_m["nonfinite"][s]:
       logging.warning("task %s: TTT loss went non-finite; its adapter was "
-                      "reset to the initial one", tasks[n].id)
-  return records, timings
+                      "reset to the initial one", task.id)
+  return records
+
+
+def run_chunk(job: JobConfig, plan: Plan, chunk: list[int], model, programs,
+              decoder, mesh) -> tuple[list[dict], dict, dict]:
+  """Runs one chunk of tasks; returns (task records, timings in seconds,
+  real and computed token counts of TTT rows and decode prompts)."""
+  timings, t0 = {}, time.perf_counter()
+
+  def tick(stage):
+    timings[stage] = time.perf_counter() - t0 - sum(timings.values())
+
+  cd = chunk_data(job, plan, chunk, mesh,
+                  build=job.ttt.enabled and programs.init is not None)
+  tick("data")
+  logging.info("  TTT: %d tasks x %d steps", len(cd.slots),
+               job.ttt.steps if cd.datasets is not None else 0)
+  adapters, ttt_m = train_chunk(job, programs, model, cd, mesh)
+  jax.block_until_ready(adapters)
+  tick("ttt")
+  queries = [q for n in cd.slots for q in plan.queries[n]]
+  slot_of = [s for s, n in enumerate(cd.slots) for _ in plan.queries[n]]
+  logging.info("  decoding %d queries x %d views", len(queries),
+               plan.caps.views)
+  predictions = decoder(queries, slot_of, adapters)
+  tick("inference")
+  attempts = select(job, programs, model[2], mesh, plan.caps, queries,
+                    slot_of, predictions, adapters)
+  tick("voting")
+  tests: dict[int, list] = {}
+  for q, p, a in zip(queries, predictions, attempts, strict=True):
+    tests.setdefault(q.task_index, []).append(evaluate.query_record(q, p, a))
+  return (_records(plan, chunk, cd, tests, ttt_m), timings,
+          _padding(job, plan.caps, cd, decoder))
 
 
 # --- the whole run ----------------------------------------------------------
+
+
+class _CompileClock:
+  """Seconds JAX spends tracing, lowering and compiling (monitoring events)."""
+
+  EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+            "/jax/core/compile/jaxpr_to_mlir_module_duration",
+            "/jax/core/compile/backend_compile_duration")
+  total = 0.0
+  _registered = False
+
+  @classmethod
+  def start(cls) -> float:
+    if not cls._registered:
+      def listen(event, duration, **_):
+        if event in cls.EVENTS:
+          cls.total += duration
+      jax.monitoring.register_event_duration_secs_listener(listen)
+      cls._registered = True
+    return cls.total
 
 
 def _chunk_path(workdir, index):
@@ -698,114 +708,138 @@ def run(config, workdir: str, predictor: Callable | None = None,
   Hosts that cannot read process 0's workdir return a summary of the chunks
   they ran; process 0's is the run's.
   """
-  run_cfg = configlib.from_config(RunConfig, config.run)
-  configlib.from_config(VoteConfig, config.vote)
-  configlib.from_config(views.ViewConfig, config.views)
-  configlib.from_config(DecodeConfig, config.decode)
+  job = parse_config(config)
+  if predictor is not None and job.vote.method == "product_of_experts":
+    raise ValueError("product_of_experts needs the model (no predictor)")
+  compile0 = _CompileClock.start()
+  t_start = time.perf_counter()
   os.makedirs(os.path.join(workdir, "chunks"), exist_ok=True)
   is_main = sharding.is_main()
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w",
               encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+      f.write(config.to_json_best_effort(indent=2)
+              if hasattr(config, "to_json_best_effort")
+              else json.dumps(job._asdict(), default=str, indent=2))
   writer = metrics.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
 
-  tasks, skipped = load_tasks(run_cfg)
+  tasks, skipped = load_tasks(job.run)
   for s in skipped:
     logging.warning("skipping task %s: %s", s["id"], s["skipped"])
-  logging.info("%d tasks to run (%d skipped at load)", len(tasks),
-               len(skipped))
   mesh = sharding.make_mesh()
-  model = None
-  untrained = not config.get("init_from", "")
-  if predictor is None:
-    graphdef, template, base, model_cfg = load_model(config)
-    model = (graphdef, template, base)
+  with_model = predictor is None
+  plan = plan_run(job, tasks, skipped, mesh,
+                  trains=with_model and job.ttt.enabled)
+  for n, why in plan.too_long.items():
+    logging.warning("skipping task %s: %s", tasks[n].id, why)
+  logging.info("%d tasks to run in %d chunks (%d skipped at load); "
+               "capacities %s", len(tasks), len(plan.chunks), len(skipped),
+               plan.caps)
+  t0 = time.perf_counter()
+  if with_model:
+    graphdef, template, base, model_cfg = load_model(job)
+    # the checkpoint's shape wins: every program builds from it
+    job = job._replace(model=configlib.from_config(model_lib.ModelConfig,
+                                                   model_cfg))
+    model = (graphdef, template, sharding.replicate(base, mesh))
     logging.info("model: %s, %d base parameters, adapter %s",
-                 config.get("init_from", "") or "UNTRAINED",
-                 model_lib.count_params(base if config.adapter.mode != "full"
-                                        else template),
-                 config.adapter.mode)
+                 job.init_from or "UNTRAINED",
+                 model_lib.count_params(base if job.adapter.mode != "full"
+                                        else template), job.adapter.mode)
   else:
     model = (None, None, None)
+  timings = dict(model_load=time.perf_counter() - t0, data=0.0, ttt=0.0,
+                 inference=0.0, voting=0.0)
+  programs = make_programs(job, model[0], mesh, plan.caps, with_model)
+  decoder = (ModelDecoder(job, programs, model[2], mesh, plan.caps)
+             if with_model else PredictorDecoder(predictor))
 
-  size = run_cfg.chunk_size
-  chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
   results: list[dict] = []
-  timings = dict(data=0.0, ttt=0.0, inference=0.0, voting=0.0)
-  decoder_cache: dict = {}
-  new_chunks = 0
-  t_start = time.perf_counter()
-  done_tasks = 0
-  for c, chunk in enumerate(chunks):
+  padding: dict[str, float] = {}
+  new_chunks = done_tasks = 0
+  t_loop = time.perf_counter()
+  for c, chunk in enumerate(plan.chunks):
     path = _chunk_path(workdir, c)
-    stored = _stored_chunk(path, chunk)
+    stored = _stored_chunk(path, [tasks[n] for n in chunk])
     # Process 0's files decide, so every host skips or runs the same chunks.
     if bool(sharding.broadcast(np.int32(stored is not None))):
       if stored is not None:  # hosts without process 0's files lack them
         results += stored["records"]
         for k, v in stored["timings"].items():
-          timings[k] += v
+          timings[k] = timings.get(k, 0.0) + v
+        for k, v in stored.get("padding", {}).items():
+          padding[k] = padding.get(k, 0.0) + v
       logging.info("chunk %d/%d: already done (resumed)", c + 1,
-                   len(chunks))
+                   len(plan.chunks))
       continue
     if stop_after_chunks and new_chunks >= stop_after_chunks:
       logging.info("stopping after %d chunks (resume with the same "
                    "workdir)", new_chunks)
       sharding.barrier("pipeline.run")
       return dict(stopped=True, chunks_done=c)
-    records, t = run_chunk(config, chunk, c * size, model, mesh, predictor,
-                           decoder_cache)
+    logging.info("chunk %d/%d: %d tasks", c + 1, len(plan.chunks), len(chunk))
+    records, t, pad = run_chunk(job, plan, chunk, model, programs, decoder,
+                                mesh)
     if is_main:
-      evaluate.write_json(path, dict(records=records, timings=t))
+      evaluate.write_json(path, dict(records=records, timings=t,
+                                     padding=pad))
     new_chunks += 1
     done_tasks += len(chunk)
     results += records
     for k, v in t.items():
-      timings[k] += v
+      timings[k] = timings.get(k, 0.0) + v
+    for k, v in pad.items():
+      padding[k] = padding.get(k, 0.0) + v
     partial = evaluate.score(results)
-    elapsed = time.perf_counter() - t_start
-    remaining = sum(len(x) for x in chunks[c + 1:])
+    elapsed = time.perf_counter() - t_loop
+    remaining = sum(len(x) for x in plan.chunks[c + 1:])
     eta = elapsed / max(done_tasks, 1) * remaining
     writer.write(c, chunk=c, tasks_done=len(results),
                  pass2=partial["pass2"], coverage=partial["coverage"],
                  **{f"time_{k}": v for k, v in t.items()})
     logging.info("chunk %d/%d: %d/%d tasks, pass@2 so far %d/%d (%.1f%%), "
-                 "ETA %.0fs", c + 1, len(chunks), len(results), len(tasks),
-                 partial["pass2_tasks"], partial["scored_tasks"],
+                 "ETA %.0fs", c + 1, len(plan.chunks), len(results),
+                 len(tasks), partial["pass2_tasks"], partial["scored_tasks"],
                  100 * partial["pass2"], eta)
 
   results = skipped + results
   summary = evaluate.score(results)
+  timings["compile"] = _CompileClock.total - compile0
+  timings["total"] = time.perf_counter() - t_start
   summary["timings_s"] = timings
-  summary["untrained_model"] = untrained and predictor is None
+  summary["padded_share"] = {
+      k: (round(1 - padding[f"{k}_real"] / padding[f"{k}_computed"], 4)
+          if padding.get(f"{k}_computed") else None)
+      for k in ("ttt", "prompt")}
+  summary["untrained_model"] = not job.init_from and with_model
   if is_main:
     sub = evaluate.submission(results)
     evaluate.check_submission(sub)
     evaluate.write_json(os.path.join(workdir, "submission.json"), sub)
     evaluate.write_json(os.path.join(workdir, "results.json"),
                         dict(summary=summary, tasks=results))
-    header = (f"Model: `{config.get('init_from', '') or 'UNTRAINED'}`; "
-              f"adapter {config.adapter.mode}; TTT "
-              f"{'on' if config.ttt.get('enabled', True) else 'off'} "
-              f"({config.ttt.get('steps')} steps); vote "
-              f"{config.vote.method}; data "
-              f"{run_cfg.challenges or f'ARC-AGI-{run_cfg.version}'} "
-              f"{'' if run_cfg.challenges else run_cfg.split}.")
+    rc = job.run
+    ttt_text = (f"TTT on ({job.ttt.steps} steps)" if job.ttt.enabled
+                else "TTT off")
+    header = (f"Model: `{job.init_from or 'UNTRAINED'}`; adapter "
+              f"{job.adapter.mode}; {ttt_text}; vote {job.vote.method}; data "
+              f"{rc.challenges or f'ARC-AGI-{rc.version}'} "
+              f"{'' if rc.challenges else rc.split}.")
     if summary["untrained_model"]:
       header += " **The base model is untrained: accuracy is meaningless.**"
-    evaluate.write_report(workdir, results,
-                          summary, {t.id: t for t in tasks}, timings, header,
-                          run_cfg.num_renderings)
-    writer.write(len(chunks), final=True,
+    evaluate.write_report(workdir, results, summary, {t.id: t for t in tasks},
+                          timings, header, rc.num_renderings)
+    writer.write(len(plan.chunks), final=True,
                  **{k: v for k, v in summary.items()
-                    if k not in ("category_accuracy", "timings_s")},
+                    if k not in ("category_accuracy", "timings_s",
+                                 "padded_share")},
                  category_accuracy=summary["category_accuracy"],
-                 timings_s=timings)
+                 timings_s=timings, padded_share=summary["padded_share"])
   logging.info("done: pass@2 %d/%d tasks (%.1f%%), coverage %.1f%%, "
-               "written to %s", summary["pass2_tasks"],
+               "written to %s; time %s", summary["pass2_tasks"],
                summary["scored_tasks"], 100 * summary["pass2"],
-               100 * summary["coverage"], workdir)
+               100 * summary["coverage"], workdir,
+               {k: round(v, 1) for k, v in timings.items()})
   sharding.barrier("pipeline.run")
   return summary
 

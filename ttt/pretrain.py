@@ -38,12 +38,7 @@ This module trains the base model; it does not adapt per task
 from __future__ import annotations
 
 import dataclasses
-import glob
-import gzip
-import json
 import os
-import queue
-import threading
 import time
 from typing import Any, NamedTuple
 
@@ -55,17 +50,25 @@ from absl import logging
 from flax import nnx
 
 from ttt import (
-  arc,
-  augment,
   ckpt,
   configlib,
-  data,
   inner_loop,
   metrics,
+  optim,
   sharding,
   tokens,
 )
 from ttt import model as model_lib
+from ttt.pretrain_data import (  # noqa: F401 -- this module's public names
+  Prefetcher,
+  Source,
+  heldout_batches,
+  heldout_ids,
+  load_pool,
+  load_re_arc,
+  make_batch,
+  sample_sequence,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,195 +119,6 @@ class PretrainConfig:
                               "not a directory")
 
 
-# --- data -------------------------------------------------------------------
-
-
-class Source(NamedTuple):
-  """The pairs of one source task: grids as int8 numpy arrays."""
-
-  id: str
-  pairs: list  # list of (input, output)
-
-
-def heldout_ids(n: int) -> list[str]:
-  """`n` ARC-AGI-1 training task ids, spread evenly over the sorted ids."""
-  if n <= 0:
-    return []
-  ids = sorted(t.id for t in arc.load_arc(1, "training"))
-  stride = max(1, len(ids) // n)
-  return ids[::stride][:n]
-
-
-def _fast_grid(value, where: str) -> np.ndarray:
-  g = np.asarray(value, dtype=np.int64)
-  if (g.ndim != 2 or g.size == 0 or max(g.shape) > arc.MAX_SIDE
-      or g.min() < 0 or g.max() > 9):
-    raise arc.TaskError(where, "not a grid of colours 0-9 with sides 1-30")
-  return g.astype(arc.GRID_DTYPE)
-
-
-def load_re_arc(directory: str, max_examples: int = 1000,
-                exclude: set | None = None, errors: list | None = None
-                ) -> list[Source]:
-  """Reads re-ARC `<task_id>.json.gz` files (a list of {input, output}).
-
-  A malformed file or example is skipped and reported in `errors` (a list
-  of messages) rather than stopping the load.
-  """
-  out = []
-  exclude = exclude or set()
-  files = sorted(glob.glob(os.path.join(directory, "*.json.gz")) +
-                 glob.glob(os.path.join(directory, "*.json")))
-  if not files:
-    raise FileNotFoundError(f"no re-ARC *.json(.gz) files in {directory}")
-  for path in files:
-    task_id = os.path.basename(path).split(".")[0]
-    if task_id in exclude:
-      continue
-    try:
-      opener = gzip.open if path.endswith(".gz") else open
-      with opener(path, "rt", encoding="utf-8") as f:
-        examples = json.load(f)
-      pairs = []
-      for n, ex in enumerate(examples[:max_examples]):
-        try:
-          pairs.append((_fast_grid(ex["input"], task_id),
-                        _fast_grid(ex["output"], task_id)))
-        except (arc.TaskError, KeyError, TypeError, ValueError) as e:
-          if errors is not None:
-            errors.append(f"re-ARC {task_id} example {n}: {e}")
-      if len(pairs) >= 2:
-        out.append(Source(f"re_arc/{task_id}", pairs))
-    except (OSError, ValueError) as e:
-      if errors is not None:
-        errors.append(f"re-ARC {path}: {e}")
-  return out
-
-
-def load_pool(cfg: PretrainConfig, errors: list | None = None
-              ) -> tuple[list[Source], list[arc.Task]]:
-  """(training sources, held-out tasks) as configured."""
-  held = set(heldout_ids(cfg.heldout_tasks))
-  sources = []
-  if cfg.re_arc_dir:
-    sources += load_re_arc(cfg.re_arc_dir, cfg.re_arc_examples, held, errors)
-  heldout = []
-  if cfg.arc_training or held:
-    for t in arc.load_arc(1, "training"):
-      if t.id in held:
-        heldout.append(t)
-      elif cfg.arc_training:
-        sources.append(Source(f"arc1/{t.id}", list(t.train) + list(t.test)))
-  if not sources:
-    raise ValueError("no training data: set pretrain.re_arc_dir and/or "
-                     "pretrain.arc_training")
-  return sources, heldout
-
-
-def sample_sequence(rng: np.random.Generator, sources: list[Source],
-                    cfg: PretrainConfig) -> tokens.Encoded:
-  """One training sequence (see module docstring). Deterministic in `rng`."""
-  for _ in range(100):
-    src = sources[rng.integers(len(sources))]
-    n_pairs = len(src.pairs)
-    k = int(rng.integers(cfg.min_demos, cfg.max_demos + 1))
-    k = min(k, n_pairs - 1)
-    picks = rng.choice(n_pairs, size=k + 1, replace=False)
-    g = augment.take(augment.sample_numpy(
-        rng, 0, 1, dihedral=cfg.dihedral, colours=cfg.colours,
-        fix_background=True, shuffle=False), 0)
-    u = rng.random()
-    inputs_only = u < cfg.p_inputs_only
-    outputs_only = cfg.p_inputs_only <= u < (cfg.p_inputs_only
-                                             + cfg.p_outputs_only)
-    on_in, on_out = not outputs_only, not inputs_only
-    pairs = []
-    for n in picks:
-      i, o = src.pairs[n]
-      pairs.append((augment.apply(g, i) if on_in else i,
-                    augment.apply(g, o) if on_out else o))
-    query = pairs[-1]
-    q_len = 2 + tokens.grid_length(query[0].shape) + \
-        tokens.grid_length(query[1].shape) + 1
-    budget = cfg.max_len - 1 - q_len
-    demos = []
-    for i, o in pairs[:-1]:
-      n = 3 + tokens.grid_length(i.shape) + tokens.grid_length(o.shape)
-      if n > budget:
-        break
-      demos.append((i, o))
-      budget -= n
-    if not demos:
-      continue
-    task = arc.Task(src.id, demos, [query])
-    return tokens.encode_task(task, cfg.max_len, loss=cfg.loss)
-  raise ValueError(f"could not sample a sequence that fits max_len="
-                   f"{cfg.max_len} in 100 tries; raise pretrain.max_len")
-
-
-def make_batch(sources: list[Source], cfg: PretrainConfig, step: int,
-               rows=None) -> data.TTTDataset:
-  """The batch of `step`: `TTTDataset` with leaves [B, L] (all rows valid).
-
-  Row r is drawn from its own generator (seed, step, r), so a host can build
-  only `rows` (its slice of the global batch) and get the same sequences.
-  """
-  rows = range(cfg.batch_size) if rows is None else rows
-  seqs = [sample_sequence(np.random.default_rng([cfg.seed, step, int(r)]),
-                          sources, cfg) for r in rows]
-  return data.TTTDataset(
-      tokens=np.stack([s.tokens for s in seqs]),
-      mask=np.stack([s.mask for s in seqs]),
-      positions=np.stack([s.positions for s in seqs]),
-      coords=np.stack([s.coords for s in seqs]),
-      valid=np.ones(len(seqs), bool))
-
-
-class Prefetcher:
-  """Builds the batches of steps [start, stop) in a background thread.
-
-  `next()` returns `(batch, real_tokens, build_seconds)`; exceptions raised
-  while building are re-raised there.
-  """
-
-  def __init__(self, sources, cfg: PretrainConfig, start: int, stop: int,
-               rows=None):
-    self._q = queue.Queue(maxsize=max(1, cfg.prefetch))
-    self._stop = threading.Event()
-
-    def work():
-      for step in range(start, stop):
-        if self._stop.is_set():
-          return
-        t0 = time.perf_counter()
-        try:
-          batch = make_batch(sources, cfg, step, rows)
-        except Exception as e:  # noqa: BLE001 -- handed to the consumer
-          self._q.put(e)
-          return
-        item = (batch, int((batch.tokens != tokens.PAD).sum()),
-                time.perf_counter() - t0)
-        while not self._stop.is_set():
-          try:
-            self._q.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-
-    self._thread = threading.Thread(target=work, daemon=True)
-    self._thread.start()
-
-  def next(self):
-    item = self._q.get()
-    if isinstance(item, Exception):
-      raise item
-    return item
-
-  def close(self):
-    self._stop.set()
-    self._thread.join(timeout=5)
-
-
 # --- training ---------------------------------------------------------------
 
 
@@ -324,14 +138,12 @@ class TrainState(NamedTuple):
 
 def make_schedule(cfg: PretrainConfig) -> optax.Schedule:
   """Linear warm-up to `lr`, cosine decay to `lr * end_lr_frac`."""
-  return optax.warmup_cosine_decay_schedule(
-      0.0, cfg.lr, warmup_steps=min(cfg.warmup_steps, cfg.steps - 1),
-      decay_steps=cfg.steps, end_value=cfg.lr * cfg.end_lr_frac)
+  return optim.pretrain_schedule(cfg)
 
 
 def make_optimizer(cfg: PretrainConfig) -> optax.GradientTransformation:
   """Clip, then AdamW on `make_schedule`."""
-  return inner_loop.clipped_adamw(make_schedule(cfg), cfg)
+  return optim.clipped_adamw(make_schedule(cfg), cfg)
 
 
 def make_train_step(graphdef, optimizer):
@@ -363,51 +175,13 @@ def make_eval_step(graphdef):
   """
 
   def eval_step(params, batch):
-    model = nnx.merge(graphdef, params)
-    logits = model(batch.tokens, batch.positions, batch.coords)[:, :-1]
-    targets = batch.tokens[:, 1:]
-    m = batch.mask[:, 1:].astype(bool)
-    logp = jax.nn.log_softmax(logits, -1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-    right = (logits.argmax(-1) == targets) | ~m
-    exact = right.all(-1) & m.any(-1) & batch.valid
-    return (jnp.where(m, nll, 0.0).sum(), m.sum()), exact
+    ll, weights, argmax = model_lib.target_logprobs(
+        nnx.merge(graphdef, params), batch, with_argmax=True)
+    m = weights > 0
+    exact = (argmax | ~m).all(-1) & m.any(-1) & batch.valid
+    return (-(ll * weights).sum(), m.sum()), exact
 
   return jax.jit(eval_step)
-
-
-def heldout_batches(tasks: list[arc.Task], max_len: int, batch_size: int
-                    ) -> list[data.TTTDataset]:
-  """Held-out test pairs encoded with loss on the query output only.
-
-  Demonstrations are dropped from the end until a sequence fits; pairs whose
-  query alone does not fit are left out. Batches are padded to `batch_size`
-  rows with invalid rows (one compiled shape).
-  """
-  rows = []
-  for t in tasks:
-    for q, a in t.test:
-      if a is None:
-        continue
-      train = list(t.train)
-      while train:
-        task = arc.Task(t.id, train, [(q, a)])
-        if tokens.sequence_length(task) <= max_len:
-          rows.append(tokens.encode_task(task, max_len, loss="query"))
-          break
-        train = train[:-1]
-  out = []
-  for s in range(0, len(rows), batch_size):
-    chunk = rows[s:s + batch_size]
-    pad = batch_size - len(chunk)
-    fill = [chunk[0]] * pad
-    out.append(data.TTTDataset(
-        tokens=np.stack([r.tokens for r in chunk + fill]),
-        mask=np.stack([r.mask for r in chunk + fill]),
-        positions=np.stack([r.positions for r in chunk + fill]),
-        coords=np.stack([r.coords for r in chunk + fill]),
-        valid=np.arange(batch_size) < len(chunk)))
-  return out
 
 
 def evaluate(eval_step, params, batches, mesh) -> dict:
@@ -534,8 +308,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.info("step %d held-out: loss %.4f exact %.3f (%d pairs)",
                      step, ev["eval_loss"], ev["eval_exact"],
                      ev["eval_pairs"])
-      timed_out = (cfg.time_limit_s
-                   and time.perf_counter() - run_t0 > cfg.time_limit_s)
+      # Process 0's clock decides, so hosts never stop at different steps.
+      timed_out = bool(cfg.time_limit_s) and bool(sharding.broadcast(
+          np.int32(time.perf_counter() - run_t0 > cfg.time_limit_s)))
       if step % cfg.checkpoint_every == 0 or done or timed_out:
         checkpointer.save(step, state, dict(step=step))
       if timed_out and not done:

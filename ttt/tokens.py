@@ -132,19 +132,24 @@ def encode_segment(grid: np.ndarray | None, example: int, is_output: bool
 
 
 def task_segments(task: arc.Task, test_index: int = 0,
-                  include_answer: bool = True) -> list[Segment]:
-  """The segments of `task` with `task.test[test_index]` as the query."""
+                  include_answer: bool = True, encode=None) -> list[Segment]:
+  """The segments of `task` with `task.test[test_index]` as the query.
+
+  `encode(grid, example, is_output) -> Segment` defaults to
+  `encode_segment`; `ttt.data` passes a caching, transforming one.
+  """
+  encode = encode_segment if encode is None else encode
   segs = []
   for k, (i, o) in enumerate(task.train):
-    segs.append(encode_segment(i, k, False))
-    segs.append(encode_segment(o, k, True))
+    segs.append(encode(i, k, False))
+    segs.append(encode(o, k, True))
   q, a = task.test[test_index]
   k = len(task.train)
-  segs.append(encode_segment(q, k, False))
+  segs.append(encode(q, k, False))
   if include_answer and a is None:
     raise arc.TaskError(task.id, f"test[{test_index}] has no output to "
                         "encode (use include_answer=False for a prompt)")
-  segs.append(encode_segment(a if include_answer else None, k, True))
+  segs.append(encode(a if include_answer else None, k, True))
   return segs
 
 

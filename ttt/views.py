@@ -20,6 +20,10 @@ Views of one test input (`make_views`, MARC's set by default):
 
 Views whose prompt does not fit `max_len` are dropped (counted by the
 caller). Categories are what the hierarchical vote groups by.
+
+`make_queries(task, task_index, ...)` gives the main job's `Query` values,
+one per test input: its kept views (each repeated `samples` times for
+sampled decoding), their prompt lengths, and how many views were too long.
 """
 
 from __future__ import annotations
@@ -150,3 +154,53 @@ def prompt(task: arc.Task, test_index: int, view: View, max_len: int
   if tokens.sequence_length(vt, include_answer=False) >= max_len:
     return None
   return tokens.encode_task(vt, max_len, include_answer=False)
+
+
+class Query(NamedTuple):
+  """One test input of one task, as the main job asks it (immutable).
+
+  Attributes:
+    task_index: the task's index in the run (keys: data, views, samples).
+    task: the task.
+    test_index: which test input.
+    views: the kept views, in order (repeated per sample).
+    lengths: real prompt tokens of each kept view.
+    too_long: views dropped because their prompt did not fit.
+  """
+
+  task_index: int
+  task: arc.Task
+  test_index: int
+  views: tuple[View, ...]
+  lengths: tuple[int, ...]
+  too_long: int
+
+  @property
+  def categories(self) -> tuple[str, ...]:
+    return tuple(v.category for v in self.views)
+
+
+def make_queries(task: arc.Task, task_index: int, config: Any, max_len: int,
+                 seed: int = 0, samples: int = 1) -> list[Query]:
+  """The queries of every test input of `task`.
+
+  Views come from `make_views` with `rng = default_rng([seed, task_index,
+  test_index])`; a view whose prompt leaves no room for an answer token
+  within `max_len` is dropped (counted in `too_long`). Each kept view is
+  repeated `samples` times (sampled decoding: every sample votes).
+  """
+  out = []
+  for ti in range(len(task.test)):
+    rng = np.random.default_rng([seed, task_index, ti])
+    kept, lengths, too_long = [], [], 0
+    for v in make_views(len(task.train), config, rng):
+      n = tokens.sequence_length(view_task(task, ti, v), include_answer=False)
+      if n >= max_len:
+        too_long += 1
+        continue
+      kept += [v] * samples
+      lengths += [n] * samples
+    out.append(Query(task_index, task, ti, tuple(kept), tuple(lengths),
+                     too_long))
+  return out
+

@@ -33,6 +33,7 @@ researchers comparing with the reference code; see
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple
@@ -41,7 +42,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ttt import augment
+
 SIDE = 30
+METHODS = ("hierarchical", "flat", "reference", "product_of_experts")
+
+
+@dataclasses.dataclass(frozen=True)
+class VoteConfig:
+  """Selection settings (the `config.vote` group)."""
+
+  method: str = "hierarchical"  # one of METHODS
+  poe_candidates: int = 8  # product of experts: candidates rescored
+
+  def validate(self) -> None:
+    if self.method not in METHODS:
+      raise ValueError(f"vote.method must be one of {METHODS}, got "
+                       f"{self.method!r}")
+    if self.poe_candidates < 1:
+      raise ValueError("vote.poe_candidates must be >= 1")
+
 _CELLS_PER_WORD = 8  # 4 bits per cell in a uint32 fingerprint
 _WORDS = -(-SIDE * SIDE // _CELLS_PER_WORD)
 
@@ -242,6 +262,12 @@ def product_of_experts(scores, valid=None):
     repeats the first and found is False.
   """
   scores = jnp.asarray(scores, jnp.float32)
+  if scores.shape[0] < 2:  # one candidate: a second, invalid row
+    valid = (jnp.ones(scores.shape[0], bool) if valid is None
+             else jnp.asarray(valid, bool))
+    scores = jnp.concatenate([scores, jnp.full((2 - scores.shape[0],)
+                                               + scores.shape[1:], -jnp.inf)])
+    valid = jnp.concatenate([valid, jnp.zeros(2 - valid.shape[0], bool)])
   total = jnp.where(jnp.isfinite(scores), scores, -jnp.inf).sum(-1)
   ok = jnp.isfinite(total)
   if valid is not None:
@@ -257,6 +283,115 @@ def product_of_experts(scores, valid=None):
 def vmap_vote(fn):
   """Jits `fn` vmapped over a leading task axis of every argument."""
   return jax.jit(jax.vmap(fn))
+
+
+# --- the main job's selection stage (host side around the jitted votes) ----
+
+
+def pad_votes(groups: Sequence[Sequence[np.ndarray | None]], num_g: int,
+              num_s: int):
+  """Padded vote inputs from predictions grouped by view category.
+
+  Returns (int8[G, S, 30, 30] grids, int32[G, S, 2] shapes, bool[G, S] ok)
+  with G = `num_g`, S = `num_s` capacities (None predictions are not ok).
+  """
+  grids = np.zeros((num_g, num_s, SIDE, SIDE), np.int8)
+  shapes = np.ones((num_g, num_s, 2), np.int32)
+  ok = np.zeros((num_g, num_s), bool)
+  for g, preds in enumerate(groups):
+    for k, p in enumerate(preds):
+      if p is not None:
+        grids[g, k], shapes[g, k] = augment.pad_grid(p)
+        ok[g, k] = True
+  return grids, shapes, ok
+
+
+def _grouped(categories: Sequence[str], predictions):
+  """(ordered distinct categories, predictions grouped by them)."""
+  cats = list(dict.fromkeys(categories))
+  return cats, [[p for c2, p in zip(categories, predictions, strict=True)
+                 if c2 == c] for c in cats]
+
+
+def vote_batch(fn, items, num_g: int, num_s: int, identity: str,
+               num_rows: int | None = None) -> list[list]:
+  """Two attempts per item with a jitted, vmapped reducer.
+
+  Args:
+    fn: `vmap_vote(hierarchical_vote)` or `vmap_vote(flat_vote)` (built
+      once by the caller).
+    items: per query, (view categories, predictions in the task frame or
+      None), aligned.
+    num_g, num_s: capacities (categories per query, predictions per
+      category); fixed per run so `fn` compiles once.
+    identity: the category of untransformed views (tie-break).
+    num_rows: pad the batch to this many rows (a fixed capacity).
+
+  Returns:
+    Per item `[attempt_1, attempt_2]` (numpy grids or None).
+  """
+  if not items:
+    return []
+  rows = max(len(items), num_rows or 0)
+  g = np.zeros((rows, num_g, num_s, SIDE, SIDE), np.int8)
+  sh = np.ones((rows, num_g, num_s, 2), np.int32)
+  ok = np.zeros((rows, num_g, num_s), bool)
+  ident = np.zeros((rows, num_g), bool)
+  for i, (categories, predictions) in enumerate(items):
+    cats, groups = _grouped(categories, predictions)
+    if len(cats) > num_g or max(len(x) for x in groups) > num_s:
+      raise ValueError(f"vote capacity {num_g}x{num_s} too small for "
+                       f"{len(cats)} categories")
+    g[i], sh[i], ok[i] = pad_votes(groups, num_g, num_s)
+    ident[i, :len(cats)] = [c == identity for c in cats]
+  res = jax.device_get(fn(g, sh, ok, ident))
+  out = []
+  for i in range(len(items)):
+    out.append([augment.unpad_grid(res.grids[i, k], res.shapes[i, k])
+                if res.found[i, k] else None for k in range(2)])
+  return out
+
+
+def reference_batch(items, identity: str) -> list[list]:
+  """MARC's exact vote (`reference_vote`) per item (see `vote_batch`)."""
+  out = []
+  for categories, predictions in items:
+    preds = [(c, p) for c, p in zip(categories, predictions, strict=True)
+             if p is not None]
+    cats = [c for c in dict.fromkeys(categories) if c != identity]
+    out.append(list(reference_vote(preds, identity=identity,
+                                   categories=cats)))
+  return out
+
+
+def distinct(predictions) -> list[tuple[np.ndarray, int]]:
+  """Distinct non-None grids with their counts, most frequent first
+  (ties: first seen)."""
+  seen: dict = {}
+  for p in predictions:
+    if p is None:
+      continue
+    k = (p.shape, p.tobytes())
+    if k in seen:
+      seen[k][1] += 1
+    else:
+      seen[k] = [p, 1]
+  return sorted((tuple(x) for x in seen.values()), key=lambda x: -x[1])
+
+
+def poe_attempts(candidates: list[np.ndarray], scores: np.ndarray) -> list:
+  """Two attempts from `scores` float[C, V] (candidate x view log-lik.).
+
+  Views where some candidate does not fit (non-finite) are left out when at
+  least one view scores every candidate; with no candidate, [None, None].
+  """
+  if not candidates:
+    return [None, None]
+  usable = np.isfinite(scores).all(0)
+  s = scores[:, usable] if usable.any() else scores
+  idx, _, found = jax.device_get(product_of_experts(s))
+  return [candidates[idx[0]] if found[0] else candidates[0],
+          candidates[idx[1]] if found[1] else None]
 
 
 # --- MARC's voting, reproduced exactly (host side) --------------------------

@@ -42,25 +42,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, preset="tiny")
   if a.preset not in PRESETS:
     raise ValueError(f"unknown preset {a.preset!r}; known: {sorted(PRESETS)}")
-  s = dict(
-      ns_tree=(4, 6, 8),  # depths for the exact tree chains (binary)
-      ns_lumped=(4, 8, 16, 32),  # depths for the lumped chains (Lemma S)
-      ns_topdown=(4, 16, 64, 256),  # depths for top-down TV (binomial)
-      alpha=2.0,  # constant-α error level
-      small_alpha=1.1,  # the (1 + ε) regime
-      target="product",  # target family of the tree chains
-      p=0.3,  # its parameter
-      pattern="combo",  # locally inconsistent error pattern
-      delta=0.05,  # TV tolerance of cost-to-δ
-      horizon_factor=40.0,  # horizons T up to this × α² n²
-      num_horizons=40,  # points on the T grid
-      family_size=16,  # |F| for TTT_ELIM
-      mc_chains=20000,  # chains of the Monte-Carlo check
-      mc_ns=(16, 32),  # §4.3 Monte-Carlo TV depths (() turns it off)
-      mc_samples=20000,  # samples per sampler and depth there
-      mc_horizons=(1.0, 4.0),  # walk horizons T = c α² n² there
-      mc_bootstrap=50,  # bootstrap resamples of the statistics' TVs
-      seed=0,  # instances, families, chains
-  )
-  s.update(PRESETS[a.preset])
-  return ml_collections.ConfigDict(dict(sampling=s))
+  from sampling import experiments
+  from ttt import configlib
+
+  # Every field of sampling.experiments.ExperimentConfig (its defaults and
+  # comments are the one source); the preset names what it changes.
+  return ml_collections.ConfigDict(dict(sampling=configlib.group(
+      experiments.ExperimentConfig, **PRESETS[a.preset])))
