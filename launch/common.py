@@ -22,8 +22,9 @@ Two defaults for speed on the machine people run first:
 """
 
 import os
+import sys
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from ttt import sharding
 
@@ -47,6 +48,15 @@ _CACHE = flags.DEFINE_string(
                  or os.path.join(os.path.expanduser("~"), ".cache"),
                  "ttt-jax", "xla"),
     "Persistent XLA compilation cache directory ('' = off).")
+
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show the traceback of errors caused by the input "
+    "(bad config value, missing file, invalid task file); also "
+    "TTT_VERBOSE=1.")
+
+# Errors a user causes (a bad value, a missing or invalid file): one line.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError,
+               IsADirectoryError, PermissionError)
 
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Start jax.distributed (one process per host); also "
@@ -81,3 +91,21 @@ def start() -> None:
 def end() -> None:
   """Waits for every host (no-op with one process)."""
   sharding.barrier("launch.end")
+
+
+def run(main) -> None:
+  """`app.run(main)`, where an error caused by the input prints one line
+  `error: ...` on stderr and exits with status 2 (bugs keep their
+  traceback; `--verbose` or TTT_VERBOSE=1 shows it for input errors too)."""
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      if _VERBOSE.value or os.environ.get("TTT_VERBOSE") == "1":
+        raise
+      print(f"error: {e}\n(--verbose shows the traceback)", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(guarded)
+

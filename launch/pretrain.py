@@ -6,7 +6,7 @@ Several hosts: add `--multihost` (see `launch/common.py`); every host saves
 the checkpoints with Orbax.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from launch import common
@@ -28,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -5,7 +5,7 @@ results. Writes results.json, report.md and PNG plots to --workdir.
 Several hosts: add `--multihost` (see `launch/common.py`).
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from launch import common
@@ -32,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

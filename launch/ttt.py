@@ -5,7 +5,7 @@ With no flags: the embedded default (`configs/arc_ttt.py:tiny`) into
 Several hosts: add `--multihost` (see `launch/common.py`).
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from launch import common
@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -179,3 +179,21 @@ def test_loss_mask_counts_only_targets():
   w = np.asarray(batch.mask)[:, 1:]
   np.testing.assert_allclose(float(loss), (nll * w).sum() / w.sum(),
                              rtol=1e-5)
+
+
+def test_a_blow_up_on_the_last_step_is_caught():
+  """lr 1e30, one step: every step's loss is finite (it is computed before
+  the update), the trained adapter is not -- flagged and reset."""
+  cfg = _config(steps=1, lr=1e30, warmup_frac=0.0, clip_norm=0.0)
+  graphdef, base, adapters, ds, keys = _setup(cfg, n_tasks=2)
+  out, m = inner_loop.make_inner_loop(cfg, graphdef)(base, adapters, ds,
+                                                     keys)
+  assert np.isfinite(np.asarray(m["loss"])).all()
+  assert np.asarray(m["nonfinite"]).all()
+  for a, a0 in zip(jax.tree.leaves(out), jax.tree.leaves(adapters),
+                   strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(a0))
+  ok = inner_loop.make_inner_loop(_config(steps=2), graphdef)(
+      base, adapters, ds, keys)[1]
+  assert not np.asarray(ok["nonfinite"]).any()
+  assert np.isfinite(np.asarray(ok["final_loss"])).all()

@@ -124,12 +124,13 @@ def test_three_chunks_compile_each_program_once(tmp_path):
     jax.config.update("jax_log_compiles", False)
     logger.removeHandler(log)
   assert s["tasks"] == 6
-  dupes = [m for m, n in collections.Counter(log.seen).items() if n > 1]
-  assert not dupes, dupes[:3]
+  # (eager jax.random ops log the same argument shapes for different static
+  # shapes, so only the pipeline's own programs are compared here)
   names = log.names()
   for program in ("train_task", "init_adapters_at", "decode_with_slot",
                   "hierarchical_vote"):
     assert names[f"jit({program})"] == 1, (program, names)
+  assert sum(names.values()) < 40  # no per-chunk rebuilds of small ops
 
 
 def test_every_preset_of_every_config_loads_and_validates():
@@ -360,3 +361,94 @@ def test_outputs_are_strict_json(tmp_path):
 def test_run_config_is_validated(tmp_path):
   with pytest.raises(ValueError, match="run.num_tasks must be >= 0"):
     pipeline.run(_config(num_tasks=-1), str(tmp_path))
+
+
+def _kaggle(tmp_path, tasks, broken_tests=2):
+  """A challenges file of `tasks` plus one broken task with
+  `broken_tests` test inputs, and its solutions file."""
+  chal, sol = {}, {}
+  for t in tasks:
+    chal[t.id] = dict(train=[dict(input=i.tolist(), output=o.tolist())
+                             for i, o in t.train],
+                      test=[dict(input=i.tolist()) for i, _ in t.test])
+    sol[t.id] = [o.tolist() for _, o in t.test]
+  chal["broken00"] = dict(train=[dict(input=[[1, 2], [3]], output=[[1]])],
+                          test=[dict(input=[[1]])] * broken_tests)
+  cpath, spath = tmp_path / "c.json", tmp_path / "s.json"
+  cpath.write_text(json.dumps(chal))
+  spath.write_text(json.dumps(sol))
+  return str(cpath), str(spath)
+
+
+def test_skipped_task_gets_one_entry_per_test_input(tmp_path):
+  small = sorted(arc.load_arc(1, "evaluation"),
+                 key=lambda t: sum(g.size for g in t.grids()))[:2]
+  cpath, spath = _kaggle(tmp_path, small, broken_tests=3)
+  c = _config(challenges=cpath, solutions=spath, num_tasks=0,
+              select="first")
+  pipeline.run(c, str(tmp_path / "run"), predictor=_oracle)
+  sub = json.loads((tmp_path / "run" / "submission.json").read_text())
+  assert len(sub["broken00"]) == 3
+  evaluate.check_submission(sub, arc.test_counts(cpath))
+  short = dict(sub, broken00=sub["broken00"][:1])
+  with pytest.raises(ValueError, match="wrong number of entries"):
+    evaluate.check_submission(short, arc.test_counts(cpath))
+  with pytest.raises(ValueError, match="missing"):
+    evaluate.check_submission({k: v for k, v in sub.items()
+                               if k != "broken00"}, arc.test_counts(cpath))
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+  wd = str(tmp_path / "run")
+  pipeline.run(_config(num_tasks=2), wd, predictor=_oracle)
+  other = _config(num_tasks=2)
+  other.ttt.steps = 5
+  other.views.orders = 2
+  with pytest.raises(ValueError, match=r"ttt.steps: 2 -> 5.*views.orders"):
+    pipeline.run(other, wd, predictor=_oracle)
+  # the same config resumes; num_renderings may change
+  same = _config(num_tasks=2, num_renderings=1)
+  assert pipeline.run(same, wd, predictor=_oracle)["tasks"] == 2
+  chunk = tmp_path / "run" / "chunks" / "00000.json"
+  chunk.write_text(chunk.read_text().replace('"tests"', '"tests_old"'))
+  other.run.overwrite = True
+  s = pipeline.run(other, wd, predictor=_oracle)
+  assert s["tasks"] == 2 and s["pass2"] == 1.0
+  # the chunk was redone (not resumed) and the new config recorded
+  assert '"tests_old"' not in chunk.read_text()
+  fp = json.loads((tmp_path / "run" / "fingerprint.json").read_text())
+  assert fp["ttt.steps"] == 5 and fp["views.orders"] == 2
+
+
+def test_solutions_that_match_no_task_are_reported(tmp_path, caplog):
+  small = sorted(arc.load_arc(1, "evaluation"),
+                 key=lambda t: sum(g.size for g in t.grids()))[:2]
+  cpath, _ = _kaggle(tmp_path, small)
+  spath = tmp_path / "other.json"
+  spath.write_text(json.dumps({"nothere": [[[1]]]}))
+  c = _config(challenges=cpath, solutions=str(spath), num_tasks=0,
+              select="first")
+  def echo_input(task, test_index, view):  # no answers known
+    return augment.apply(view.element, task.test[test_index][0])
+
+  with caplog.at_level(logging.WARNING):
+    s = pipeline.run(c, str(tmp_path / "run"), predictor=echo_input)
+  assert s["scored_tasks"] == 0
+  text = caplog.text
+  assert "is in the solutions file" in text and "nothing" in text
+  assert "match no task: ['nothere']" in text
+
+
+def test_launch_input_errors_are_one_line_with_status_2(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  cmd = [sys.executable, "-m", "launch.ttt",
+         f"--config.run.challenges={tmp_path / 'missing.json'}",
+         f"--workdir={tmp_path / 'w'}", "--compilation_cache="]
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "error: cannot read challenges file" in out.stderr
+  assert "Traceback" not in out.stderr
+  verbose = subprocess.run(cmd + ["--verbose"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert verbose.returncode != 0 and "Traceback" in verbose.stderr

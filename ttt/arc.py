@@ -325,9 +325,26 @@ def load_json(challenges: Any, solutions: Any = None, *,
 
   def build(item):
     tid, obj = item
-    return task_from_json(str(tid), obj, sols.get(tid))
+    try:
+      return task_from_json(str(tid), obj, sols.get(tid))
+    except TaskError as e:  # the submission still owes one entry per input
+      e.num_tests = _num_tests(obj)
+      raise
 
   return _collect(data.items(), build, on_error, errors)
+
+
+def _num_tests(obj: Any) -> int:
+  tests = obj.get("test") if isinstance(obj, Mapping) else None
+  return max(1, len(tests)) if isinstance(tests, list) else 1
+
+
+def test_counts(challenges: Any) -> dict[str, int]:
+  """`{task_id: number of test inputs}` of a Kaggle challenges file (or
+  dict), read from the raw JSON -- also for tasks that fail validation, so
+  a submission can be checked against it."""
+  data = _read_json(challenges, "challenges")
+  return {str(k): _num_tests(v) for k, v in data.items()}
 
 
 _VERSIONS = {

@@ -115,10 +115,23 @@ def submission(results: Iterable[dict]) -> dict:
   return out
 
 
-def check_submission(sub: dict) -> None:
-  """Raises ValueError unless `sub` follows the ARC Prize format."""
+def check_submission(sub: dict, expected: dict[str, int] | None = None
+                     ) -> None:
+  """Raises ValueError unless `sub` follows the ARC Prize format and, given
+  `expected` ({task_id: number of test inputs}), has exactly those tasks
+  with one entry per test input."""
   if not isinstance(sub, dict):
     raise ValueError("submission must be a dict of task id -> list")
+  if expected is not None:
+    missing = sorted(set(expected) - set(sub))
+    extra = sorted(set(sub) - set(expected))
+    wrong = sorted(k for k in set(sub) & set(expected)
+                   if len(sub[k]) != expected[k])
+    if missing or extra or wrong:
+      raise ValueError(
+          f"submission does not match the tasks: missing {missing[:10]}, "
+          f"unexpected {extra[:10]}, wrong number of entries "
+          f"{[(k, len(sub[k]), expected[k]) for k in wrong[:10]]}")
   for task_id, attempts in sub.items():
     if not isinstance(attempts, list) or not attempts:
       raise ValueError(f"{task_id}: expected a non-empty list of attempts")

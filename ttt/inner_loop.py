@@ -114,7 +114,9 @@ def make_train_task(config: Any, graphdef=None):
   Returns:
     `train_task(base, adapter, data, key) -> (adapter, metrics)` with
     `data` a `TTTDataset` for one task ([N, L] leaves) and metrics
-    `loss`, `grad_norm`, `lr` float32[steps], `nonfinite`, `has_data`
+    `loss`, `grad_norm`, `lr` float32[steps], `final_loss` float32[] (the
+    trained adapter's loss on the last step's rows), `nonfinite` (any step,
+    or the trained adapter, non-finite: the adapter is reset), `has_data`
     bool[].
   """
   cfg = configlib.from_config(TTTConfig, config.ttt)
@@ -146,10 +148,15 @@ def make_train_task(config: Any, graphdef=None):
 
     init = (adapter0, optimizer.init(adapter0), jnp.bool_(True))
     (adapter, _, ok), metrics = jax.lax.scan(step, init, jnp.arange(cfg.steps))
+    # The trained adapter itself: its loss on the last step's rows (a last
+    # update can blow up without any step's loss showing it).
+    rows = draw_rows(key, data.valid, cfg.steps - 1, cfg.batch_size)
+    final = loss_of(adapter, base, jax.tree.map(lambda x: x[rows], data))
+    ok = ok & jnp.isfinite(final)
     trained = ok & has_data
     adapter = jax.tree.map(lambda a, a0: jnp.where(trained, a, a0), adapter,
                            adapter0)
-    metrics.update(nonfinite=~ok, has_data=has_data)
+    metrics.update(nonfinite=~ok, has_data=has_data, final_loss=final)
     return adapter, metrics
 
   return train_task

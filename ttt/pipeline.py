@@ -101,6 +101,7 @@ class RunConfig:
   num_renderings: int = 8  # tasks drawn in report.md
   length_bucket: int = 32  # sequence lengths padded up to a multiple
   fixed_shapes: bool = True  # one set of shapes for the whole run
+  overwrite: bool = False  # discard a workdir's chunks of another config
 
   def validate(self) -> None:
     if self.select not in ("first", "shortest"):
@@ -159,8 +160,10 @@ def load_tasks(cfg: RunConfig) -> tuple[list[arc.Task], list[dict]]:
                           errors=errors)
   else:
     tasks = arc.load_arc(cfg.version, cfg.split, errors=errors)
-  skipped = [dict(id=str(e.task_id), skipped=e.problem, num_tests=1)
-             for e in errors]
+  skipped = [dict(id=str(e.task_id), skipped=e.problem,
+                  num_tests=getattr(e, "num_tests", 1)) for e in errors]
+  if cfg.challenges and cfg.solutions:
+    _check_solution_ids(cfg)
   if cfg.task_ids:
     wanted = set(cfg.task_ids)
     missing = wanted - {t.id for t in tasks} - {s["id"] for s in skipped}
@@ -175,6 +178,80 @@ def load_tasks(cfg: RunConfig) -> tuple[list[arc.Task], list[dict]]:
   if cfg.num_tasks:
     tasks = tasks[:cfg.num_tasks]
   return tasks, skipped
+
+
+def _check_solution_ids(cfg: RunConfig) -> None:
+  """Warns, naming them, about tasks without a solution and solutions
+  without a task (ids that match none of the challenges score nothing)."""
+  tasks = set(arc.test_counts(cfg.challenges))
+  with open(cfg.solutions, encoding="utf-8") as f:
+    sols = set(json.load(f))
+  if not tasks & sols:
+    logging.warning("no task id of %s is in the solutions file %s: nothing "
+                    "will be scored", cfg.challenges, cfg.solutions)
+  elif tasks - sols:
+    logging.warning("%d tasks have no solution (predicted, left unscored): "
+                    "%s", len(tasks - sols), sorted(tasks - sols)[:10])
+  if sols - tasks:
+    logging.warning("%d solutions match no task: %s", len(sols - tasks),
+                    sorted(sols - tasks)[:10])
+
+
+def expected_entries(cfg: RunConfig, ids) -> dict[str, int]:
+  """{task id: test inputs} of the run's tasks, from the source itself."""
+  if cfg.challenges:
+    counts = arc.test_counts(cfg.challenges)
+  else:
+    counts = {t.id: len(t.test) for t in arc.load_arc(cfg.version,
+                                                      cfg.split)}
+  return {i: counts[i] for i in ids}
+
+
+# What determines a run's results (a resumed run must match it); the
+# rest (renderings) may change between a run and its resumption.
+_COSMETIC = {("run", "num_renderings"), ("run", "overwrite")}
+
+
+def fingerprint(job: JobConfig) -> dict:
+  """The fields of `job` that determine the results, flattened."""
+  out = {"init_from": job.init_from}
+  for group, value in job._asdict().items():
+    if dataclasses.is_dataclass(value):
+      for k, v in dataclasses.asdict(value).items():
+        if (group, k) not in _COSMETIC:
+          out[f"{group}.{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def _check_resume(job: JobConfig, workdir: str) -> None:
+  """Refuses to resume finished chunks made with another config (process 0
+  decides; every host raises), or clears them with `run.overwrite`."""
+  path = os.path.join(workdir, "fingerprint.json")
+  chunks = os.path.join(workdir, "chunks")
+  now = json.loads(json.dumps(evaluate.strict(fingerprint(job))))
+  before, changed = {}, []
+  if sharding.is_main() and os.path.exists(path) and os.listdir(chunks):
+    with open(path, encoding="utf-8") as f:
+      before = json.load(f)
+    changed = sorted(k for k in set(before) | set(now)
+                     if before.get(k) != now.get(k))
+  if bool(sharding.broadcast(np.int32(bool(changed)))):
+    if not job.run.overwrite:
+      what = (", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+                        for k in changed[:8]) if changed
+              else "see process 0's message")
+      raise ValueError(
+          f"{workdir} holds finished chunks of a run with another config "
+          f"({what}); use another --workdir, or --config.run.overwrite=True "
+          "to start over")
+    if sharding.is_main():
+      logging.warning("run.overwrite: discarding the finished chunks in %s "
+                      "(changed: %s)", workdir, ", ".join(changed))
+      for name in os.listdir(chunks):
+        os.remove(os.path.join(chunks, name))
+    sharding.barrier("pipeline.overwrite")
+  if sharding.is_main():
+    evaluate.write_json(path, now)
 
 
 def load_model(config) -> tuple[Any, Any, Any, dict]:
@@ -460,15 +537,16 @@ def train_chunk(job: JobConfig, programs: Programs, model, cd: ChunkData,
     adapters = sharding.shard_tasks(
         jax.tree.map(lambda o: np.repeat(o, len(cd.task_index), 0), out),
         mesh)
-    loss = float(m["loss"][0, -1])
+    loss = float(m["final_loss"][0])
     return adapters, dict(final_loss=[loss] * n,
                           nonfinite=[bool(m["nonfinite"][0])] * n,
                           rows=[int(x) for x in cd.rows[:n]])
   adapters, m = programs.train(base, adapters, cd.datasets,
                                sharding.shard_tasks(cd.keys, mesh))
-  m = sharding.gather(dict(loss=m["loss"], nonfinite=m["nonfinite"]))
+  m = sharding.gather(dict(final_loss=m["final_loss"],
+                           nonfinite=m["nonfinite"]))
   return adapters, dict(
-      final_loss=[float(x) for x in m["loss"][:n, -3:].mean(-1)],
+      final_loss=[float(x) for x in m["final_loss"][:n]],
       nonfinite=[bool(x) for x in m["nonfinite"][:n]],
       rows=[int(x) for x in cd.rows[:n]])
 
@@ -715,6 +793,7 @@ def run(config, workdir: str, predictor: Callable | None = None,
   t_start = time.perf_counter()
   os.makedirs(os.path.join(workdir, "chunks"), exist_ok=True)
   is_main = sharding.is_main()
+  _check_resume(job, workdir)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w",
               encoding="utf-8") as f:
@@ -723,9 +802,10 @@ def run(config, workdir: str, predictor: Callable | None = None,
               else json.dumps(job._asdict(), default=str, indent=2))
   writer = metrics.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
 
-  tasks, skipped = load_tasks(job.run)
-  for s in skipped:
-    logging.warning("skipping task %s: %s", s["id"], s["skipped"])
+  tasks, skipped = load_tasks(job.run)  # (arc.py logs each skip)
+  if any(t.test[k][1] is None for t in tasks for k in range(len(t.test))):
+    logging.info("tasks without a known answer are predicted and marked "
+                 "unscored (correct: null)")
   mesh = sharding.make_mesh()
   with_model = predictor is None
   plan = plan_run(job, tasks, skipped, mesh,
@@ -814,7 +894,8 @@ def run(config, workdir: str, predictor: Callable | None = None,
   summary["untrained_model"] = not job.init_from and with_model
   if is_main:
     sub = evaluate.submission(results)
-    evaluate.check_submission(sub)
+    evaluate.check_submission(sub, expected_entries(
+        job.run, [r["id"] for r in results]))
     evaluate.write_json(os.path.join(workdir, "submission.json"), sub)
     evaluate.write_json(os.path.join(workdir, "results.json"),
                         dict(summary=summary, tasks=results))
