@@ -109,3 +109,12 @@ def run(main) -> None:
 
   app.run(guarded)
 
+
+def config_path(relative: str) -> str:
+  """`configs/<relative>` of the installed package (absolute), so the
+  default `--config` works from any directory."""
+  import configs
+
+  return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)),
+                      relative)
+

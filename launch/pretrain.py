@@ -13,7 +13,8 @@ from launch import common
 from ttt import pretrain
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/pretrain.py:tiny", "Config file (`file.py:arg`).",
+    "config", common.config_path("pretrain.py:tiny"),
+    "Config file (`file.py:arg`).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/ttt_pretrain",
                                "Checkpoints, metrics and final weights.")

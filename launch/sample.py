@@ -13,7 +13,7 @@ from sampling import experiments
 from ttt import sharding
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/sampling/scaling.py:tiny",
+    "config", common.config_path("sampling/scaling.py:tiny"),
     "Config file (`file.py:arg`).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "workdir_sampling",
                                "Outputs: results.json, report.md, plots.")

@@ -12,7 +12,8 @@ from launch import common
 from ttt import pipeline, sharding
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/arc_ttt.py:tiny", "Config file (`file.py:arg`).",
+    "config", common.config_path("arc_ttt.py:tiny"),
+    "Config file (`file.py:arg`).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "workdir_ttt",
                                "Outputs (resumed when present).")

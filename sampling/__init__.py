@@ -24,11 +24,12 @@ Methods and parameters (the same names in both):
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import numpy as np
 
 from sampling import bounded, exact, montecarlo, oracles, trees, walks
-from sampling.exact import exact_output_law
 from sampling.trees import Instance, InstanceError, load_instance, make_instance
 from ttt import sharding
 
@@ -41,6 +42,75 @@ __all__ = ["Instance", "InstanceError", "METHODS", "bounded", "exact",
 
 _CACHE: dict = {}
 
+# The run-time parameters each method takes (`sample`, `make_chain`,
+# `exact_output_law`); `trace`, `records`, `spacing` are the walks' tracing
+# and R3 read-out settings.
+_WALK = ("steps", "leaf_loop", "trace")
+PARAMS = {
+    "top_down": (),
+    "rejection": ("alpha", "max_proposals"),
+    "sir": ("proposals",),
+    "js": _WALK + ("readout", "records", "spacing"),
+    "lifted": _WALK,
+    "vgb": _WALK + ("form", "readout", "records", "spacing"),
+    "ttt_elim": ("family", "delta", "imh_steps", "internal"),
+}
+
+
+def _int(name: str, v, low: int) -> None:
+  if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+    raise TypeError(f"{name} must be an integer >= {low}, got {v!r}")
+  if v < low:
+    raise ValueError(f"{name} must be an integer >= {low}, got {v}")
+
+
+def _real(name: str, v, low: float, what: str) -> None:
+  if isinstance(v, bool) or not isinstance(v, numbers.Real):
+    raise TypeError(f"{name} must be a number {what}, got {v!r}")
+  if not np.isfinite(v) or v < low:
+    raise ValueError(f"{name} must be a finite number {what}, got {v}")
+
+
+def check_params(method: str, params: dict) -> None:
+  """Raises ValueError / TypeError naming a bad parameter of `method` and
+  the accepted range (unknown names included: a typo is never ignored)."""
+  if method not in PARAMS:
+    raise ValueError(f"unknown method {method!r}; known: {METHODS}")
+  unknown = sorted(set(params) - set(PARAMS[method]))
+  if unknown:
+    raise TypeError(f"{method} takes no parameter {unknown}; it takes "
+                    f"{list(PARAMS[method])}")
+  p = params
+  if "steps" in p:
+    _int("steps", p["steps"], 1)
+  if p.get("leaf_loop") is not None:
+    low = 1.0 if method == "lifted" else 0.0
+    _real("leaf_loop", p["leaf_loop"], low,
+          f">= {low:g}" + (" (the lifted walk's λ)" if low else ""))
+  if p.get("alpha") is not None:
+    _real("alpha", p["alpha"], 1.0, ">= 1 (the oracle's error bound)")
+  for name, low in (("max_proposals", 1), ("proposals", 1), ("trace", 0),
+                    ("records", 1), ("spacing", 0), ("imh_steps", 0)):
+    if name in p:
+      _int(name, p[name], low)
+  if "delta" in p and not 0 < p["delta"] < 1:
+    raise ValueError(f"delta must be in (0, 1), got {p['delta']}")
+  if p.get("readout", "r1") not in ("r1", "r2", "r3"):
+    raise ValueError(f"readout must be 'r1', 'r2' or 'r3', got "
+                     f"{p['readout']!r}")
+  if p.get("form", "sj") not in ("sj", "mh"):
+    raise ValueError(f"form must be 'sj' or 'mh', got {p['form']!r}")
+
+
+def exact_output_law(instance: Instance, method: str, **params
+                     ) -> np.ndarray:
+  """The exact output law float64[S^n] of `method` (see
+  `sampling.exact.exact_output_law`), its parameters checked first."""
+  if method == "sir":
+    raise ValueError("sir has no exact law here (sample it)")
+  check_params(method, params)
+  return exact.exact_output_law(instance, method, **params)
+
 
 def make_chain(instance: Instance, method: str, *, steps: int = 256,
                leaf_loop: float | None = None, readout: str = "r1",
@@ -50,6 +120,13 @@ def make_chain(instance: Instance, method: str, *, steps: int = 256,
                internal: bool = False,
                trace: int = 0, records: int = 1, spacing: int = 0):
   """The one-chain function `chain(key) -> (x int32[n], stats)`."""
+  given = dict(steps=steps, readout=readout, form=form,
+               max_proposals=max_proposals, proposals=proposals,
+               delta=delta, imh_steps=imh_steps, trace=trace,
+               records=records, spacing=spacing, leaf_loop=leaf_loop,
+               alpha=alpha)
+  check_params(method, {k: v for k, v in given.items()
+                        if k in PARAMS.get(method, ())})
   if method == "top_down":
     return walks.make_top_down(instance)
   if method == "rejection":
@@ -86,6 +163,8 @@ def sample(instance: Instance, method: str, key: jax.Array,
     sample counts only where `stats['accepted']` (the read-out landed on a
     leaf); rejected chains hold wherever they stopped.
   """
+  _int("num_samples", num_samples, 1)
+  check_params(method, params)
   cache_key = (id(instance), method, tuple(sorted(
       (k, v if not isinstance(v, (list, dict, np.ndarray, tuple))
        else id(v)) for k, v in params.items())))

@@ -54,6 +54,10 @@ MAX_DEPTH = 64
 MAX_TABLE_LEAVES = 1 << 22
 
 
+# |log μ̂| above this is not a log mass (float32 walks overflow on it).
+MAX_LOG_MASS = 1e6
+
+
 class InstanceError(ValueError):
   """An instance that cannot be used, with what is wrong."""
 
@@ -290,6 +294,12 @@ def make_instance(S: int = 2, n: int = 8, target: str = "uniform",
                           f"= {internal} entries, got {lm.shape}")
     if np.isnan(lm).any() or (lm == np.inf).any():
       raise InstanceError("oracle log_mu_hat contains NaN or +inf")
+    big = np.isfinite(lm) & (np.abs(lm) > MAX_LOG_MASS)
+    if big.any():
+      k = int(np.flatnonzero(big)[0])
+      raise InstanceError(
+          f"oracle log_mu_hat[{k}] = {lm[k]:g} is out of range: log masses "
+          f"must lie within +-{MAX_LOG_MASS:g} (float32 walks; null for 0)")
     arrays["oracle_internal"] = lm
   elif pattern not in PATTERNS:
     raise InstanceError(f"unknown error pattern {pattern!r}; known: "
@@ -320,21 +330,24 @@ def _subtree_logm(leaf_logw: np.ndarray, S: int, n: int) -> np.ndarray:
 def _check_table_oracle(inst: Instance) -> None:
   """A reachable node with μ̂ = 0 while its subtree has mass is an error."""
   S, n = inst.S, inst.n
-  logm = (inst.arrays["node_logm"] if inst.target == "table"
-          else None)
+  if inst.target == "table":
+    logm = inst.arrays["node_logm"]
+  else:  # a named target: its true subtree masses, node by node
+    from sampling import exact
+
+    logm = exact.node_table(inst).logm
   lm = inst.arrays["oracle_internal"]
   reach = np.array([True])
   for d in range(n):
     off = level_offset(S, d)
     mu = lm[off:off + S ** d]
-    if logm is not None:
-      m = logm[off:off + S ** d]
-      bad = reach & ~np.isfinite(mu) & np.isfinite(m)
-      if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        raise InstanceError(
-            f"oracle: node {_prefix(k, d, S)} (depth {d}) is reachable and "
-            "has mu_hat = 0 while its subtree has mass")
+    m = logm[off:off + S ** d]
+    bad = reach & ~np.isfinite(mu) & np.isfinite(m)
+    if bad.any():
+      k = int(np.flatnonzero(bad)[0])
+      raise InstanceError(
+          f"oracle: node {_prefix(k, d, S)} (depth {d}) is reachable and "
+          "has mu_hat = 0 while its subtree has mass")
     reach = np.repeat(reach & np.isfinite(mu), S)
 
 

@@ -264,7 +264,7 @@ def test_ttt_off_and_adapter_modes(tmp_path):
     c = _config(num_tasks=2)
     c.init_from = arc_ttt.get_config().init_from  # the shipped model
     c.ttt.enabled = False
-    c.decode.max_new_tokens = 64
+    c.decode.max_new_tokens = 40
     c.adapter.update(adapter)
     pipeline.run(c, str(tmp_path / name))
     return _tasks(str(tmp_path / name))
@@ -444,11 +444,12 @@ def test_launch_input_errors_are_one_line_with_status_2(tmp_path):
   cmd = [sys.executable, "-m", "launch.ttt",
          f"--config.run.challenges={tmp_path / 'missing.json'}",
          f"--workdir={tmp_path / 'w'}", "--compilation_cache="]
-  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+  # from another directory: the default --config comes from the package
+  out = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 2, out.stderr[-2000:]
   assert "error: cannot read challenges file" in out.stderr
   assert "Traceback" not in out.stderr
-  verbose = subprocess.run(cmd + ["--verbose"], cwd=ROOT, env=env,
+  verbose = subprocess.run(cmd + ["--verbose"], cwd=str(tmp_path), env=env,
                            capture_output=True, text=True, timeout=300)
   assert verbose.returncode != 0 and "Traceback" in verbose.stderr

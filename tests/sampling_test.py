@@ -448,3 +448,44 @@ def test_r3_records_a_long_chain_whose_leaves_follow_mu_star():
   # R2 (first leaf) is biased under combo errors; the exact law says so
   r2 = sampling.sample(inst, "js", KEY, 20000, steps=10_000, readout="r2")
   assert r2[1]["accepted"].mean() > 0.99
+
+
+@pytest.mark.parametrize("method, params, error, match", [
+    ("rejection", dict(alpha=0.5), ValueError, "alpha must be a finite "
+     "number >= 1"),
+    ("js", dict(steps=0), ValueError, "steps must be an integer >= 1"),
+    ("js", dict(steps=2.5), TypeError, "steps must be an integer"),
+    ("js", dict(steps=8, leaf_loop=-1.0), ValueError, "leaf_loop"),
+    ("lifted", dict(steps=8, leaf_loop=0.5), ValueError,
+     "leaf_loop must be a finite number >= 1"),
+    ("sir", dict(proposals=0), ValueError, "proposals must be an integer"),
+    ("js", dict(stepz=5), TypeError, r"js takes no parameter \['stepz'\]"),
+    ("vgb", dict(steps=8, form="xx"), ValueError, "form must be"),
+])
+def test_bad_run_time_parameters_are_named(method, params, error, match):
+  inst = sampling.make_instance(2, 4, "uniform", "combo", alpha=2.0)
+  with pytest.raises(error, match=match):
+    sampling.sample(inst, method, KEY, 16, **params)
+  if method != "sir":
+    with pytest.raises(error, match=match):
+      sampling.exact_output_law(inst, method, **params)
+  with pytest.raises(ValueError, match="num_samples must be an integer"):
+    sampling.sample(inst, "top_down", KEY, -1)
+
+
+def test_invalid_table_oracles_are_refused():
+  S, n = 2, 3
+  internal = (S ** n - 1) // (S - 1)
+  lm = [0.0] * internal
+  lm[1] = None  # node (0) at depth 1 has mass under the uniform target
+  with pytest.raises(sampling.InstanceError, match=r"node \(0\) \(depth 1\) "
+                     "is reachable"):
+    sampling.load_instance(dict(alphabet_size=S, depth=n,
+                                target=dict(kind="uniform"),
+                                oracle=dict(kind="table", log_mu_hat=lm)))
+  lm = [0.0] * internal
+  lm[2] = 1e308
+  with pytest.raises(sampling.InstanceError, match="out of range"):
+    sampling.load_instance(dict(alphabet_size=S, depth=n,
+                                target=dict(kind="uniform"),
+                                oracle=dict(kind="table", log_mu_hat=lm)))

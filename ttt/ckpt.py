@@ -74,15 +74,30 @@ class Checkpointer:
     Raises:
       FileNotFoundError: no checkpoint in the directory.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
+    if step is None and self.latest_step() is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    with _quiet():
-      out = self._mgr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract),
-          meta=ocp.args.JsonRestore()))
-    return out["state"], dict(out["meta"] or {})
+    # The newest readable step: a corrupt latest step (e.g. a disk fault)
+    # falls back to the one before, with a warning.
+    steps = [step] if step is not None else sorted(self.all_steps(),
+                                                   reverse=True)
+    for n, s in enumerate(steps):
+      try:
+        with _quiet():
+          out = self._mgr.restore(s, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract),
+              meta=ocp.args.JsonRestore()))
+        return out["state"], dict(out["meta"] or {})
+      except Exception as e:  # noqa: BLE001 -- reported, then the next one
+        if step is not None or n == len(steps) - 1:
+          raise ValueError(f"checkpoint step {s} in {self.directory} cannot "
+                           f"be read: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:300]}") from e
+        logging.warning("checkpoint step %d in %s cannot be read (%s: %s); "
+                        "falling back to step %d", s, self.directory,
+                        type(e).__name__, str(e).splitlines()[0][:200],
+                        steps[n + 1])
+    raise AssertionError("unreachable")
 
   def close(self) -> None:
     with _quiet():
@@ -126,8 +141,16 @@ def load_weights_config(path: str) -> dict:
   if not os.path.exists(file):
     raise FileNotFoundError(f"no model checkpoint at {path} (missing "
                             f"{CONFIG_FILE})")
-  with open(file, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(file, encoding="utf-8") as f:
+      out = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"model checkpoint {path}: {file} is not valid JSON "
+                     f"({e})") from e
+  if not isinstance(out, dict) or not isinstance(out.get("model"), dict):
+    raise ValueError(f"model checkpoint {path}: {file} has no 'model' "
+                     "config object")
+  return out
 
 
 def load_weights(path: str, abstract_params: Any) -> Any:
@@ -142,8 +165,15 @@ def load_weights(path: str, abstract_params: Any) -> Any:
   stored = load_weights_config(path).get("dtype", "bfloat16")
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, stored),
                           abstract_params)
-  with _quiet():
-    loaded = ocp.StandardCheckpointer().restore(
-        os.path.join(path, WEIGHTS_DIR), abstract)
+  try:
+    with _quiet():
+      loaded = ocp.StandardCheckpointer().restore(
+          os.path.join(path, WEIGHTS_DIR), abstract)
+  except Exception as e:  # noqa: BLE001 -- one line naming file and problem
+    raise ValueError(
+        f"model checkpoint {path}: the weights in "
+        f"{os.path.join(path, WEIGHTS_DIR)} cannot be read into this model "
+        f"(missing, truncated or of another shape: {type(e).__name__}: "
+        f"{str(e).splitlines()[0][:300]})") from e
   return jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), loaded,
                       abstract_params)

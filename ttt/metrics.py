@@ -59,6 +59,18 @@ class MetricsWriter:
     return record
 
 
+def truncate(path: str, last_step: int) -> int:
+  """Drops records after `last_step` (a run resumed from that step logs them
+  again: one record per step). Returns how many were dropped."""
+  records = read(path)
+  keep = [r for r in records if r.get("step", 0) <= last_step]
+  if len(keep) < len(records) and jax.process_index() == 0:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in keep)
+    os.replace(path + ".tmp", path)
+  return len(records) - len(keep)
+
+
 def read(path: str) -> list[dict]:
   """All records of a metrics file ([] when it does not exist)."""
   if not os.path.exists(path):

@@ -258,6 +258,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_step = make_train_step(graphdef, optimizer)
   eval_step = make_eval_step(graphdef)
   writer = metrics.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
+  metrics.truncate(writer.path, start)  # steps after the checkpoint: redone
   last = dict(step=start)
   stop = cfg.steps
   if cfg.stop_after_steps:
