@@ -99,18 +99,7 @@ def init_adapters(config: Any, key: jax.Array, n_tasks: int, params=None):
   Returns:
     The adapter State with every leaf shaped [T, ...].
   """
-  model_config, adapter_config = configs(config)
-  if adapter_config.mode == "full":
-    if params is None:
-      raise ValueError("full fine-tuning copies the weights: pass params")
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n_tasks,) + x.shape),
-                        params)
-
-  def one(k):
-    model = model_lib.Transformer(model_config, adapter_config,
-                                  rngs=nnx.Rngs(params=0, lora=k))
-    return split(model)[1]
-
-  keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(n_tasks))
+  if configs(config)[1].mode == "full" and params is None:
+    raise ValueError("full fine-tuning copies the weights: pass params")
   # jit drops the unused base initialisation.
-  return jax.jit(jax.vmap(one))(keys)
+  return jax.jit(make_init(config, key))(params, jnp.arange(n_tasks))

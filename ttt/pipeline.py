@@ -322,7 +322,6 @@ class Plan(NamedTuple):
 
   Attributes:
     tasks: the loaded tasks, in run order (task index = position).
-    skipped: tasks skipped at load (bad input), as records.
     queries: per task, its `Query`s ([] for a task skipped for length).
     too_long: task index -> why it is skipped (prompt over `max_len`).
     chunks: task indices per chunk.
@@ -330,7 +329,6 @@ class Plan(NamedTuple):
   """
 
   tasks: list[arc.Task]
-  skipped: list[dict]
   queries: list[list[views.Query]]
   too_long: dict[int, str]
   chunks: list[list[int]]
@@ -346,8 +344,8 @@ def _too_long(task: arc.Task, max_len: int) -> str | None:
   return None
 
 
-def plan_run(job: JobConfig, tasks: list[arc.Task], skipped: list[dict],
-             mesh, trains: bool = True) -> Plan:
+def plan_run(job: JobConfig, tasks: list[arc.Task], mesh,
+             trains: bool = True) -> Plan:
   """Queries of every task and the run's capacities (host arithmetic only:
   no data is built and nothing is compiled)."""
   rc, max_len = job.run, job.data.max_len
@@ -383,7 +381,7 @@ def plan_run(job: JobConfig, tasks: list[arc.Task], skipped: list[dict],
       views=max([len(q.views) for q in qs] or [1]),
       groups=max(groups or [1]), per_group=max(per_group or [1]),
       ttt_len=ttt_len, prompt_len=prompt_len)
-  return Plan(tasks, skipped, queries, too_long, chunks, caps)
+  return Plan(tasks, queries, too_long, chunks, caps)
 
 
 # --- the programs, built once ----------------------------------------------
@@ -499,8 +497,9 @@ def chunk_data(job: JobConfig, plan: Plan, chunk: list[int], mesh,
       data.build_ttt_dataset(plan.tasks[slots[r]], job.data, keys[r])
       if r < len(slots) else
       data.blank(job.data.num_sequences, job.data.max_len) for r in mine])
-  length = _length(job, caps.ttt_len,
-                   sharding.global_max(data.real_length(local)))
+  # (a run-wide length needs no collective; every host takes the same branch)
+  length = caps.ttt_len or _length(
+      job, 0, sharding.global_max(data.real_length(local)))
   local = data.trim(local, length)
   rows = local.valid.sum(-1).astype(np.int32)
   real = (local.tokens != tokens.PAD).sum(-1)  # [T_local, N]
@@ -808,7 +807,7 @@ def run(config, workdir: str, predictor: Callable | None = None,
                  "unscored (correct: null)")
   mesh = sharding.make_mesh()
   with_model = predictor is None
-  plan = plan_run(job, tasks, skipped, mesh,
+  plan = plan_run(job, tasks, mesh,
                   trains=with_model and job.ttt.enabled)
   for n, why in plan.too_long.items():
     logging.warning("skipping task %s: %s", tasks[n].id, why)
