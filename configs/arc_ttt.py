@@ -41,7 +41,9 @@ the fields are those of `ttt.pipeline.RunConfig`, `ttt.model.ModelConfig` /
 Ablation switches (one field each): ttt.enabled, ttt.shared_adapter,
 data.leave_out ('one' | 'end_to_end'), data.loss ('outputs' | 'query' |
 'marc'), adapter.rank, adapter.mode ('lora' | 'prefix' | 'lora+prefix' |
-'full'), views.*, vote.method.
+'full'), views.*, decode.method ('greedy' | 'sample' | 'dfs' | 'vgb'),
+vote.method ('hierarchical' | 'flat' | 'reference' | 'product_of_experts' |
+'count_poe').
 
 Outputs in --workdir: submission.json, results.json, metrics.jsonl,
 config.json, report.md (+ renderings/), chunks/ (resume state).

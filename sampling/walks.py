@@ -19,7 +19,9 @@ and `moves` (non-idle transitions). Spec: `../shared/docs/METHOD_SAMPLING.md`.
 * `lifted` (§2d, our reconstruction): the balanced lifted walk; internal
   states never idle, leaves hold Geom(2 / (1 + λ)), λ ≥ 1; read-out at T*
   uniform on ⌊T/2⌋..T.
-* `vgb` (§2e): form 'sj' is the SJ walk (the exact reduction μ̂ = π_ref V̂);
+* `vgb` (§2e): form 'sj' is the SJ walk (the exact reduction μ̂ = π_ref V̂;
+  `ttt.decode.make_vgb_decoder` runs the same rule, `sj_move`, over an
+  answer's token tree with a language model);
   form 'mh' the Metropolis–Hastings walk for large action spaces (one
   proposal from π_ref per step, one query).
 
@@ -164,13 +166,44 @@ def _trace_out(out, trace):
               trace_count=out["nq"])
 
 
+def sj_holds(laziness: float = 0.5, leaf_loop: float = 0.0):
+  """log P(a lazy step stays) at internal nodes and at leaves (§2c: a
+  leaf's loop λ·w(x) next to its parent edge a(x) = w(x) under E0)."""
+  return (math.log(laziness),
+          math.log(1.0 - (1.0 - laziness) / (1.0 + leaf_loop)))
+
+
+def sj_move(key_hold, key_move, leaf, log_parent, log_children,
+            log_holds):
+  """One jump of the lazy SJ chain (§2c) at a node -- the transition rule
+  every SJ-type walk here uses (the tree walks below and the VGB decoder of
+  `ttt.decode`).
+
+  Args:
+    key_hold, key_move: PRNG keys (holding time, move).
+    leaf: bool[], the node is a leaf (it can only go up).
+    log_parent: log a(v) = log μ̂(v) (−inf at the root).
+    log_children: float[S] log μ̂(v·a) (−inf: no such child).
+    log_holds: `sj_holds(...)`.
+
+  Returns:
+    (h int32[], lazy steps until the jump (the jump is at step h), go_up
+    bool[], child int32[] (meaningful when not go_up)). The jump goes to the
+    parent with probability a / (a + Σ children), else to child c ∝ μ̂(v·c).
+  """
+  h = _geom(key_hold, jnp.where(leaf, log_holds[1], log_holds[0]))
+  choice = jax.random.categorical(
+      key_move, jnp.concatenate([jnp.reshape(log_parent, (1,)),
+                                 log_children]))
+  return h, leaf | (choice == 0), jnp.maximum(choice - 1, 0)
+
+
 def _sj_runner(inst, leaf_loop, laziness, trace=0, stop_at_leaf=False):
   """`run(carry, horizon)`: the SJ jump chain from `carry` until time
   `horizon` (or, with stop_at_leaf, the first leaf)."""
   w = _Walk(inst)
   n, S = w.n, w.S
-  log_hold_internal = math.log(laziness)
-  log_hold_leaf = math.log(1.0 - (1.0 - laziness) / (1.0 + leaf_loop))
+  holds = sj_holds(laziness, leaf_loop)
 
   def run(c, horizon):
     def cond(c):
@@ -180,13 +213,11 @@ def _sj_runner(inst, leaf_loop, laziness, trace=0, stop_at_leaf=False):
       pre, d, t = c["pre"], c["d"], c["t"]
       key, kh, km = jax.random.split(c["key"], 3)
       leaf = d == n
-      h = _geom(kh, jnp.where(leaf, log_hold_leaf, log_hold_internal))
-      over = t + h > horizon
       la, logm, logmu, ref = w.neighbours(pre, d)
-      choice = jax.random.categorical(km, jnp.concatenate([la[None], logmu]))
-      go_up = leaf | (choice == 0)
-      pushed = trees.push(inst, pre, jnp.minimum(d, n - 1),
-                          jnp.maximum(choice - 1, 0), logm, logmu, ref)
+      h, go_up, child = sj_move(kh, km, leaf, la, logmu, holds)
+      over = t + h > horizon
+      pushed = trees.push(inst, pre, jnp.minimum(d, n - 1), child, logm,
+                          logmu, ref)
       move = ~over
       new_d = jnp.where(move, jnp.where(go_up, d - 1, d + 1), d)
       calls = jnp.where(move & ~leaf, S + (d > 0).astype(jnp.int32), 0)

@@ -1,5 +1,7 @@
 """Tests for ttt.decode and ttt.views."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -188,3 +190,235 @@ def test_sampling_decoder_is_greedy_when_cold_and_varies_when_hot():
   assert (a != b).any()
   assert np.isin(a, np.flatnonzero(decode.ANSWER_TOKENS).tolist()
                  + [tokens.PAD]).all()
+
+
+def _grammar_ok(gen, tok, max_new):
+  """A partial answer stays well-formed (an independent reading of the
+  `tokens.decode_grid` rules)."""
+  if len(gen) >= max_new:
+    return False
+  rows, col = 0, 0
+  width = None
+  for t in gen:
+    if t == tokens.ROW_END:
+      width = col if width is None else width
+      rows, col = rows + 1, 0
+    else:
+      col += 1
+  if tok < 10:
+    return rows < arc.MAX_SIDE and col < (width or arc.MAX_SIDE)
+  if tok == tokens.ROW_END:
+    return col >= 1 and (width is None or col == width)
+  return tok == tokens.EOS and col == 0 and rows >= 1
+
+
+def _reference_enumeration(model, prompt, length, coords, segment, max_new,
+                           min_prob):
+  """Every well-formed answer with p >= min_prob (plus the constrained
+  greedy one), by recursion with a full forward pass per node."""
+  found = {}
+  size = length + max_new  # one padded shape: causal, so padding is inert
+  forward = jax.jit(lambda t, c, n: model(t[None], coords=c[None])[0, n])
+
+  def rec(toks, crd, gen, row, col, lp, greedy):
+    t = np.full(size, tokens.PAD, np.int32)
+    c = np.zeros((size, 3), np.int32)
+    t[:len(toks)], c[:len(crd)] = toks, crd
+    logits = forward(t, c, len(toks) - 1)
+    lps = np.asarray(jax.nn.log_softmax(logits))
+    ok = [t for t in range(tokens.VOCAB_SIZE) if _grammar_ok(gen, t, max_new)]
+    best = max(ok, key=lambda t: lps[t]) if ok else None
+    for t in ok:
+      child = lp + lps[t]
+      if child < np.log(min_prob) and not (greedy and t == best):
+        continue
+      if t == tokens.EOS:
+        found[tuple(gen + [t])] = child
+        continue
+      tc, r2, c2 = decode.answer_coords(jnp.int32(t), jnp.int32(row),
+                                        jnp.int32(col), jnp.int32(segment))
+      rec(toks + [t], crd + [tuple(np.asarray(tc).tolist())], gen + [t],
+          int(r2), int(c2), child, greedy and t == best)
+
+  rec(list(prompt[:length]), [tuple(c) for c in coords[:length]], [], 0, 0,
+      0.0, True)
+  return found
+
+
+def _peaked_model(seed=3):
+  """A random model whose ROW_END and EOS compete with a colour."""
+  key = jax.random.key(seed)
+  model = M.make_model(TINY, dict(mode="lora", rank=4), key)
+  w = model.head.kernel[...]
+  noise = 0.3 * jax.random.normal(jax.random.fold_in(key, 9), w.shape[:1])
+  w = w.at[:, tokens.ROW_END].set(w[:, 3] + noise)
+  model.head.kernel[...] = 4.0 * w.at[:, tokens.EOS].set(w[:, 3] - noise)
+  return model
+
+
+def test_dfs_finds_exactly_the_answers_above_the_threshold(min_prob=0.02):
+  """Against a recursive reference with a full forward pass per node; the
+  constrained-greedy answers are among them."""
+  model = _peaked_model()  # answers end early, the threshold bites
+  graphdef, adapters, base = lora.split(model)
+  task = _task(seed=2, k=2, side=2)
+  vs = views.make_views(2, dict(orders=1))[:3]
+  p, lengths, coords, segs = _prompts(task, vs, 96)
+  max_new, cap = 9, 64
+  dfs = decode.make_dfs_decoder(graphdef, max_new, min_prob, cap)
+  stacked = jax.tree.map(lambda x: x[None], adapters)
+  args = [np.asarray(x)[None] for x in (p, lengths, coords, segs)]
+  answers, logp, steps, cut = jax.device_get(dfs(
+      base, stacked, np.zeros(1, np.int32), *args,
+      np.ones((1, len(vs)), bool)))
+  merged = lora.merge(graphdef, adapters, base)
+  total, greedy = 0, 0
+  for v in range(len(vs)):
+    greedy += len(_reference_enumeration(merged, p[v], lengths[v], coords[v],
+                                         segs[v], max_new, 1.0))
+    ref = _reference_enumeration(merged, p[v], lengths[v], coords[v],
+                                 segs[v], max_new, min_prob)
+    got = {}
+    for a, lp in zip(answers[0, v], logp[0, v], strict=True):
+      if np.isfinite(lp):
+        n = int(np.flatnonzero(a == tokens.EOS)[0]) + 1
+        got[tuple(a[:n].tolist())] = float(lp)
+        assert tokens.decode_grid(a) is not None
+    assert got.keys() == ref.keys()
+    for k in got:
+      np.testing.assert_allclose(got[k], ref[k], atol=1e-4)
+    assert list(logp[0, v][:len(got)]) == sorted(got.values(), reverse=True)
+    assert len(got) <= int(1 / min_prob) + 1
+    assert not cut[0, v]
+    total += len(got)
+  assert greedy >= 1 and (steps[0] >= 2).all()
+  assert total > greedy  # the threshold let more than greedy through
+
+
+def _vgb_node_table(model, p, lengths, coords, segs, tmaps, max_new):
+  """The answer tree up to depth max_new as a `sampling.exact.NodeTable`
+  (complete vocab-ary, level order; μ̂ = 0 off well-formed prefixes), with
+  μ̂ from a full forward pass per node and view."""
+  from sampling import exact
+
+  vocab = tokens.VOCAB_SIZE
+  size = int(lengths.max()) + max_new
+  fwd = jax.jit(lambda t, c, n: jax.nn.log_softmax(
+      model(t[None], coords=c[None])[0, n]))
+  logmu = {(): 0.0}
+  depth, parent, symbol, values = [0], [-1], [-1], [0.0]
+  level = [()]
+  for d in range(max_new):
+    nxt = []
+    for y in level:
+      mean = np.zeros(vocab)
+      if np.isfinite(logmu[y]):
+        row = col = 0
+        crd_tail = []
+        for t in y:
+          tc, row, col = decode.answer_coords(jnp.int32(t), jnp.int32(row),
+                                              jnp.int32(col), jnp.int32(0))
+          crd_tail.append(np.asarray(tc)[:2])
+        for k in range(len(lengths)):
+          toks = np.full(size, tokens.PAD, np.int32)
+          crd = np.zeros((size, 3), np.int32)
+          n0 = int(lengths[k])
+          toks[:n0], crd[:n0] = p[k][:n0], coords[k][:n0]
+          for j, t in enumerate(y):
+            toks[n0 + j] = tmaps[k][t]
+            crd[n0 + j] = [*crd_tail[j], segs[k]]
+          mean += np.asarray(fwd(toks, crd, n0 + len(y) - 1))[tmaps[k]]
+        mean /= len(lengths)
+      for a in range(vocab):
+        ok = np.isfinite(logmu[y]) and _grammar_ok(list(y), a, max_new)
+        logmu[y + (a,)] = logmu[y] + mean[a] if ok else -np.inf
+        nxt.append(y + (a,))
+    off = len(depth) - len(level)
+    for j, y in enumerate(nxt):
+      depth.append(d + 1)
+      parent.append(off + j // vocab)
+      symbol.append(y[-1])
+      values.append(logmu[y])
+    level = nxt
+  first_leaf = len(depth) - len(level)
+  lm = np.array(values)
+  return exact.NodeTable(np.array(depth), np.array(parent), np.array(symbol),
+                         lm, lm, np.zeros_like(lm), first_leaf, vocab,
+                         max_new), level
+
+
+def test_vgb_output_law_is_the_exact_walk_law():
+  """The decoder's time-T law (many chains, after the greedy descent)
+  equals the exact law of the SJ chain (`sampling.exact`) on the answer tree
+  with μ̂(y) = geometric mean over the views of their prefix probabilities;
+  that chain's stationary law on complete answers is ∝ μ̂(x)."""
+  # the shipped model on a task with 1 x 1 answers (the majority colour):
+  # the tree up to 3 tokens holds every answer
+  from configs import arc_ttt
+  from sampling import exact
+  from ttt import pipeline
+
+  cfg = arc_ttt.get_config("tiny")
+  cfg.init_from = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "checkpoints", "tiny")
+  graphdef, adapters, base, _ = pipeline.load_model(cfg)
+  rng = np.random.default_rng(0)
+
+  def pair():
+    c = int(rng.integers(1, 10))
+    g = np.full((2, 2), c, np.int8)
+    g[rng.integers(0, 2), rng.integers(0, 2)] = 0
+    return g, np.full((1, 1), c, np.int8)
+
+  task = arc.Task("majority", [pair() for _ in range(3)], [pair()])
+  perm = np.array([0, 3, 1, 2, 9, 8, 7, 6, 5, 4], np.int32)
+  vs = [views.make_views(3, dict(orders=0, transforms=()))[0],
+        views.View("colour0", views.COLOUR, (0, 1, 2),
+                   augment.Element(np.int32(0), perm, np.zeros(0, np.int32)))]
+  p, lengths, coords, segs = _prompts(task, vs, 96)
+  tmaps = np.stack([np.arange(tokens.VOCAB_SIZE)] * 2).astype(np.int32)
+  tmaps[1, :10] = perm
+  max_new, horizon, chains, loop = 3, 30, 1000, 4.0
+  vgb = decode.make_vgb_decoder(graphdef, max_new, chains, horizon,
+                                leaf_loop=loop, start="greedy")
+  stack = lambda x: np.asarray(x)[None]  # noqa: E731
+  answers, ok, calls = jax.device_get(vgb(
+      base, jax.tree.map(lambda x: x[None], adapters), np.zeros(1, np.int32),
+      *map(stack, (p, lengths, coords, segs, np.ones(2, bool), tmaps)),
+      jax.random.key(0)[None]))
+  merged = lora.merge(graphdef, adapters, base)
+  table, leaves = _vgb_node_table(merged, p, lengths, coords, segs, tmaps,
+                                  max_new)
+  first = table.first_leaf
+  complete = np.array([y[-1] == tokens.EOS for y in leaves]) & np.isfinite(
+      table.logmu[first:])
+  chain = exact.sj_chain(table, leaf_loop=loop)
+  # a prefix of max_new tokens without EOS is a dead end, not an answer:
+  # no loop, it can only go back up
+  dead = np.flatnonzero(~complete & np.isfinite(table.logmu[first:])) + first
+  chain.stay[dead] = 0.5
+  chain.moves["up"][2][dead - 1] = 0.5
+  start = 0  # the greedy descent: argmax child by μ̂ until a leaf
+  while start < first:
+    start = 1 + start * table.S + int(np.argmax(
+        table.logmu[1 + start * table.S:1 + (start + 1) * table.S]))
+  law = np.zeros(len(table.logmu))
+  law[start] = 1.0
+  for _ in range(horizon):
+    law = exact.evolve(chain, law)
+  at_t = law[first:] * complete  # P(X_T = x) for complete answers x
+  index = {y: j for j, y in enumerate(leaves)}
+  counts = np.zeros(len(leaves))
+  for a, good in zip(answers[0], ok[0], strict=True):
+    if good:
+      counts[index[tuple(a[:max_new].tolist())]] += 1
+  sd = np.sqrt(at_t.sum() * (1 - at_t.sum()) / chains)
+  assert 0.2 < at_t.sum() and np.count_nonzero(at_t > 1e-2) >= 2
+  assert abs(ok[0].mean() - at_t.sum()) < 4 * sd
+  assert exact.tv(counts / counts.sum(), at_t / at_t.sum()) < 0.05
+  assert calls[0].sum() > 0
+  # the stationary law on complete answers is the views' geometric mean
+  station = exact.stationary(chain)[first:] * complete
+  target = np.where(complete, np.exp(table.logmu[first:]), 0.0)
+  np.testing.assert_allclose(station / station.sum(), target / target.sum(),
+                             atol=1e-9)

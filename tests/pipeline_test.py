@@ -326,6 +326,7 @@ def test_row_length_bound_is_tight_and_safe(arc1_eval):
 
 def test_sampled_answers_vote_and_are_reproducible(tmp_path):
   c = _config(num_tasks=2)
+  c.decode.method = "sample"
   c.decode.temperature = 1.0
   c.decode.samples = 3
   s = pipeline.run(c, str(tmp_path / "a"))
@@ -342,8 +343,60 @@ def test_sampled_answers_vote_and_are_reproducible(tmp_path):
           == (tmp_path / "b" / "submission.json").read_text())
   greedy = _config(num_tasks=2)
   greedy.decode.samples = 2
-  with pytest.raises(ValueError, match="needs decode.temperature > 0"):
+  with pytest.raises(ValueError, match="needs decode.method='sample'"):
     pipeline.run(greedy, str(tmp_path / "c"))
+
+
+def _search_config(method: str, **decode_fields):
+  """The shipped model on the 2 shortest tasks, 3 views, no TTT."""
+  c = arc_ttt.get_config("tiny")
+  c.run.num_tasks = 2
+  c.ttt.enabled = False
+  c.views.orders = 1
+  c.views.transforms = ("transpose",)
+  c.decode.max_new_tokens = 64
+  c.decode.method = method
+  c.decode.update(decode_fields)
+  return c
+
+
+def _candidates(workdir) -> list[list[dict]]:
+  res = json.loads((workdir / "results.json").read_text())
+  return [q for t in res["tasks"] for q in t["tests"]], res["summary"]
+
+
+def test_dfs_pool_holds_every_wellformed_greedy_answer(tmp_path):
+  """A well-formed greedy answer is the constrained-greedy one, which the
+  enumeration always keeps; DFS never yields a malformed answer."""
+  pipeline.run(_search_config("greedy"), str(tmp_path / "g"))
+  c = _search_config("dfs", min_prob=0.05, max_candidates=4)
+  c.vote.method = "count_poe"
+  pipeline.run(c, str(tmp_path / "d"))
+  greedy, _ = _candidates(tmp_path / "g")
+  dfs, summary = _candidates(tmp_path / "d")
+  assert summary["decode"]["method"] == "dfs"
+  assert summary["decode"]["model_calls"] > 0
+  grid = lambda c: json.dumps(c["grid"])  # noqa: E731
+  for g, d in zip(greedy, dfs, strict=True):
+    assert not d["malformed_by_category"]
+    pool = {grid(x) for x in d["candidates"]}
+    assert {grid(x) for x in g["candidates"]} <= pool
+    assert d["attempt_1"] is None or json.dumps(d["attempt_1"]) in pool
+
+
+def test_vgb_chains_answer_in_the_identity_slots(tmp_path):
+  c = _search_config("vgb", samples=4, max_steps=64)
+  pipeline.run(c, str(tmp_path / "v"))
+  tests, summary = _candidates(tmp_path / "v")
+  assert summary["decode"]["model_calls"] > 0
+  found = 0
+  for q in tests:
+    assert not q["malformed_by_category"]
+    for cand in q["candidates"]:
+      assert set(cand["categories"]) == {"identity"}
+      assert cand["views"] == ["identity"] * cand["count"]
+      found += cand["count"]
+  assert found >= len(tests)  # chains that start at the greedy answer
 
 
 def test_outputs_are_strict_json(tmp_path):

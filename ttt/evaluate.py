@@ -209,7 +209,8 @@ def render_task(path: str, task, record: dict) -> None:
   render_png(path, rows)
 
 
-def query_record(query, predictions, attempts) -> dict:
+def query_record(query, predictions, attempts, none_is_empty: bool = False
+                 ) -> dict:
   """The record of one test input: attempts, truth, candidates (with counts,
   views and categories), malformed decodes by category.
 
@@ -219,13 +220,16 @@ def query_record(query, predictions, attempts) -> dict:
       (malformed).
     attempts: [attempt_1, attempt_2] (grids or None; a missing attempt_2
       repeats attempt_1).
+    none_is_empty: a None prediction is an empty answer slot (enumerated
+      decoding), not a malformed decode.
   """
   truth = query.task.test[query.test_index][1]
   cands: dict = {}
   malformed: dict[str, int] = {}
   for v, p in zip(query.views, predictions, strict=True):
     if p is None:
-      malformed[v.category] = malformed.get(v.category, 0) + 1
+      if not none_is_empty:
+        malformed[v.category] = malformed.get(v.category, 0) + 1
       continue
     k = (p.shape, p.tobytes())
     c = cands.setdefault(k, dict(grid=grid_list(p), count=0, views=[],

@@ -305,6 +305,7 @@ class Capacities(NamedTuple):
     per_group: S, predictions per category (the vote).
     ttt_len: L of the TTT rows (0: bucketed per chunk).
     prompt_len: P of the decode prompts (0: bucketed per chunk).
+    prefix_views: K, views of identity geometry per query ('vgb').
   """
 
   chunk: int
@@ -315,6 +316,7 @@ class Capacities(NamedTuple):
   per_group: int
   ttt_len: int
   prompt_len: int
+  prefix_views: int = 1
 
 
 class Plan(NamedTuple):
@@ -344,6 +346,12 @@ def _too_long(task: arc.Task, max_len: int) -> str | None:
   return None
 
 
+def _prefix_views(q: views.Query, rep: int) -> list[views.View]:
+  """The query's distinct views of identity geometry (orders, subsets,
+  colours): their answer prefixes are the task frame's, recoloured."""
+  return [v for v in q.views[::rep] if int(v.element.dihedral) == 0]
+
+
 def plan_run(job: JobConfig, tasks: list[arc.Task], mesh,
              trains: bool = True) -> Plan:
   """Queries of every task and the run's capacities (host arithmetic only:
@@ -357,7 +365,7 @@ def plan_run(job: JobConfig, tasks: list[arc.Task], mesh,
       queries.append([])
       continue
     queries.append(views.make_queries(task, n, job.views, max_len, rc.seed,
-                                      job.decode.samples))
+                                      job.decode.per_view))
   chunks = [list(range(i, min(i + rc.chunk_size, len(tasks))))
             for i in range(0, len(tasks), rc.chunk_size)]
   qs = [q for per_task in queries for q in per_task]
@@ -380,7 +388,9 @@ def plan_run(job: JobConfig, tasks: list[arc.Task], mesh,
       queries=sharding.padded_count(per_chunk, mesh.size),
       views=max([len(q.views) for q in qs] or [1]),
       groups=max(groups or [1]), per_group=max(per_group or [1]),
-      ttt_len=ttt_len, prompt_len=prompt_len)
+      ttt_len=ttt_len, prompt_len=prompt_len,
+      prefix_views=max([len(_prefix_views(q, job.decode.per_view))
+                        for q in qs] or [1]))
   return Plan(tasks, queries, too_long, chunks, caps)
 
 
@@ -410,6 +420,18 @@ def _ttt_groups(job: JobConfig, **ttt_overrides):
               ttt=dataclasses.replace(job.ttt, **ttt_overrides))
 
 
+def _make_decode(job: JobConfig, graphdef) -> Callable:
+  dc = job.decode
+  max_new = min(dc.max_new_tokens, tokens.MAX_ANSWER_TOKENS)
+  if dc.method == "dfs":
+    return decode.make_dfs_decoder(graphdef, max_new, dc.min_prob,
+                                   dc.max_candidates, dc.max_steps)
+  if dc.method == "vgb":
+    return decode.make_vgb_decoder(graphdef, max_new, dc.samples,
+                                   dc.horizon, dc.leaf_loop, dc.start)
+  return decode.make_decoder(graphdef, max_new, dc.temperature)
+
+
 def make_programs(job: JobConfig, graphdef, mesh, caps: Capacities,
                   with_model: bool = True) -> Programs:
   """Builds every program the run uses, once."""
@@ -434,11 +456,9 @@ def make_programs(job: JobConfig, graphdef, mesh, caps: Capacities,
         graphdef)
   return Programs(
       init=init, train=train, train_shared=train_shared,
-      decode=decode.make_decoder(
-          graphdef, min(job.decode.max_new_tokens, tokens.MAX_ANSWER_TOKENS),
-          job.decode.temperature),
+      decode=_make_decode(job, graphdef),
       score=(decode.make_row_scorer(graphdef)
-             if job.vote.method == "product_of_experts" else None),
+             if job.vote.method in vote.RESCORED else None),
       vote=voter)
 
 
@@ -554,27 +574,58 @@ class ModelDecoder:
   """Decodes every query x view with the model under its task's adapter.
 
   `decoder(queries, slot_of_query, adapters) -> predictions`: per query a
-  tuple of grids in the task's frame (None: malformed), aligned with
-  `query.views`. One program (`Programs.decode`) for the whole run.
+  tuple of grids in the task's frame (None: malformed, or an empty answer
+  slot of 'dfs'/'vgb'), aligned with `query.views` (each view repeated
+  `decode.per_view` times: samples, a view's enumerated answers most
+  probable first, or -- in the first view's slots -- the VGB chains').
+  One program (`Programs.decode`) for the whole run.
+  After a call, `prompt_tokens` = (real, computed) prompt tokens and
+  `calls` = single-token model calls over all views (the decode cost).
   """
 
   def __init__(self, job: JobConfig, programs: Programs, base, mesh,
                caps: Capacities):
     self.job, self.programs, self.mesh, self.caps = job, programs, mesh, caps
     self.base = base  # replicated over the mesh
-    self.prompt_tokens = (0, 0)  # (real, computed) prompt tokens, last call
+    self.prompt_tokens = (0, 0)
+    self.calls = 0
 
   def __call__(self, queries: list[views.Query], slots: list[int], adapters):
     if not queries:
       return []
     job, caps, mesh = self.job, self.caps, self.mesh
+    if job.decode.method == "vgb":
+      return self._vgb(queries, slots, adapters)
+    dfs = job.decode.method == "dfs"
+    rep = job.decode.per_view if dfs else 1  # dfs decodes each view once
+    total = caps.queries
+    _, args, keys = self._inputs(queries, slots, lambda q: q.views[::rep],
+                                 caps.views // rep)
+    args = sharding.put_rows(args, total, mesh)
+    if dfs:
+      answers, _, steps, _ = sharding.gather(
+          self.programs.decode(self.base, adapters, *args))
+      self.calls = int(steps[:len(queries)].sum())
+      return [tuple(views.to_original(v, tokens.decode_grid(answers[i, j, k]))
+                    for j, v in enumerate(q.views[::rep])
+                    for k in range(rep))
+              for i, q in enumerate(queries)]
+    qkeys = jax.random.wrap_key_data(sharding.put_rows(keys, total, mesh))
+    out = sharding.gather(self.programs.decode(self.base, adapters, *args,
+                                               qkeys))
+    self.calls = int((out[:len(queries)] != tokens.PAD).sum())
+    return [tuple(views.to_original(v, tokens.decode_grid(out[i, j]))
+                  for j, v in enumerate(q.views))
+            for i, q in enumerate(queries)]
+
+  def _inputs(self, queries, slots, views_of, num_v: int):
+    """Per local row: slot, prompts, lengths, coords, segments, valid, key
+    (padded to the run's query capacity), and the rows' view lists."""
+    job, caps, mesh = self.job, self.caps, self.mesh
     plen = _length(job, caps.prompt_len,
                    max(n for q in queries for n in q.lengths) if any(
                        q.lengths for q in queries) else 1)
-    total, num_v = caps.queries, caps.views
-    self.prompt_tokens = (sum(sum(q.lengths) for q in queries),
-                          total * num_v * plen)
-    mine = sharding.local_rows(total, mesh)
+    mine = sharding.local_rows(caps.queries, mesh)
     prompts = np.full((len(mine), num_v, plen), tokens.PAD, np.int32)
     coords = np.zeros((len(mine), num_v, plen, 3), np.int32)
     lengths = np.ones((len(mine), num_v), np.int32)
@@ -583,6 +634,7 @@ class ModelDecoder:
     slot = np.zeros(len(mine), np.int32)
     keys = np.zeros((len(mine), 2), np.uint32)
     base_key = jax.random.key(job.run.seed)
+    real = 0
     for i, r in enumerate(mine):
       if r >= len(queries):
         continue  # padding row
@@ -591,21 +643,43 @@ class ModelDecoder:
       keys[i] = np.asarray(jax.random.key_data(jax.random.fold_in(
           jax.random.fold_in(jax.random.fold_in(base_key, q.task_index),
                              q.test_index), 7)))
-      for j, v in enumerate(q.views):
+      for j, v in enumerate(views_of(q)):
         p = views.prompt(q.task, q.test_index, v, job.data.max_len)
         prompts[i, j] = p.tokens[:plen]
         coords[i, j] = p.coords[:plen]
         lengths[i, j] = p.length
         segs[i, j] = 2 * len(v.demos) + 1
         valid[i, j] = True
-    args = sharding.put_rows((slot, prompts, lengths, coords, segs, valid),
-                             total, mesh)
+        real += p.length
+    self.prompt_tokens = (real, caps.queries * num_v * plen)
+    return mine, (slot, prompts, lengths, coords, segs, valid), keys
+
+  def _vgb(self, queries, slots, adapters):
+    """VGB chains over each query's identity-geometry views; the chains'
+    answers (task frame) fill the first view's slots."""
+    job, caps, mesh = self.job, self.caps, self.mesh
+    rep = job.decode.per_view
+    num_k = caps.prefix_views
+    mine, args, keys = self._inputs(
+        queries, slots, lambda q: _prefix_views(q, rep)[:num_k], num_k)
+    tmaps = np.tile(np.arange(tokens.VOCAB_SIZE, dtype=np.int32),
+                    (len(mine), num_k, 1))
+    for i, r in enumerate(mine):
+      if r < len(queries):
+        for j, v in enumerate(_prefix_views(queries[r], rep)[:num_k]):
+          tmaps[i, j, :10] = v.element.colours
+    total = caps.queries
+    args = sharding.put_rows(args + (tmaps,), total, mesh)
     qkeys = jax.random.wrap_key_data(sharding.put_rows(keys, total, mesh))
-    out = sharding.gather(self.programs.decode(self.base, adapters, *args,
-                                               qkeys))
-    return [tuple(views.to_original(v, tokens.decode_grid(out[i, j]))
-                  for j, v in enumerate(q.views))
-            for i, q in enumerate(queries)]
+    answers, ok, calls = sharding.gather(
+        self.programs.decode(self.base, adapters, *args, qkeys))
+    self.calls = int(calls[:len(queries)].sum())
+    out = []
+    for i, q in enumerate(queries):
+      grids = [tokens.decode_grid(a) if good else None
+               for a, good in zip(answers[i], ok[i], strict=True)]
+      out.append(tuple(grids) + (None,) * (len(q.views) - len(grids)))
+    return out
 
 
 class PredictorDecoder:
@@ -623,17 +697,18 @@ class PredictorDecoder:
                   for v in q.views) for q in queries]
 
 
-def _poe_select(job: JobConfig, programs: Programs, base, mesh, queries,
-                slots, predictions, adapters) -> list[list]:
-  """Product of experts: each query's distinct candidates (at most
-  `vote.poe_candidates`) scored under every view, Σ log p picks two."""
-  max_len = job.data.max_len
+def poe_scores(job: JobConfig, programs: Programs, base, mesh, queries,
+               slots, predictions, adapters) -> list[tuple]:
+  """Per query (candidates, counts, scores float[C, V]): its distinct
+  candidates (the `vote.poe_candidates` most frequent), how often each was
+  produced, and each one's log-likelihood under each distinct view (one
+  scoring program call for all)."""
+  max_len, rep = job.data.max_len, job.decode.per_view  # views repeat
   pools, rows, row_slot = [], [], []
   for q, s, preds in zip(queries, slots, predictions, strict=True):
-    cands = [g for g, _ in vote.distinct(preds)][:job.vote.poe_candidates]
-    pools.append(cands)
-    for c in cands:
-      for v in q.views:
+    pools.append(vote.distinct(preds)[:job.vote.poe_candidates])
+    for c, _ in pools[-1]:
+      for v in q.views[::rep]:
         vt = views.view_task(q.task, q.test_index, v, answer=c)
         fits = tokens.sequence_length(vt) <= max_len
         rows.append(tokens.encode_task(vt, max_len, loss="query")
@@ -652,12 +727,20 @@ def _poe_select(job: JobConfig, programs: Programs, base, mesh, queries,
         base, adapters,
         *sharding.shard_tasks((slot, batch), mesh)))
   out, at = [], 0
-  for q, cands in zip(queries, pools, strict=True):
-    m = len(cands) * len(q.views)
-    s = scores[at:at + m].reshape(len(cands), len(q.views))
+  for q, pool in zip(queries, pools, strict=True):
+    num_v = len(q.views[::rep])
+    m = len(pool) * num_v
+    out.append(([g for g, _ in pool], [n for _, n in pool],
+                scores[at:at + m].reshape(len(pool), num_v)))
     at += m
-    out.append(vote.poe_attempts(cands, s))
   return out
+
+
+def poe_select(method: str, scored: list[tuple]) -> list[list]:
+  """Two attempts per query from `poe_scores`: 'product_of_experts' (Σ log
+  p over views) or 'count_poe' (the count first, Σ log p breaks ties)."""
+  return [vote.poe_attempts(c, s, n if method == "count_poe" else None)
+          for c, n, s in scored]
 
 
 def select(job: JobConfig, programs: Programs, base, mesh, caps: Capacities,
@@ -671,8 +754,8 @@ def select(job: JobConfig, programs: Programs, base, mesh, caps: Capacities,
                            caps.per_group, views.IDENTITY, caps.queries)
   if method == "reference":
     return vote.reference_batch(items, views.IDENTITY)
-  return _poe_select(job, programs, base, mesh, queries, slots, predictions,
-                     adapters)
+  return poe_select(method, poe_scores(job, programs, base, mesh, queries,
+                                      slots, predictions, adapters))
 
 
 def _padding(job: JobConfig, caps: Capacities, cd: ChunkData,
@@ -684,7 +767,8 @@ def _padding(job: JobConfig, caps: Capacities, cd: ChunkData,
   return dict(ttt_real=cd.row_tokens * steps if trained else 0.0,
               ttt_computed=float(caps.tasks * steps * cd.length)
               if trained else 0.0,
-              prompt_real=float(prompts[0]), prompt_computed=float(prompts[1]))
+              prompt_real=float(prompts[0]), prompt_computed=float(prompts[1]),
+              decode_calls=float(getattr(decoder, "calls", 0)))
 
 
 def _records(plan: Plan, chunk: list[int], cd: ChunkData, tests: dict,
@@ -724,20 +808,35 @@ def run_chunk(job: JobConfig, plan: Plan, chunk: list[int], model, programs,
   adapters, ttt_m = train_chunk(job, programs, model, cd, mesh)
   jax.block_until_ready(adapters)
   tick("ttt")
-  queries = [q for n in cd.slots for q in plan.queries[n]]
-  slot_of = [s for s, n in enumerate(cd.slots) for _ in plan.queries[n]]
-  logging.info("  decoding %d queries x %d views", len(queries),
-               plan.caps.views)
-  predictions = decoder(queries, slot_of, adapters)
-  tick("inference")
-  attempts = select(job, programs, model[2], mesh, plan.caps, queries,
-                    slot_of, predictions, adapters)
-  tick("voting")
-  tests: dict[int, list] = {}
-  for q, p, a in zip(queries, predictions, attempts, strict=True):
-    tests.setdefault(q.task_index, []).append(evaluate.query_record(q, p, a))
+  tests, t = infer_chunk(job, plan, cd, adapters, model, programs, decoder,
+                         mesh)
+  timings.update(t)
   return (_records(plan, chunk, cd, tests, ttt_m), timings,
           _padding(job, plan.caps, cd, decoder))
+
+
+def infer_chunk(job: JobConfig, plan: Plan, cd: ChunkData, adapters, model,
+                programs, decoder, mesh) -> tuple[dict, dict]:
+  """Decoding and selection for a chunk's trained adapters (slot order of
+  `cd`). Returns ({task index: test-input records}, {'inference': s,
+  'voting': s}). Several decode/vote settings can reuse one training (the
+  decode-methods benchmark does)."""
+  t0 = time.perf_counter()
+  queries = [q for n in cd.slots for q in plan.queries[n]]
+  slot_of = [s for s, n in enumerate(cd.slots) for _ in plan.queries[n]]
+  logging.info("  decoding %d queries x %d views (%s)", len(queries),
+               plan.caps.views // (job.decode.per_view
+                                   if job.decode.method == "dfs" else 1),
+               job.decode.method)
+  predictions = decoder(queries, slot_of, adapters)
+  t1 = time.perf_counter()
+  attempts = select(job, programs, model[2], mesh, plan.caps, queries,
+                    slot_of, predictions, adapters)
+  tests: dict[int, list] = {}
+  for q, p, a in zip(queries, predictions, attempts, strict=True):
+    tests.setdefault(q.task_index, []).append(evaluate.query_record(
+        q, p, a, none_is_empty=job.decode.method in ("dfs", "vgb")))
+  return tests, dict(inference=t1 - t0, voting=time.perf_counter() - t1)
 
 
 # --- the whole run ----------------------------------------------------------
@@ -786,8 +885,8 @@ def run(config, workdir: str, predictor: Callable | None = None,
   they ran; process 0's is the run's.
   """
   job = parse_config(config)
-  if predictor is not None and job.vote.method == "product_of_experts":
-    raise ValueError("product_of_experts needs the model (no predictor)")
+  if predictor is not None and job.vote.method in vote.RESCORED:
+    raise ValueError(f"{job.vote.method} needs the model (no predictor)")
   compile0 = _CompileClock.start()
   t_start = time.perf_counter()
   os.makedirs(os.path.join(workdir, "chunks"), exist_ok=True)
@@ -890,6 +989,10 @@ def run(config, workdir: str, predictor: Callable | None = None,
       k: (round(1 - padding[f"{k}_real"] / padding[f"{k}_computed"], 4)
           if padding.get(f"{k}_computed") else None)
       for k in ("ttt", "prompt")}
+  summary["decode"] = dict(
+      method=job.decode.method, model_calls=int(padding.get("decode_calls", 0)),
+      prompt_tokens=int(padding.get("prompt_real", 0)),
+      seconds=round(timings["inference"], 2))
   summary["untrained_model"] = not job.init_from and with_model
   if is_main:
     sub = evaluate.submission(results)
@@ -901,8 +1004,14 @@ def run(config, workdir: str, predictor: Callable | None = None,
     rc = job.run
     ttt_text = (f"TTT on ({job.ttt.steps} steps)" if job.ttt.enabled
                 else "TTT off")
+    dc = job.decode
+    how = {"dfs": f"dfs (p >= {dc.min_prob}, <= {dc.max_candidates} per "
+                  "view)", "sample": f"sampled (T={dc.temperature}, "
+                  f"{dc.samples} per view)"}.get(dc.method, dc.method)
     header = (f"Model: `{job.init_from or 'UNTRAINED'}`; adapter "
-              f"{job.adapter.mode}; {ttt_text}; vote {job.vote.method}; data "
+              f"{job.adapter.mode}; {ttt_text}; decode {how} "
+              f"({summary['decode']['model_calls']} model calls); vote "
+              f"{job.vote.method}; data "
               f"{rc.challenges or f'ARC-AGI-{rc.version}'} "
               f"{'' if rc.challenges else rc.split}.")
     if summary["untrained_model"]:
@@ -912,9 +1021,10 @@ def run(config, workdir: str, predictor: Callable | None = None,
     writer.write(len(plan.chunks), final=True,
                  **{k: v for k, v in summary.items()
                     if k not in ("category_accuracy", "timings_s",
-                                 "padded_share")},
+                                 "padded_share", "decode")},
                  category_accuracy=summary["category_accuracy"],
-                 timings_s=timings, padded_share=summary["padded_share"])
+                 timings_s=timings, padded_share=summary["padded_share"],
+                 decode=summary["decode"])
   logging.info("done: pass@2 %d/%d tasks (%.1f%%), coverage %.1f%%, "
                "written to %s; time %s", summary["pass2_tasks"],
                summary["scored_tasks"], 100 * summary["pass2"],

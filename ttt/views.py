@@ -187,7 +187,8 @@ def make_queries(task: arc.Task, task_index: int, config: Any, max_len: int,
   Views come from `make_views` with `rng = default_rng([seed, task_index,
   test_index])`; a view whose prompt leaves no room for an answer token
   within `max_len` is dropped (counted in `too_long`). Each kept view is
-  repeated `samples` times (sampled decoding: every sample votes).
+  repeated `samples` times (sampled decoding: every sample votes; 'dfs':
+  one slot per enumerated answer).
   """
   out = []
   for ti in range(len(task.test)):

@@ -17,6 +17,9 @@ tasks (`vmap_vote`):
   tie-breaks.
 * `product_of_experts`: the two candidates with the largest summed
   log-likelihood over views, from a `[C, V]` score matrix.
+* `count_poe` (host side, `poe_attempts(..., counts)`): the candidates most
+  often produced (views x answers per view), ties broken by that summed
+  log-likelihood -- the vote and the product of experts combined.
 
 Row-wise majority: over the view's predictions of its most common shape
 (ties: first seen), row r is the most common r-th row (ties: first seen);
@@ -45,7 +48,9 @@ import numpy as np
 from ttt import augment
 
 SIDE = 30
-METHODS = ("hierarchical", "flat", "reference", "product_of_experts")
+METHODS = ("hierarchical", "flat", "reference", "product_of_experts",
+           "count_poe")
+RESCORED = ("product_of_experts", "count_poe")  # need the model's scorer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,16 +384,25 @@ def distinct(predictions) -> list[tuple[np.ndarray, int]]:
   return sorted((tuple(x) for x in seen.values()), key=lambda x: -x[1])
 
 
-def poe_attempts(candidates: list[np.ndarray], scores: np.ndarray) -> list:
+def poe_attempts(candidates: list[np.ndarray], scores: np.ndarray,
+                 counts: Sequence[int] | None = None) -> list:
   """Two attempts from `scores` float[C, V] (candidate x view log-lik.).
 
   Views where some candidate does not fit (non-finite) are left out when at
   least one view scores every candidate; with no candidate, [None, None].
+  With `counts` (how often each candidate was produced) the most frequent
+  win and the summed score breaks ties (`count_poe`).
   """
   if not candidates:
     return [None, None]
   usable = np.isfinite(scores).all(0)
   s = scores[:, usable] if usable.any() else scores
+  if counts is not None:
+    total = np.where(np.isfinite(s), s, -np.inf).sum(-1)
+    order = sorted(range(len(candidates)),
+                   key=lambda c: (-counts[c], -total[c], c))
+    return [candidates[order[0]],
+            candidates[order[1]] if len(order) > 1 else None]
   idx, _, found = jax.device_get(product_of_experts(s))
   return [candidates[idx[0]] if found[0] else candidates[0],
           candidates[idx[1]] if found[1] else None]

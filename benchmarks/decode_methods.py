@@ -1,0 +1,177 @@
+r"""Candidate search compared at one training: decode method x selection.
+
+For each TTT setting (off / on) the chunk's adapters are trained ONCE; every
+decode method then runs on those same adapters, and every selection rule on
+each method's candidates, so rows differ only in what they say they differ
+in. Per row: candidate coverage (the truth anywhere in the pool), pass@2
+(tasks and test inputs), decode seconds (warm: each decoder runs twice and
+the second run is timed), single-token model calls and selection seconds.
+
+Commands (CPU; the shipped model; run.select='shortest' tasks of ARC-AGI-1
+evaluation, one chunk):
+
+  python benchmarks/decode_methods.py --num_tasks=10     # ~15 min, 2 cores
+  python benchmarks/decode_methods.py --num_tasks=40 --out=/tmp/dm40.json
+
+Methods (`--methods`, comma-separated): greedy; sample (T=1, 4 per view);
+dfs<p> (decode.method='dfs', min_prob=p, 8 answers per view at most);
+vgb (decode.method='vgb', see ttt.decode.make_vgb_decoder).
+Selections (`--votes`): hierarchical, product_of_experts, count_poe.
+
+Prints one JSON line (also written to --out): rows of {ttt, method, vote,
+coverage, pass2_tasks, pass2_inputs, test_inputs, scored_tasks, decode_s,
+model_calls, select_s}, and the device, versions and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+METHOD_FIELDS = {
+    "greedy": dict(method="greedy"),
+    "sample": dict(method="sample", temperature=1.0, samples=4),
+    "vgb": dict(method="vgb", samples=8),  # leaf_loop 64, horizon 640
+}
+
+
+def method_fields(name: str) -> dict:
+  if name.startswith("dfs"):
+    return dict(method="dfs", min_prob=float(name[3:] or 0.1),
+                max_candidates=8)
+  if name not in METHOD_FIELDS:
+    raise ValueError(f"unknown method {name!r}")
+  return METHOD_FIELDS[name]
+
+
+def _rows_for_setting(config, ttt_on: bool, methods, votes, log) -> list:
+  import dataclasses
+
+  import jax
+
+  from ttt import evaluate, pipeline, sharding
+
+  config = config.copy_and_resolve_references()
+  config.ttt.enabled = ttt_on
+  job = pipeline.parse_config(config)
+  tasks, _ = pipeline.load_tasks(job.run)
+  mesh = sharding.make_mesh()
+  graphdef, template, base, model_cfg = pipeline.load_model(job)
+  job = job._replace(model=pipeline.configlib.from_config(
+      pipeline.model_lib.ModelConfig, model_cfg))
+  model = (graphdef, template, sharding.replicate(base, mesh))
+  plan = pipeline.plan_run(job, tasks, mesh, trains=ttt_on)
+  programs = pipeline.make_programs(job, graphdef, mesh, plan.caps)
+  chunk = plan.chunks[0]
+  cd = pipeline.chunk_data(job, plan, chunk, mesh, build=ttt_on)
+  t0 = time.perf_counter()
+  adapters, ttt_m = pipeline.train_chunk(job, programs, model, cd, mesh)
+  jax.block_until_ready(adapters)
+  log(f"ttt={ttt_on}: {len(chunk)} tasks trained in "
+      f"{time.perf_counter() - t0:.1f}s")
+  rows = []
+  for name in methods:
+    dj = job._replace(decode=dataclasses.replace(job.decode,
+                                                 **method_fields(name)))
+    dplan = pipeline.plan_run(dj, tasks, mesh, trains=ttt_on)
+    dprog = pipeline.make_programs(dj, graphdef, mesh, dplan.caps)
+    decoder = pipeline.ModelDecoder(dj, dprog, model[2], mesh, dplan.caps)
+    queries = [q for n in cd.slots for q in dplan.queries[n]]
+    slot_of = [s for s, n in enumerate(cd.slots)
+               for _ in dplan.queries[n]]
+    decoder(queries, slot_of, adapters)  # compile + warm
+    t0 = time.perf_counter()
+    predictions = decoder(queries, slot_of, adapters)
+    decode_s = time.perf_counter() - t0
+    scored = None
+    for vote_method in votes:
+      vj = dj._replace(vote=dataclasses.replace(dj.vote, method=vote_method))
+      vprog = pipeline.make_programs(vj, graphdef, mesh, dplan.caps)
+      t0 = time.perf_counter()
+      if vote_method in pipeline.vote.RESCORED:  # scored once per method
+        if scored is None:
+          scored = pipeline.poe_scores(vj, vprog, model[2], mesh, queries,
+                                       slot_of, predictions, adapters)
+          score_s = time.perf_counter() - t0
+          t0 = time.perf_counter()
+        attempts = pipeline.poe_select(vote_method, scored)
+        select_s = score_s + time.perf_counter() - t0
+      else:
+        attempts = pipeline.select(vj, vprog, model[2], mesh, dplan.caps,
+                                   queries, slot_of, predictions, adapters)
+        select_s = time.perf_counter() - t0
+      tests: dict = {}
+      for q, p, a in zip(queries, predictions, attempts, strict=True):
+        tests.setdefault(q.task_index, []).append(evaluate.query_record(
+            q, p, a, none_is_empty=dj.decode.method in ("dfs", "vgb")))
+      s = evaluate.score(pipeline._records(dplan, chunk, cd, tests, ttt_m))
+      row = dict(ttt=ttt_on, method=name, vote=vote_method,
+                 coverage=round(s["coverage"], 4),
+                 pass2_tasks=s["pass2_tasks"],
+                 pass2_inputs=s["pass2_inputs"],
+                 test_inputs=s["test_inputs"],
+                 scored_tasks=s["scored_tasks"],
+                 decode_s=round(decode_s, 2), model_calls=decoder.calls,
+                 select_s=round(select_s, 2))
+      log(json.dumps(row))
+      rows.append(row)
+  return rows
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--num_tasks", type=int, default=10)
+  p.add_argument("--methods", default="greedy,sample,dfs0.2,dfs0.1,dfs0.05")
+  p.add_argument("--votes", default="hierarchical,product_of_experts,"
+                 "count_poe")
+  p.add_argument("--ttt", default="off,on")
+  p.add_argument("--ttt_steps", type=int, default=0,
+                 help="override ttt.steps (0: the preset's)")
+  p.add_argument("--out", default="")
+  p.add_argument("--max_new_tokens", type=int, default=0)
+  args = p.parse_args(argv)
+
+  import jax
+
+  from configs import arc_ttt
+  from launch import common  # noqa: F401 (one CPU device per core)
+
+  config = arc_ttt.get_config("tiny")
+  config.run.num_tasks = args.num_tasks
+  config.run.chunk_size = args.num_tasks
+  if args.max_new_tokens:
+    config.decode.max_new_tokens = args.max_new_tokens
+  if args.ttt_steps:
+    config.ttt.steps = args.ttt_steps
+
+  def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+  rows = []
+  for setting in args.ttt.split(","):
+    rows += _rows_for_setting(config, setting == "on",
+                              args.methods.split(","), args.votes.split(","),
+                              log)
+  out = dict(benchmark="decode_methods", num_tasks=args.num_tasks,
+             select="shortest", ttt_steps=config.ttt.steps, rows=rows,
+             device=jax.devices()[0].device_kind, devices=jax.device_count(),
+             jax=jax.__version__, python=platform.python_version(),
+             command=" ".join(["python", "benchmarks/decode_methods.py",
+                               *(argv if argv is not None else sys.argv[1:])]))
+  line = json.dumps(out)
+  print(line)
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      f.write(line + "\n")
+  return out
+
+
+if __name__ == "__main__":
+  main()
