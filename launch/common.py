@@ -21,7 +21,9 @@ Two defaults for speed on the machine people run first:
   second run of the same programs loads them instead of compiling.
 """
 
+import logging as pylogging
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -55,8 +57,7 @@ _VERBOSE = flags.DEFINE_bool(
     "TTT_VERBOSE=1.")
 
 # Errors a user causes (a bad value, a missing or invalid file): one line.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError,
-               IsADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, OSError)  # incl. missing files and configs
 
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Start jax.distributed (one process per host); also "
@@ -73,6 +74,8 @@ _PROCESS_ID = flags.DEFINE_integer(
 def start() -> None:
   """Distributed init (when asked for), verbose logging, the topology."""
   logging.set_verbosity(logging.INFO)
+  # JAX probes for a TPU and logs the miss at INFO on every other machine
+  pylogging.getLogger("jax._src.xla_bridge").setLevel(pylogging.WARNING)
   import jax
 
   if _CACHE.value:
@@ -93,10 +96,73 @@ def end() -> None:
   sharding.barrier("launch.end")
 
 
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
+
+
+def define_config(default: str):
+  """The launch's `--config` flag (`config_flags.DEFINE_config_file`, the
+  config locked so overrides must name existing fields). ml_collections
+  reads `--config.<field>=` overrides from sys.argv right here, so a
+  misspelled field or a missing config file becomes one line `error: ...`
+  and exit status 2 instead of a chained traceback."""
+  from ml_collections import config_flags
+
+  try:
+    return config_flags.DEFINE_config_file(
+        "config", config_path(default),
+        "Config file (`file.py:arg`); fields: --config.<group>.<field>=... "
+        "(--help lists them).", lock_config=True)
+  except (AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+    if os.environ.get("TTT_VERBOSE") == "1":
+      raise
+    text = str(e)
+    if isinstance(e, (AttributeError, KeyError)):
+      hint = re.search(r"Did you mean[^?]*\?", text)
+      text = "no such config field." + (
+          " " + hint.group(0).replace('"', "'") if hint else "")
+    bad = [a for a in sys.argv[1:] if a.startswith("--config")]
+    print(f"error: {' '.join(bad) or '--config'}: {text}\n(--help lists the "
+          "config fields)", file=sys.stderr)
+    sys.exit(2)
+
+
+def _flatten(config, prefix: str = ""):
+  for k, v in config.items():
+    if hasattr(v, "items"):
+      yield from _flatten(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+def _help() -> None:
+  """Usage: the launch's docstring, its flags and every config field."""
+  args = [a for a in sys.argv[1:] if a not in HELP_FLAGS]
+  flags.FLAGS(sys.argv[:1] + args, known_only=True)
+  doc = (sys.modules["__main__"].__doc__ or "").strip()
+  print(doc + "\n" if doc else "", end="")
+  print("\n" + flags.FLAGS.main_module_help())
+  print("  --config: config file `file.py:arg` (default "
+        f"{flags.FLAGS['config'].default_as_str}); a relative path is "
+        "resolved from the working directory")
+  if "config" in flags.FLAGS and hasattr(flags.FLAGS["config"].value,
+                                         "items"):
+    print(f"\nConfig fields of {flags.FLAGS['config'].config_filename} "
+          "(override any with --config.<field>=<value>; each is documented "
+          "where its dataclass declares it):")
+    for k, v in _flatten(flags.FLAGS["config"].value):
+      print(f"  --config.{k}={v!r}")
+  print("\nCommon flags: --verbose (tracebacks), --compilation_cache, "
+        "--multihost; --helpfull lists every flag.")
+
+
 def run(main) -> None:
   """`app.run(main)`, where an error caused by the input prints one line
   `error: ...` on stderr and exits with status 2 (bugs keep their
-  traceback; `--verbose` or TTT_VERBOSE=1 shows it for input errors too)."""
+  traceback; `--verbose` or TTT_VERBOSE=1 shows it for input errors too).
+  `--help` prints the usage with every config field and exits 0."""
+  if any(a in HELP_FLAGS for a in sys.argv[1:]):
+    _help()
+    sys.exit(0)
 
   def guarded(argv):
     try:

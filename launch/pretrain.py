@@ -7,15 +7,11 @@ the checkpoints with Orbax.
 """
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from launch import common
 from ttt import pretrain
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", common.config_path("pretrain.py:tiny"),
-    "Config file (`file.py:arg`).",
-    lock_config=True)
+_CONFIG = common.define_config("pretrain.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/ttt_pretrain",
                                "Checkpoints, metrics and final weights.")
 

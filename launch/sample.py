@@ -6,15 +6,12 @@ Several hosts: add `--multihost` (see `launch/common.py`).
 """
 
 from absl import flags
-from ml_collections import config_flags
 
 from launch import common
 from sampling import experiments
 from ttt import sharding
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", common.config_path("sampling/scaling.py:tiny"),
-    "Config file (`file.py:arg`).", lock_config=True)
+_CONFIG = common.define_config("sampling/scaling.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir_sampling",
                                "Outputs: results.json, report.md, plots.")
 

@@ -6,15 +6,11 @@ Several hosts: add `--multihost` (see `launch/common.py`).
 """
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from launch import common
 from ttt import pipeline, sharding
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", common.config_path("arc_ttt.py:tiny"),
-    "Config file (`file.py:arg`).",
-    lock_config=True)
+_CONFIG = common.define_config("arc_ttt.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir_ttt",
                                "Outputs (resumed when present).")
 

@@ -1,7 +1,8 @@
 """Every compiled program lowers for GPU and TPU (`jax.export`, on CPU).
 
 Catches platform-specific lowering errors without a device: the inner loop,
-adapter init, the decoder, the row scorer, the vote and the sampling walks
+adapter init, the decoders (greedy/sampled, dfs, vgb), the row scorer, the
+vote and the sampling walks
 are exported for `cuda` and `tpu` at tiny sizes, in bfloat16 where the
 model computes (the GPU/TPU default).
 """
@@ -58,6 +59,15 @@ def test_ttt_programs_lower_for_gpu_and_tpu():
           jnp.ones((q, v), jnp.int32), jnp.zeros((q, v, p, 3), jnp.int32),
           jnp.ones((q, v), jnp.int32), jnp.ones((q, v), bool),
           jax.random.split(key, q))
+  prompt_args = (jnp.zeros(q, jnp.int32), jnp.zeros((q, v, p), jnp.int32),
+                 jnp.ones((q, v), jnp.int32),
+                 jnp.zeros((q, v, p, 3), jnp.int32),
+                 jnp.ones((q, v), jnp.int32), jnp.ones((q, v), bool))
+  _lowers(decode.make_dfs_decoder(graphdef, 8, 0.1, 4), base, adapters,
+          *prompt_args)
+  tmaps = jnp.tile(jnp.arange(tokens.VOCAB_SIZE, dtype=jnp.int32), (q, v, 1))
+  _lowers(decode.make_vgb_decoder(graphdef, 8, 4, 16, 2.0), base, adapters,
+          *prompt_args, tmaps, jax.random.split(key, q))
   rows = data.stack_rows([row] * 4, 4, length)
   _lowers(decode.make_row_scorer(graphdef), base, adapters,
           jnp.zeros(4, jnp.int32), rows)

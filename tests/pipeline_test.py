@@ -506,3 +506,15 @@ def test_launch_input_errors_are_one_line_with_status_2(tmp_path):
   verbose = subprocess.run(cmd + ["--verbose"], cwd=str(tmp_path), env=env,
                            capture_output=True, text=True, timeout=300)
   assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+  assert "libtpu" not in out.stderr  # no TPU probe noise
+  typo = subprocess.run(cmd[:3] + ["--config.ttt.stepz=4"], cwd=str(tmp_path),
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert typo.returncode == 2
+  assert typo.stderr.strip().splitlines()[0] == (
+      "error: --config.ttt.stepz=4: no such config field. Did you mean "
+      "'steps' instead of 'stepz'?")
+  helped = subprocess.run(cmd[:3] + ["--help"], cwd=str(tmp_path), env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert helped.returncode == 0, helped.stderr[-2000:]
+  assert "--config.ttt.steps=128" in helped.stdout
+  assert "--config.decode.method='greedy'" in helped.stdout
