@@ -1,0 +1,70 @@
+r"""The accuracy table (`launch.table`): what TTT buys, with intervals.
+
+Commands (each row is its own resumable main job under --workdir/<row>;
+rerun the same command to resume a killed table):
+
+  # CPU: the shipped model on the 100 committed ARC-AGI-1 evaluation tasks,
+  # all rows (several CPU-hours on 2 cores; rows can be run a few at a time
+  # with --config.table.rows='("base","views","headline")'):
+  python -m launch.table --config=configs/table.py:cpu --workdir=/tmp/table
+  # ARC-AGI-2: the headline rows on the 50 committed evaluation tasks
+  python -m launch.table --config=configs/table.py:cpu,version=2 \
+      --workdir=/tmp/table2
+  # GPU: the same rows with the `gpu` job (a trained base model required)
+  python -m launch.table --config=configs/table.py:gpu \
+      --config.job.init_from=/path/to/model --workdir=/tmp/table_gpu
+
+Task lists (committed, `configs/table_tasks/`): the 100 ARC-AGI-1
+evaluation tasks with the shortest full sequence (every demonstration, the
+test input and its answer; ties by id) -- all fit 1024 tokens (144 of the
+400 do; 269 fit 2048); the 50 shortest ARC-AGI-2 evaluation tasks by the
+same rule (8 of 120 fit 1024 tokens, 34 fit 2048, 96 fit 4096; these 50
+need up to 2481, so max_len is 3072 there).
+
+Rows: `ttt.table.ROWS`; each ablation is compared with the headline
+(paired bootstrap interval and McNemar's exact test), `views` with `base`
+and the headline with `views`.
+"""
+
+import os
+
+import ml_collections
+
+from configs import arc_ttt, common
+
+ALL_ROWS = ("base", "views", "headline", "vote_flat", "vote_poe",
+            "end_to_end", "shared", "full_ft", "prefix", "steps_32",
+            "steps_512", "headline_identity")
+TASK_FILES = {1: "arc1_evaluation_100.txt", 2: "arc2_evaluation_50.txt"}
+
+
+def task_ids(version: int) -> tuple[str, ...]:
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      "table_tasks", TASK_FILES[version])
+  with open(path, encoding="utf-8") as f:
+    return tuple(line.strip() for line in f if line.strip())
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  a = common.parse_arg(arg, preset="cpu", version=1)
+  if a.preset not in ("cpu", "gpu"):
+    raise ValueError(f"unknown preset {a.preset!r}; known: ['cpu', 'gpu']")
+  if a.version not in TASK_FILES:
+    raise ValueError(f"version must be 1 or 2, got {a.version}")
+  job = arc_ttt.get_config("tiny" if a.preset == "cpu" else "gpu")
+  job.run.version = a.version
+  job.run.task_ids = task_ids(a.version)
+  job.run.num_tasks = 0
+  job.run.select = "first"
+  if a.preset == "cpu":
+    job.run.chunk_size = 25
+    if a.version == 2:
+      job.data.max_len = 3072
+      job.decode.max_new_tokens = 931
+  config = ml_collections.ConfigDict()
+  config.job = job
+  config.table = ml_collections.ConfigDict(dict(
+      rows=ALL_ROWS if a.version == 1 else ("base", "views", "headline"),
+      bootstrap=2000,  # resamples per interval
+      seed=0))
+  return config

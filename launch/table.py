@@ -1,0 +1,27 @@
+r"""The accuracy table: `python -m launch.table --config=configs/table.py:cpu
+--workdir=...` (see configs/table.py). Every row is a main job under
+--workdir/<row>, resumed when rerun; table.md, table.json and
+ttt_steps.png are written at the end.
+"""
+
+from absl import flags
+
+from launch import common
+from ttt import sharding, table
+
+_CONFIG = common.define_config("table.py:cpu")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir_table",
+                               "Outputs (resumed when present).")
+
+
+def main(argv):
+  del argv
+  common.start()
+  out = table.run_table(_CONFIG.value, _WORKDIR.value)
+  if sharding.is_main():
+    print(table.markdown(out))
+  common.end()
+
+
+if __name__ == "__main__":
+  common.run(main)

@@ -1,0 +1,79 @@
+"""Tests for ttt.table (the accuracy table) and configs/table.py."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from configs import table as table_config
+from ttt import augment, table
+
+
+def test_mcnemar_exact_matches_the_binomial_tail():
+  assert table.mcnemar_exact([1, 1, 1, 0], [0, 0, 0, 0]) == (3, 0, 0.25)
+  x = [1] * 10 + [0] * 2 + [1] * 5
+  y = [0] * 10 + [1] * 2 + [1] * 5
+  b, c, p = table.mcnemar_exact(x, y)
+  assert (b, c) == (10, 2)
+  assert p == pytest.approx(2 * (1 + 12 + 66) / 4096)
+  assert table.mcnemar_exact([1, 0], [1, 0]) == (0, 0, 1.0)
+
+
+def test_bootstrap_intervals():
+  m, lo, hi = table.bootstrap_ci([1.0] * 20)
+  assert m == lo == hi == 1.0
+  m, lo, hi = table.bootstrap_ci([0, 1] * 50, samples=4000)
+  assert m == 0.5 and 0.38 < lo < 0.45 and 0.55 < hi < 0.62
+  assert table.paired_bootstrap_ci([1, 0, 1], [1, 0, 1]) == (0.0, 0.0, 0.0)
+  d, lo, hi = table.paired_bootstrap_ci([1] * 30, [0] * 30)
+  assert d == lo == hi == 1.0
+  assert all(math.isnan(v) for v in table.bootstrap_ci([]))
+
+
+def test_committed_task_lists_follow_the_rule():
+  from ttt import arc, tokens
+
+  for version, n in ((1, 100), (2, 50)):
+    ids = table_config.task_ids(version)
+    assert len(ids) == n == len(set(ids))
+    full = {t.id: max(tokens.sequence_length(t, k) for k in range(len(t.test)))
+            for t in arc.load_arc(version, "evaluation", errors=[])}
+    rule = sorted(full, key=lambda i: (full[i], i))[:n]
+    assert list(ids) == rule
+  cfg = table_config.get_config("cpu")
+  assert set(cfg.table.rows) <= set(table.ROWS)
+  assert max(full[i] for i in table_config.task_ids(2)) <= \
+      table_config.get_config("cpu,version=2").job.data.max_len
+
+
+def test_table_runs_resumes_and_compares(tmp_path):
+  config = table_config.get_config("cpu")
+  config.job.init_from = ""
+  config.job.run.task_ids = table_config.task_ids(1)[:4]
+  config.table.rows = ("base", "views", "headline")
+  config.table.bootstrap = 500
+
+  def oracle(task, k, view):
+    return augment.apply(view.element, task.test[k][1])
+
+  def wrong(task, k, view):
+    return np.zeros((1, 1), np.int8)
+
+  predictors = dict(base=lambda *a: None, views=wrong, headline=oracle)
+  out = table.run_table(config, str(tmp_path), predictors, log=print)
+  rows = out["rows"]
+  assert len(out["tasks"]) == 4
+  assert rows["headline"]["pass2"] == 1.0 and rows["base"]["pass2"] == 0.0
+  assert rows["headline"]["versus"] == "views"
+  assert rows["headline"]["diff"] == rows["headline"]["diff_lo"] == 1.0
+  assert rows["headline"]["mcnemar_p"] == pytest.approx(2 / 2 ** 4)
+  assert rows["views"]["coverage"] == 0.0
+  assert rows["headline"]["coverage"] == 1.0
+  md = (tmp_path / "table.md").read_text()
+  assert "| headline: + per-task LoRA TTT" in md and "4/4 = 100.0%" in md
+  again = table.run_table(config, str(tmp_path), predictors, log=print)
+  assert again == json.loads((tmp_path / "table.json").read_text())
+  config.table.rows = ("base", "nonsense")
+  with pytest.raises(ValueError, match="unknown rows"):
+    table.run_table(config, str(tmp_path), predictors)

@@ -1,0 +1,254 @@
+"""The accuracy table: what each part of TTT buys, with intervals.
+
+`run_table(config, workdir)` runs every row of `config.table.rows` as its
+own main job (`ttt.pipeline.run` into `workdir/<row>`: resumable chunk by
+chunk, so a killed table resumes), on the same tasks, then writes
+`table.md`, `table.json` and (with matplotlib) `ttt_steps.png`.
+
+A row is the base job (`config.job`, a `configs/arc_ttt.py` config) with
+the overrides in `ROWS[name]`. Per row: pass@2 over tasks (the ARC Prize
+rule: every test input right) with a 95% percentile-bootstrap interval over
+tasks, pass@2 per test input, candidate coverage, and device seconds split
+into TTT / inference (+ voting). Per ablation: the paired difference to its
+reference row (`REFERENCE[name]`, the headline unless said) with a paired
+bootstrap interval, and McNemar's exact two-sided p-value on the tasks
+where the two rows disagree.
+
+Statistics (`bootstrap_ci`, `paired_bootstrap_ci`, `mcnemar_exact`) are
+plain numpy, seeded by `config.table.seed`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+# name -> (what it is, overrides of the job config as {dotted field: value})
+_NO_VIEWS = {"views.orders": 0, "views.transforms": (),
+             "views.colour_perms": 0, "views.leave_one_out": False}
+ROWS: dict[str, tuple[str, dict]] = {
+    "base": ("base model, identity view only, no TTT",
+             {"ttt.enabled": False, **_NO_VIEWS}),
+    "views": ("+ augmented views and hierarchical voting (no TTT)",
+              {"ttt.enabled": False}),
+    "headline": ("+ per-task LoRA TTT (the headline)", {}),
+    "vote_flat": ("flat vote instead of hierarchical",
+                  {"vote.method": "flat"}),
+    "vote_poe": ("product-of-experts selection",
+                 {"vote.method": "product_of_experts"}),
+    "end_to_end": ("end-to-end TTT data instead of leave-one-out",
+                   {"data.leave_out": "end_to_end"}),
+    "shared": ("one adapter shared by the chunk's tasks",
+               {"ttt.shared_adapter": True}),
+    "full_ft": ("full fine-tuning instead of LoRA", {"adapter.mode": "full"}),
+    "prefix": ("prefix tuning instead of LoRA", {"adapter.mode": "prefix"}),
+    "steps_32": ("TTT steps 32", {"ttt.steps": 32}),
+    "steps_512": ("TTT steps 512", {"ttt.steps": 512}),
+    "headline_identity": ("headline adapters, identity view only",
+                          dict(_NO_VIEWS)),
+}
+# the row each ablation is compared with (default: the headline)
+REFERENCE = {"base": None, "views": "base", "headline": "views",
+             "headline_identity": "headline"}
+# rows on the accuracy-vs-TTT-steps plot: (steps, row); 0 = `views`
+STEPS_ROWS = ((0, "views"), (32, "steps_32"), (128, "headline"),
+              (512, "steps_512"))
+
+
+def row_config(job, overrides: dict):
+  """A copy of the job config with the row's overrides applied."""
+  cfg = job.copy_and_resolve_references()
+  with cfg.unlocked():
+    for path, value in overrides.items():
+      *groups, field = path.split(".")
+      node = cfg
+      for g in groups:
+        node = node[g]
+      node[field] = value
+  return cfg
+
+
+# --- statistics --------------------------------------------------------------
+
+
+def bootstrap_ci(x, samples: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
+  """(mean, low, high): percentile bootstrap over the entries of x."""
+  x = np.asarray(x, np.float64)
+  if x.size == 0:
+    return math.nan, math.nan, math.nan
+  rng = np.random.default_rng(seed)
+  means = x[rng.integers(0, x.size, (samples, x.size))].mean(1)
+  a = (1 - level) / 2
+  return float(x.mean()), float(np.quantile(means, a)), float(
+      np.quantile(means, 1 - a))
+
+
+def paired_bootstrap_ci(x, y, samples: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float, float]:
+  """(mean of x − y, low, high), resampling the pairs."""
+  return bootstrap_ci(np.asarray(x, np.float64) - np.asarray(y, np.float64),
+                      samples, seed, level)
+
+
+def mcnemar_exact(x, y) -> tuple[int, int, float]:
+  """McNemar's exact test on paired 0/1 outcomes: (b, c, two-sided p),
+  b = x right and y wrong, c = the reverse; p = P(min(B, b+c−B) <= min(b,
+  c)) under B ~ Binomial(b + c, 1/2)."""
+  x, y = np.asarray(x, bool), np.asarray(y, bool)
+  b, c = int((x & ~y).sum()), int((~x & y).sum())
+  n, k = b + c, min(b, c)
+  if n == 0:
+    return b, c, 1.0
+  tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+  return b, c, min(1.0, 2 * tail)
+
+
+# --- the table ---------------------------------------------------------------
+
+
+def _outcomes(results: dict) -> dict:
+  """Per scored task id: (all test inputs right, inputs right, inputs,
+  covered inputs); and the summary's timings."""
+  per_task = {}
+  for t in results["tasks"]:
+    if t.get("skipped") or t.get("correct") is None:
+      continue
+    tests = t["tests"]
+    per_task[t["id"]] = (bool(t["correct"]),
+                         sum(bool(q["correct"]) for q in tests), len(tests),
+                         sum(any(c["grid"] == q["truth"]
+                                 for c in q["candidates"]) for q in tests))
+  return per_task
+
+
+def row_stats(per_task: dict, ids: list[str], samples: int, seed: int
+              ) -> dict:
+  tasks = np.array([per_task[i][0] for i in ids], np.float64)
+  right = sum(per_task[i][1] for i in ids)
+  inputs = sum(per_task[i][2] for i in ids)
+  covered = sum(per_task[i][3] for i in ids)
+  mean, lo, hi = bootstrap_ci(tasks, samples, seed)
+  return dict(tasks=len(ids), pass2=mean, pass2_lo=lo, pass2_hi=hi,
+              pass2_tasks=int(tasks.sum()), pass2_inputs=right,
+              test_inputs=inputs,
+              coverage=covered / inputs if inputs else math.nan)
+
+
+def run_table(config, workdir: str, predictors: dict | None = None,
+              log: Callable[[str], None] = logging.info) -> dict:
+  """Runs (or resumes) every row, then writes the table. Returns its dict.
+
+  Args:
+    config: `configs/table.py` ConfigDict: `job` (the main job's config),
+      `table.rows`, `table.bootstrap`, `table.seed`.
+    workdir: one subdirectory per row, plus table.md / table.json.
+    predictors: row name -> test double for `pipeline.run` (tests).
+  """
+  from ttt import pipeline
+
+  os.makedirs(workdir, exist_ok=True)
+  tc = config.table
+  unknown = set(tc.rows) - set(ROWS)
+  if unknown:
+    raise ValueError(f"table.rows: unknown rows {sorted(unknown)}; known: "
+                     f"{list(ROWS)}")
+  outcomes, timings = {}, {}
+  for n, name in enumerate(tc.rows):
+    desc, overrides = ROWS[name]
+    log(f"table row {n + 1}/{len(tc.rows)}: {name} ({desc})")
+    pipeline.run(row_config(config.job, overrides),
+                 os.path.join(workdir, name),
+                 predictor=(predictors or {}).get(name))
+    with open(os.path.join(workdir, name, "results.json"),
+              encoding="utf-8") as f:
+      res = json.load(f)
+    outcomes[name] = _outcomes(res)
+    timings[name] = res["summary"].get("timings_s", {})
+  # every row on the tasks every row scored (skips are the same by design)
+  ids = sorted(set.intersection(*(set(o) for o in outcomes.values())))
+  rows = {}
+  for name in tc.rows:
+    s = row_stats(outcomes[name], ids, tc.bootstrap, tc.seed)
+    t = timings[name]
+    s.update(description=ROWS[name][0], ttt_s=t.get("ttt", 0.0),
+             inference_s=t.get("inference", 0.0) + t.get("voting", 0.0),
+             total_s=t.get("total", 0.0))
+    ref = REFERENCE.get(name, "headline")
+    if ref and ref in outcomes and ref != name:
+      x = [outcomes[name][i][0] for i in ids]
+      y = [outcomes[ref][i][0] for i in ids]
+      d, lo, hi = paired_bootstrap_ci(x, y, tc.bootstrap, tc.seed)
+      b, c, p = mcnemar_exact(x, y)
+      s.update(versus=ref, diff=d, diff_lo=lo, diff_hi=hi, only_this=b,
+               only_ref=c, mcnemar_p=p)
+    rows[name] = s
+  table = dict(tasks=ids, rows=rows, bootstrap=tc.bootstrap, seed=tc.seed)
+  with open(os.path.join(workdir, "table.json"), "w", encoding="utf-8") as f:
+    json.dump(table, f, indent=1, allow_nan=False, default=_finite)
+  with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
+    f.write(markdown(table))
+  _plot(table, os.path.join(workdir, "ttt_steps.png"))
+  return table
+
+
+def _finite(x: Any):
+  raise TypeError(f"not JSON: {x!r}")
+
+
+def markdown(table: dict) -> str:
+  """The table as markdown (rows in run order)."""
+  lines = [f"Tasks: {len(table['tasks'])} (scored by every row); 95% "
+           f"percentile-bootstrap intervals over tasks ({table['bootstrap']}"
+           " resamples); paired differences with McNemar's exact p.", "",
+           "| row | pass@2 (tasks) | 95% CI | pass@2 (inputs) | coverage | "
+           "vs | Δ (paired) | 95% CI | only this / only ref | McNemar p | "
+           "TTT s | inference s |", "|" + "---|" * 12]
+  for name, r in table["rows"].items():
+    vs = r.get("versus")
+    lines.append(
+        f"| {name}: {r['description']} | {r['pass2_tasks']}/{r['tasks']} = "
+        f"{100 * r['pass2']:.1f}% | [{100 * r['pass2_lo']:.1f}, "
+        f"{100 * r['pass2_hi']:.1f}] | {r['pass2_inputs']}/"
+        f"{r['test_inputs']} | {100 * r['coverage']:.1f}% | "
+        + (f"{vs} | {100 * r['diff']:+.1f} pp | [{100 * r['diff_lo']:+.1f},"
+           f" {100 * r['diff_hi']:+.1f}] | {r['only_this']} / "
+           f"{r['only_ref']} | {r['mcnemar_p']:.3g} | " if vs else
+           "– | – | – | – | – | ")
+        + f"{r['ttt_s']:.0f} | {r['inference_s']:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def _plot(table: dict, path: str) -> None:
+  """Accuracy (with its interval) against TTT steps, for the rows run."""
+  pts = [(s, table["rows"][r]) for s, r in STEPS_ROWS if r in table["rows"]]
+  if len(pts) < 2:
+    return
+  try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return
+  steps = [s for s, _ in pts]
+  acc = np.array([100 * r["pass2"] for _, r in pts])
+  err = np.array([[100 * (r["pass2"] - r["pass2_lo"]) for _, r in pts],
+                  [100 * (r["pass2_hi"] - r["pass2"]) for _, r in pts]])
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  ax.errorbar(steps, acc, yerr=err, marker="o", capsize=4)
+  ax.set_xscale("symlog", linthresh=32)
+  ax.set_xticks(steps)
+  ax.set_xticklabels([str(s) for s in steps])
+  ax.set_xlabel("TTT steps per task")
+  ax.set_ylabel("pass@2 (% of tasks)")
+  ax.set_title(f"{len(table['tasks'])} tasks, 95% bootstrap intervals")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
