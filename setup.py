@@ -14,8 +14,18 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(
         include=["ttt", "ttt.*", "sampling", "sampling.*", "configs",
-                 "launch", "launch.*"]
-    ),
+                 "configs.*", "launch", "launch.*"]
+    ) + ["ttt_checkpoints"],
+    # The shipped model travels in the wheel as the data-only package
+    # `ttt_checkpoints` (the checkout's checkpoints/ directory);
+    # configs.common.checkpoint_path finds either.
+    package_dir={"ttt_checkpoints": "checkpoints"},
+    package_data={
+        "ttt_checkpoints": ["*/*.json", "*/*.md", "*/weights/*",
+                            "*/weights/**/*"],
+        "configs": ["table_tasks/*.txt"],
+        "launch": ["*.sh"],
+    },
     install_requires=[
         "jax>=0.4.35",
         "flax>=0.10.0",

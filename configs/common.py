@@ -94,8 +94,18 @@ def model_config(preset: str = "tiny", **overrides
 
 
 def checkpoint_path(name: str) -> str:
-  """`checkpoints/<name>` of this repository (absolute)."""
+  """`checkpoints/<name>` of this checkout, or of the installed package
+  `ttt_checkpoints` (a wheel), as an absolute path."""
+  import importlib.util
   import os
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return os.path.join(root, "checkpoints", name)
+  local = os.path.join(root, "checkpoints", name)
+  if os.path.isdir(local):
+    return local
+  spec = importlib.util.find_spec("ttt_checkpoints")
+  if spec is not None and spec.submodule_search_locations:
+    for base in spec.submodule_search_locations:
+      if os.path.isdir(os.path.join(base, name)):
+        return os.path.join(base, name)
+  return local

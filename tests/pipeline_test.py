@@ -518,3 +518,34 @@ def test_launch_input_errors_are_one_line_with_status_2(tmp_path):
   assert helped.returncode == 0, helped.stderr[-2000:]
   assert "--config.ttt.steps=128" in helped.stdout
   assert "--config.decode.method='greedy'" in helped.stdout
+
+
+def test_wheel_installs_and_runs_from_anywhere(tmp_path):
+  """The wheel carries every config, the task lists and the shipped model:
+  installed outside the checkout, a 1-task main job runs from a temporary
+  directory on the packaged checkpoint."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  wheels, target = tmp_path / "wheels", tmp_path / "site"
+  build = subprocess.run(
+      [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+       str(wheels), ROOT], env=env, capture_output=True, text=True,
+      timeout=600)
+  assert build.returncode == 0, build.stderr[-2000:]
+  (wheel,) = wheels.glob("ttt_jax-*.whl")
+  inst = subprocess.run(
+      [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+       str(target), str(wheel)], env=env, capture_output=True, text=True,
+      timeout=600)
+  assert inst.returncode == 0, inst.stderr[-2000:]
+  run_dir = tmp_path / "elsewhere"
+  run_dir.mkdir()
+  out = subprocess.run(
+      [sys.executable, "-m", "launch.ttt", "--config.run.num_tasks=1",
+       "--config.ttt.steps=1", "--config.views.orders=0",
+       "--config.views.transforms=()", "--workdir=w", "--compilation_cache="],
+      cwd=str(run_dir), env=dict(env, PYTHONPATH=str(target)),
+      capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"model: {target}/ttt_checkpoints/tiny" in out.stderr
+  assert "pass@2:" in out.stdout
+  assert (run_dir / "w" / "report.md").exists()
