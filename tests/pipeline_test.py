@@ -213,7 +213,12 @@ def test_broken_and_too_long_tasks_are_skipped_and_reported(tmp_path):
   assert "data.max_len" in reasons[big.id]
   assert summary["pass2_tasks"] == 2
   report = (tmp_path / "run" / "report.md").read_text()
-  assert "deadbeef" in report and "Skipped tasks" in report
+  assert "| `deadbeef` | – | – | – | – | skipped: " in report
+  solved = [t for t in res["tasks"] if t.get("correct")]
+  assert len(solved) == 2
+  for t in solved:  # the per-task table: the oracle's answers everywhere
+    n = len(t["tests"])
+    assert f"| `{t['id']}` | ✓ | {n}/{n} | {n}/{n} |" in report
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

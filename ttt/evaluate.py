@@ -283,6 +283,30 @@ def write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+def task_table(results: list[dict]) -> str:
+  """One markdown row per task: id, pass@2, test inputs right, coverage,
+  final TTT loss, or why it was skipped."""
+  lines = ["| task | pass@2 | inputs right | truth among candidates | "
+           "TTT loss | note |", "|---|---|---|---|---|---|"]
+  for r in results:
+    if r.get("skipped"):
+      lines.append(f"| `{r['id']}` | – | – | – | – | skipped: "
+                   f"{r['skipped']} |")
+      continue
+    tests = r["tests"]
+    right = sum(bool(t["correct"]) for t in tests)
+    covered = sum(t["truth"] is not None and any(
+        c["grid"] == t["truth"] for c in t["candidates"]) for t in tests)
+    loss = (r.get("ttt") or {}).get("final_loss")
+    note = "TTT loss non-finite: adapter reset" if (
+        r.get("ttt") or {}).get("nonfinite") else ""
+    verdict = {True: "✓", False: "✗", None: "unscored"}[r.get("correct")]
+    lines.append(f"| `{r['id']}` | {verdict} | {right}/{len(tests)} | "
+                 f"{covered}/{len(tests)} | "
+                 f"{'–' if loss is None else f'{loss:.3f}'} | {note} |")
+  return "\n".join(lines)
+
+
 def write_report(workdir: str, results: list[dict], summary: dict,
                  tasks_by_id: dict, timings: dict, header: str = "",
                  num_renderings: int = 8) -> str:
@@ -312,13 +336,13 @@ def write_report(workdir: str, results: list[dict], summary: dict,
             "| category | accuracy |", "|---|---|"]
   for cat, acc in s["category_accuracy"].items():
     lines.append(f"| {cat} | {100 * acc:.1f}% |")
-  skipped = [r for r in results if r.get("skipped")]
-  if skipped:
-    lines += ["", "## Skipped tasks", ""]
-    lines += [f"- `{r['id']}`: {r['skipped']}" for r in skipped]
+  lines += ["", "## Every task", "", task_table(results)]
   lines += ["", "## Sample of tasks", "",
-            "Each picture: demonstrations (input, output) one per row, then "
-            "per test input: input, truth, attempt 1, attempt 2.", ""]
+            "Each picture: one row per demonstration (input | output), then "
+            "one row per test input: input | truth | attempt 1 | attempt 2 "
+            "(a blank where there is none). Solved tasks first, at most "
+            f"{num_renderings} (`run.num_renderings`); every task is in the "
+            "table above.", ""]
   scored = [r for r in results if not r.get("skipped")]
   solved = [r for r in scored if r.get("correct")]
   sample = (solved[:num_renderings // 2]
@@ -328,7 +352,11 @@ def write_report(workdir: str, results: list[dict], summary: dict,
     render_task(os.path.join(workdir, name), tasks_by_id[r["id"]], r)
     verdict = ("solved" if r.get("correct") else
                "unscored" if r.get("correct") is None else "not solved")
-    lines += [f"### `{r['id']}` — {verdict}", "", f"![{r['id']}]({name})", ""]
+    marks = " ".join("✓" if t["correct"] else "–" if t["correct"] is None
+                     else "✗" for t in r["tests"])
+    lines += [f"### `{r['id']}` — {verdict} (test inputs: {marks})", "",
+              f"![{r['id']}: demonstrations, then test input | truth | "
+              f"attempt 1 | attempt 2]({name})", ""]
   path = os.path.join(workdir, "report.md")
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
