@@ -329,13 +329,17 @@ def test_row_length_bound_is_tight_and_safe(arc1_eval):
     assert bound - data.real_length(ds) <= bound // 4, task.id
 
 
-def test_sampled_answers_vote_and_are_reproducible(tmp_path):
+def test_sampled_answers_vote_and_are_reproducible(tmp_path, caplog):
   c = _config(num_tasks=2)
   c.decode.method = "sample"
   c.decode.temperature = 1.0
   c.decode.samples = 3
-  s = pipeline.run(c, str(tmp_path / "a"))
+  with caplog.at_level(logging.INFO):
+    s = pipeline.run(c, str(tmp_path / "a"))
   assert s["tasks"] == 2
+  # progress from inside the compiled inner loop, once per mark
+  assert caplog.text.count("TTT step 1/2") == 1
+  assert caplog.text.count("TTT step 2/2") == 1
   res = json.loads((tmp_path / "a" / "results.json").read_text())
   for t in res["tasks"]:
     for q in t["tests"]:

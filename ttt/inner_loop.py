@@ -103,6 +103,22 @@ def sequence_loss(model, batch) -> tuple[jax.Array, jax.Array]:
   return -(ll * weights).sum() / jnp.maximum(count, 1.0), count
 
 
+_PROGRESS: list = [None]  # host hook: fn(steps_done), or None
+
+
+def set_progress(fn) -> None:
+  """Installs `fn(steps_done)`, called from inside the compiled inner loop
+  about 8 times per run (a `jax.debug.callback`; once per task or device
+  shard, so `fn` should ignore repeats); None removes it. The program is
+  the same either way."""
+  _PROGRESS[0] = fn
+
+
+def _tick(step) -> None:
+  if _PROGRESS[0] is not None:
+    _PROGRESS[0](int(step))
+
+
 def make_train_task(config: Any, graphdef=None):
   """The inner loop for ONE task (pure, unjitted).
 
@@ -124,6 +140,7 @@ def make_train_task(config: Any, graphdef=None):
     graphdef = lora.abstract_split(config)[0]
   optimizer = make_optimizer(cfg)
   schedule = make_schedule(cfg)
+  every = max(cfg.steps // 8, 1)  # progress callbacks per run: about 8
 
   def loss_of(adapter, base, batch):
     return sequence_loss(lora.merge(graphdef, adapter, base), batch)[0]
@@ -143,6 +160,8 @@ def make_train_task(config: Any, graphdef=None):
       keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
       adapter = jax.tree.map(keep, new_adapter, adapter)
       opt_state = jax.tree.map(keep, new_state, opt_state)
+      jax.lax.cond(s % every == every - 1,
+                   lambda: jax.debug.callback(_tick, s + 1), lambda: None)
       return (adapter, opt_state, ok), dict(loss=loss, grad_norm=grad_norm,
                                             lr=schedule(s))
 

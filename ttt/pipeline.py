@@ -805,8 +805,26 @@ def run_chunk(job: JobConfig, plan: Plan, chunk: list[int], model, programs,
   tick("data")
   logging.info("  TTT: %d tasks x %d steps", len(cd.slots),
                job.ttt.steps if cd.datasets is not None else 0)
-  adapters, ttt_m = train_chunk(job, programs, model, cd, mesh)
-  jax.block_until_ready(adapters)
+  t_ttt, first, seen = time.perf_counter(), [], [0]
+
+  def progress(done):
+    if done <= seen[0]:  # once per mark (tasks and shards repeat it)
+      return
+    seen[0], now = done, time.perf_counter()
+    if not first:
+      first.append((now, done))
+    t1, d1 = first[0]  # the rate from the first mark on (no compile in it)
+    eta = ((now - t1) / (done - d1) * (job.ttt.steps - done)
+           if done > d1 else float("nan"))
+    logging.info("  TTT step %d/%d (%.0fs%s)", done, job.ttt.steps,
+                 now - t_ttt, "" if eta != eta else f", ETA {eta:.0f}s")
+
+  inner_loop.set_progress(progress)
+  try:
+    adapters, ttt_m = train_chunk(job, programs, model, cd, mesh)
+    jax.block_until_ready(adapters)
+  finally:
+    inner_loop.set_progress(None)
   tick("ttt")
   tests, t = infer_chunk(job, plan, cd, adapters, model, programs, decoder,
                          mesh)
