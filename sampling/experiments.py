@@ -183,6 +183,8 @@ def run(config: Any, workdir: str) -> dict:
   res: dict[str, Any] = dict(config=dataclasses.asdict(cfg))
 
   # Fig B (lumped, any n)
+  logging.info("lumped chains: 4 oracles x 2 walks x %d depths ...",
+               len(cfg.ns_lumped))
   lumped = {}
   cases = [("exact", 1.0), ("slow", cfg.alpha), ("depth", cfg.small_alpha),
            ("depth", cfg.alpha)]
@@ -202,7 +204,9 @@ def run(config: Any, workdir: str) -> dict:
 
   # Fig A / C / D and tree-level costs (combo, constant α)
   tree = {}
-  for n in cfg.ns_tree:
+  for i, n in enumerate(cfg.ns_tree):
+    logging.info("exact laws on the depth-%d tree (%d/%d) ...", n, i + 1,
+                 len(cfg.ns_tree))
     inst = trees.make_instance(2, n, cfg.target, cfg.pattern, cfg.alpha,
                                seed=cfg.seed, **({"p": cfg.p} if cfg.target
                                                  in ("product",) else {}))
@@ -259,8 +263,13 @@ def run(config: Any, workdir: str) -> dict:
                       oracle_calls=float(st["oracle_calls"].mean()),
                       moves=float(st["moves"].mean()))
   res["monte_carlo"] = mc
-  res["mc_large"] = {str(n): mc_large(cfg, n) for n in cfg.mc_ns}
-  for n in cfg.mc_ns:
+  logging.info("Monte-Carlo check of the samplers at n=%d done (%.0fs)", n0,
+               time.perf_counter() - t0)
+  res["mc_large"] = {}
+  for i, n in enumerate(cfg.mc_ns):
+    logging.info("Monte-Carlo TV %d/%d: n=%d, %d chains per sampler ...",
+                 i + 1, len(cfg.mc_ns), n, cfg.mc_chains)
+    res["mc_large"][str(n)] = mc_large(cfg, n)
     logging.info("Monte-Carlo TV n=%d done (%.0fs)", n,
                  time.perf_counter() - t0)
   res["seconds"] = time.perf_counter() - t0
