@@ -411,6 +411,7 @@ def test_launch_sample_smoke_reports_the_expected_slopes(tmp_path):
   report = (tmp_path / "report.md").read_text()
   assert "fitted slope" in report and "fig_b_cost_vs_n.png" in report
   assert "beyond enumeration" in report
+  assert "*Each curve is parametric in the horizon T" in report  # captions
   assert (tmp_path / "fig_b_cost_vs_n.png").exists()
   assert (tmp_path / "fig_e_mc_tv.png").exists()
 
