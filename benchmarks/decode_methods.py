@@ -125,6 +125,20 @@ def _rows_for_setting(config, ttt_on: bool, methods, votes, log) -> list:
   return rows
 
 
+def markdown(out: dict) -> str:
+  """The rows as a markdown table (RESULTS.md)."""
+  lines = ["| TTT | decode | selection | coverage | pass@2 tasks | "
+           "pass@2 inputs | decode s | model calls | selection s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in out["rows"]:
+    lines.append(
+        f"| {'on' if r['ttt'] else 'off'} | {r['method']} | {r['vote']} | "
+        f"{100 * r['coverage']:.1f}% | {r['pass2_tasks']}/{r['scored_tasks']}"
+        f" | {r['pass2_inputs']}/{r['test_inputs']} | {r['decode_s']:.1f} | "
+        f"{r['model_calls']} | {r['select_s']:.1f} |")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--num_tasks", type=int, default=10)
@@ -135,6 +149,8 @@ def main(argv=None) -> dict:
   p.add_argument("--ttt_steps", type=int, default=0,
                  help="override ttt.steps (0: the preset's)")
   p.add_argument("--out", default="")
+  p.add_argument("--markdown", default="",
+                 help="print this JSON file's rows as a markdown table")
   p.add_argument("--max_new_tokens", type=int, default=0)
   args = p.parse_args(argv)
 
