@@ -558,3 +558,22 @@ def test_wheel_installs_and_runs_from_anywhere(tmp_path):
   assert f"model: {target}/ttt_checkpoints/tiny" in out.stderr
   assert "pass@2:" in out.stdout
   assert (run_dir / "w" / "report.md").exists()
+
+
+def test_renderings_frame_attempts_right_and_wrong(tmp_path):
+  import zlib
+
+  task = arc.Task("x", [(np.zeros((2, 2), np.int8), np.ones((2, 2), np.int8))],
+                  [(np.zeros((2, 2), np.int8), np.ones((2, 2), np.int8))])
+  rec = dict(tests=[dict(truth=[[1, 1], [1, 1]], attempt_1=[[1, 1], [1, 1]],
+                         attempt_2=[[0]])])
+  path = str(tmp_path / "r.png")
+  evaluate.render_task(path, task, rec)
+  raw = open(path, "rb").read()
+  w, h = np.frombuffer(raw[16:24], ">u4")
+  idat = raw[raw.index(b"IDAT") + 4:raw.index(b"IEND") - 8]
+  rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, -1)
+  img = rows[:, 1:].reshape(h, w, 3)  # filter byte 0 on every row
+  colours = {tuple(int(v) for v in p) for p in img.reshape(-1, 3)}
+  assert evaluate.RIGHT in colours and evaluate.WRONG in colours
+  assert w >= 4 * 2 * 16  # cells of 16 px

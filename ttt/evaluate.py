@@ -175,9 +175,14 @@ def _grid_image(grid, cell: int) -> np.ndarray:
   return img
 
 
-def render_png(path: str, rows: list[list], cell: int = 10, gap: int = 12
-               ) -> None:
-  """Writes a PNG: each row of `rows` is a list of grids (None = blank)."""
+RIGHT, WRONG = (40, 170, 60), (210, 40, 40)  # attempt frames
+
+
+def render_png(path: str, rows: list[list], cell: int = 16, gap: int = 16,
+               frames: list[list] | None = None) -> None:
+  """Writes a PNG: each row of `rows` is a list of grids (None = blank);
+  `frames` (same layout, an RGB tuple or None) draws a 4-pixel frame around
+  a grid."""
   images = [[None if g is None else _grid_image(g, cell) for g in row]
             for row in rows]
   row_h = [max([i.shape[0] for i in r if i is not None] or [cell])
@@ -189,10 +194,14 @@ def render_png(path: str, rows: list[list], cell: int = 10, gap: int = 12
   width = sum(col_w) + gap * (n_cols + 1)
   canvas = np.full((height, width, 3), 255, np.uint8)
   y = gap
-  for r, h in zip(images, row_h, strict=True):
+  for ri, (r, h) in enumerate(zip(images, row_h, strict=True)):
     x = gap
     for c, img in enumerate(r):
       if img is not None:
+        colour = frames[ri][c] if frames and c < len(frames[ri]) else None
+        if colour is not None:
+          canvas[y - 4:y + img.shape[0] + 4, x - 4:x + img.shape[1] + 4] = (
+              colour)
         canvas[y:y + img.shape[0], x:x + img.shape[1]] = img
       x += col_w[c] + gap
     y += h + gap
@@ -201,12 +210,22 @@ def render_png(path: str, rows: list[list], cell: int = 10, gap: int = 12
 
 def render_task(path: str, task, record: dict) -> None:
   """Demonstrations (input, output), then per test input: input, truth,
-  attempt 1, attempt 2."""
+  attempt 1, attempt 2 -- each attempt framed green when right, red when
+  wrong (no frame when the truth is unknown)."""
   rows = [[i, o] for i, o in task.train]
+  frames = [[None, None] for _ in task.train]
   for n, t in enumerate(record.get("tests", [])):
-    rows.append([task.test[n][0], t.get("truth"), t.get("attempt_1"),
+    truth = t.get("truth")
+    rows.append([task.test[n][0], truth, t.get("attempt_1"),
                  t.get("attempt_2")])
-  render_png(path, rows)
+    marks = [None, None]
+    for a in ("attempt_1", "attempt_2"):
+      if truth is not None and t.get(a) is not None:
+        marks.append(RIGHT if same(t[a], truth) else WRONG)
+      else:
+        marks.append(None)
+    frames.append(marks)
+  render_png(path, rows, frames=frames)
 
 
 def query_record(query, predictions, attempts, none_is_empty: bool = False
