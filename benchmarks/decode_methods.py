@@ -153,6 +153,11 @@ def main(argv=None) -> dict:
                  help="print this JSON file's rows as a markdown table")
   p.add_argument("--max_new_tokens", type=int, default=0)
   args = p.parse_args(argv)
+  if args.markdown:
+    with open(args.markdown, encoding="utf-8") as f:
+      out = json.loads(f.readline())
+    print(markdown(out))
+    return out
 
   import jax
 
