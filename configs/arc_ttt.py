@@ -82,7 +82,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                           **(dict(batch_size=4, lr=5e-4) if gpu
                              else dict(lr=2e-3)))
   c.views = configlib.group(views.ViewConfig)
+  # every answer with p >= 10% per view, the greedy one included: more
+  # right answers than greedy at 1.2x its decode time (benchmarks/RESULTS.md,
+  # decode_methods); --config.decode.method=greedy for the plain decoder
   c.decode = configlib.group(decode.DecodeConfig,
-                             max_new_tokens=931 if gpu else 320)
+                             max_new_tokens=931 if gpu else 320,
+                             method="dfs", min_prob=0.1, max_candidates=8)
   c.vote = configlib.group(vote.VoteConfig)
   return c

@@ -357,9 +357,9 @@ def test_sampled_answers_vote_and_are_reproducible(tmp_path, caplog):
 
 
 def _search_config(method: str, **decode_fields):
-  """The shipped model on the 2 shortest tasks, 3 views, no TTT."""
+  """The shipped model on the shortest task, 3 views, no TTT."""
   c = arc_ttt.get_config("tiny")
-  c.run.num_tasks = 2
+  c.run.num_tasks = 1
   c.ttt.enabled = False
   c.views.orders = 1
   c.views.transforms = ("transpose",)
@@ -526,7 +526,7 @@ def test_launch_input_errors_are_one_line_with_status_2(tmp_path):
                           capture_output=True, text=True, timeout=300)
   assert helped.returncode == 0, helped.stderr[-2000:]
   assert "--config.ttt.steps=128" in helped.stdout
-  assert "--config.decode.method='greedy'" in helped.stdout
+  assert "--config.decode.method='dfs'" in helped.stdout
 
 
 def test_wheel_installs_and_runs_from_anywhere(tmp_path):
@@ -551,7 +551,8 @@ def test_wheel_installs_and_runs_from_anywhere(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "launch.ttt", "--config.run.num_tasks=1",
        "--config.ttt.steps=1", "--config.views.orders=0",
-       "--config.views.transforms=()", "--workdir=w", "--compilation_cache="],
+       "--config.views.transforms=()", "--config.decode.max_new_tokens=32",
+       "--workdir=w", "--compilation_cache="],
       cwd=str(run_dir), env=dict(env, PYTHONPATH=str(target)),
       capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]

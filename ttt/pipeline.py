@@ -718,8 +718,10 @@ def poe_scores(job: JobConfig, programs: Programs, base, mesh, queries,
   if rows:
     longest = max((r.length for r in rows if r is not None), default=1)
     length = data.bucket_length(longest, job.run.length_bucket, max_len)
-    total = sharding.padded_count(1 << (len(rows) - 1).bit_length(),
-                                  mesh.size)
+    # 8 row-count buckets per octave: at most 12.5% padding, and few
+    # shapes (each compiles once)
+    step = 1 << max(len(rows).bit_length() - 4, 0)
+    total = sharding.padded_count(-(-len(rows) // step) * step, mesh.size)
     batch = data.stack_rows(rows, total, length)
     slot = np.zeros(total, np.int32)
     slot[:len(rows)] = row_slot
@@ -892,7 +894,8 @@ def run(config, workdir: str, predictor: Callable | None = None,
     config: ConfigDict with groups run, model, adapter, data, ttt, views,
       decode, vote and `init_from` (see `configs/arc_ttt.py`).
     workdir: output directory; an existing one is resumed.
-    predictor: optional test double replacing the model's decoding.
+    predictor: optional test double replacing the model's decoding (one
+      answer per view: the decode group is ignored).
     stop_after_chunks: stop after this many new chunks (0: run all) --
       how tests simulate a killed run.
 
@@ -903,6 +906,9 @@ def run(config, workdir: str, predictor: Callable | None = None,
   they ran; process 0's is the run's.
   """
   job = parse_config(config)
+  if predictor is not None:  # a test double answers each view once
+    job = job._replace(decode=dataclasses.replace(
+        job.decode, method="greedy", temperature=0.0, samples=1))
   if predictor is not None and job.vote.method in vote.RESCORED:
     raise ValueError(f"{job.vote.method} needs the model (no predictor)")
   compile0 = _CompileClock.start()
