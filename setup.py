@@ -41,8 +41,10 @@ setuptools.setup(
         # matplotlib: PNG plots of the sampling experiments (optional; the
         # experiments run and report without it)
         "plots": ["matplotlib>=3.7"],
-        # nbclient, nbformat, ipykernel: CI executes every notebook
+        # nbclient, nbformat, ipykernel: CI executes every notebook;
+        # pytest-xdist: the suite runs on 2 workers (pytest.ini)
         "test": ["pytest>=8.0", "ruff>=0.6", "matplotlib>=3.7",
-                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
+                 "pytest-xdist>=3.5"],
     },
 )

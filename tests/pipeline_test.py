@@ -127,8 +127,8 @@ def test_three_chunks_compile_each_program_once(tmp_path):
   # (eager jax.random ops log the same argument shapes for different static
   # shapes, so only the pipeline's own programs are compared here)
   names = log.names()
-  for program in ("train_task", "init_adapters_at", "decode_with_slot",
-                  "hierarchical_vote"):
+  for program in ("train_task", "init_adapters_at", "dfs_with_slot",
+                  "hierarchical_vote"):  # dfs: the presets' decoder
     assert names[f"jit({program})"] == 1, (program, names)
   assert sum(names.values()) < 40  # no per-chunk rebuilds of small ops
 
@@ -149,6 +149,12 @@ def test_every_preset_of_every_config_loads_and_validates():
     configlib.from_config(pipeline.model_lib.ModelConfig, c.model)
   for preset in scaling.PRESETS:
     assert scaling.get_config(preset).sampling
+  from configs import table as table_config
+
+  for arg in ("cpu", "gpu", "cpu,version=2"):
+    t = table_config.get_config(arg)
+    job = pipeline.parse_config(t.job)
+    assert len(job.run.task_ids) >= 50 and job.run.num_tasks == 0
 
 
 def test_gpu_preset_without_a_model_says_what_to_train(tmp_path):
@@ -334,7 +340,7 @@ def test_sampled_answers_vote_and_are_reproducible(tmp_path, caplog):
   c.decode.method = "sample"
   c.decode.temperature = 1.0
   c.decode.samples = 3
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     s = pipeline.run(c, str(tmp_path / "a"))
   assert s["tasks"] == 2
   # progress from inside the compiled inner loop, once per mark
@@ -550,7 +556,7 @@ def test_wheel_installs_and_runs_from_anywhere(tmp_path):
   run_dir.mkdir()
   out = subprocess.run(
       [sys.executable, "-m", "launch.ttt", "--config.run.num_tasks=1",
-       "--config.ttt.steps=1", "--config.views.orders=0",
+       "--config.ttt.enabled=False", "--config.views.orders=0",
        "--config.views.transforms=()", "--config.decode.max_new_tokens=32",
        "--workdir=w", "--compilation_cache="],
       cwd=str(run_dir), env=dict(env, PYTHONPATH=str(target)),

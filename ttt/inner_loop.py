@@ -119,13 +119,16 @@ def _tick(step) -> None:
     _PROGRESS[0](int(step))
 
 
-def make_train_task(config: Any, graphdef=None):
+def make_train_task(config: Any, graphdef=None, progress: bool = True):
   """The inner loop for ONE task (pure, unjitted).
 
   Args:
     config: has `.model`, `.adapter` and `.ttt` groups.
     graphdef: the model's graphdef from `lora.split` (default: built from
       the config).
+    progress: report step marks to the `set_progress` listener (a host
+      callback; off for `jax.export` to another platform, which cannot
+      carry one).
 
   Returns:
     `train_task(base, adapter, data, key) -> (adapter, metrics)` with
@@ -160,8 +163,9 @@ def make_train_task(config: Any, graphdef=None):
       keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
       adapter = jax.tree.map(keep, new_adapter, adapter)
       opt_state = jax.tree.map(keep, new_state, opt_state)
-      jax.lax.cond(s % every == every - 1,
-                   lambda: jax.debug.callback(_tick, s + 1), lambda: None)
+      if progress:
+        jax.lax.cond(s % every == every - 1,
+                     lambda: jax.debug.callback(_tick, s + 1), lambda: None)
       return (adapter, opt_state, ok), dict(loss=loss, grad_norm=grad_norm,
                                             lr=schedule(s))
 
@@ -182,7 +186,7 @@ def make_train_task(config: Any, graphdef=None):
 
 
 def make_inner_loop(config: Any, graphdef=None, *,
-                    max_traces: int | None = None):
+                    max_traces: int | None = None, progress: bool = True):
   """The jitted inner loop over T tasks at once.
 
   Args:
@@ -198,7 +202,7 @@ def make_inner_loop(config: Any, graphdef=None, *,
     (use `fold_in(key, task_index)`). metrics: dict of [T, steps] and [T].
     Shard the task axis with `ttt.sharding.shard_tasks`.
   """
-  train_task = make_train_task(config, graphdef)
+  train_task = make_train_task(config, graphdef, progress)
   if max_traces is not None:
     train_task = chex.assert_max_traces(train_task, n=max_traces)
   return jax.jit(jax.vmap(train_task, in_axes=(None, 0, 0, 0)))
