@@ -839,8 +839,8 @@ def infer_chunk(job: JobConfig, plan: Plan, cd: ChunkData, adapters, model,
                 programs, decoder, mesh) -> tuple[dict, dict]:
   """Decoding and selection for a chunk's trained adapters (slot order of
   `cd`). Returns ({task index: test-input records}, {'inference': s,
-  'voting': s}). Several decode/vote settings can reuse one training (the
-  decode-methods benchmark does)."""
+  'voting': s}). The decode-methods benchmark runs these
+  steps itself to reuse one training across decoders and selections."""
   t0 = time.perf_counter()
   queries = [q for n in cd.slots for q in plan.queries[n]]
   slot_of = [s for s, n in enumerate(cd.slots) for _ in plan.queries[n]]
