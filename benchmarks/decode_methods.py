@@ -107,10 +107,7 @@ def _rows_for_setting(config, ttt_on: bool, methods, votes, log) -> list:
         attempts = pipeline.select(vj, vprog, model[2], mesh, dplan.caps,
                                    queries, slot_of, predictions, adapters)
         select_s = time.perf_counter() - t0
-      tests: dict = {}
-      for q, p, a in zip(queries, predictions, attempts, strict=True):
-        tests.setdefault(q.task_index, []).append(evaluate.query_record(
-            q, p, a, none_is_empty=dj.decode.method in ("dfs", "vgb")))
+      tests = pipeline.test_records(dj, queries, predictions, attempts)
       s = evaluate.score(pipeline._records(dplan, chunk, cd, tests, ttt_m))
       row = dict(ttt=ttt_on, method=name, vote=vote_method,
                  coverage=round(s["coverage"], 4),

@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sampling import walks
 from ttt import arc, lora, tokens
 from ttt import model as model_lib
 
@@ -423,8 +424,6 @@ def child_logmu(logits, tmaps, usable, row, col, width, depth,
 def _vgb_move(st: _Walker, horizon: int, holds):
   """One jump (sampling.walks.sj_move) or, while forced, one greedy step.
   Returns (state, token, depth it is written at, moved down)."""
-  from sampling import walks
-
   key, kh, km = jax.random.split(st.key, 3)
   d = st.depth
   leaf = (d > 0) & (st.path[jnp.maximum(d - 1, 0)] == tokens.EOS)
@@ -458,8 +457,6 @@ def _vgb_query_fn(graphdef, max_new: int, chains: int, horizon: int,
   """`vgb_query(base, adapter, prompts[K, P], lengths[K], coords[K, P, 3],
   segments[K], usable[K], tmaps[K, vocab], key) -> (answers int32[C,
   max_new], ok bool[C], calls int32[C])`, unjitted."""
-  from sampling import walks
-
   holds = walks.sj_holds(0.5, leaf_loop)
 
   def vgb_query(base, adapter, prompts, lengths, coords, segments, usable,

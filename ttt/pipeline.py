@@ -852,11 +852,18 @@ def infer_chunk(job: JobConfig, plan: Plan, cd: ChunkData, adapters, model,
   t1 = time.perf_counter()
   attempts = select(job, programs, model[2], mesh, plan.caps, queries,
                     slot_of, predictions, adapters)
+  return (test_records(job, queries, predictions, attempts),
+          dict(inference=t1 - t0, voting=time.perf_counter() - t1))
+
+
+def test_records(job: JobConfig, queries, predictions, attempts) -> dict:
+  """{task index: its test-input records} (an empty answer slot of 'dfs' /
+  'vgb' is not a malformed decode)."""
   tests: dict[int, list] = {}
   for q, p, a in zip(queries, predictions, attempts, strict=True):
     tests.setdefault(q.task_index, []).append(evaluate.query_record(
         q, p, a, none_is_empty=job.decode.method in ("dfs", "vgb")))
-  return tests, dict(inference=t1 - t0, voting=time.perf_counter() - t1)
+  return tests
 
 
 # --- the whole run ----------------------------------------------------------
