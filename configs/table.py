@@ -21,7 +21,9 @@ test input and its answer; ties by id) -- all fit 1024 tokens (144 of the
 same rule (8 of 120 fit 1024 tokens, 34 fit 2048, 96 fit 4096; these 50
 need up to 2481, so max_len is 3072 there).
 
-Rows: `ttt.table.ROWS`; each ablation is compared with the headline
+Rows: `ttt.table.ROWS` (vote_flat, vote_poe and headline_identity are
+selections of the headline run's own candidates, `ttt.table.DERIVED`); each
+ablation is compared with the headline
 (paired bootstrap interval and McNemar's exact test), `views` with `base`
 and the headline with `views`.
 """
@@ -58,6 +60,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   job.run.select = "first"
   if a.preset == "cpu":
     job.run.chunk_size = 25
+    # the lists are in length order, so a chunk's own length (bucketed to
+    # 128 tokens, one compile per bucket) is far below the run's longest:
+    # ~2x less TTT and prompt compute than one run-wide length
+    job.run.fixed_shapes = False
+    job.run.length_bucket = 128
     if a.version == 2:
       job.data.max_len = 3072
       job.decode.max_new_tokens = 931
@@ -66,5 +73,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.table = ml_collections.ConfigDict(dict(
       rows=ALL_ROWS if a.version == 1 else ("base", "views", "headline"),
       bootstrap=2000,  # resamples per interval
-      seed=0))
+      seed=0,
+      # vote_flat / vote_poe / headline_identity as selections of the
+      # headline's candidates (ttt.table.DERIVED); False: separate runs
+      derived=True))
   return config

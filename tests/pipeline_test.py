@@ -266,6 +266,19 @@ def test_ablation_switches_change_what_they_should(tmp_path):
     for q in t["tests"]:  # PoE picks among the decoded candidates
       grids = [x["grid"] for x in q["candidates"]]
       assert q["attempt_1"] in grids or not grids
+  # vote.also: PoE as a second selection of the same run == the PoE run;
+  # the main (hierarchical) selection unchanged
+  c = _config(num_tasks=2)
+  c.vote.also = ("product_of_experts",)
+  c.vote.poe_candidates = 2
+  pipeline.run(c, str(tmp_path / "also"))
+  pairs = lambda q: (q["attempt_1"], q["attempt_2"])  # noqa: E731
+  for a, p, h in zip(_tasks(str(tmp_path / "also")),
+                     _tasks(str(tmp_path / "poe")),
+                     _tasks(str(tmp_path / "per_task")), strict=True):
+    for qa, qp, qh in zip(a["tests"], p["tests"], h["tests"], strict=True):
+      assert pairs(qa["also"]["product_of_experts"]) == pairs(qp)
+      assert pairs(qa) == pairs(qh) and "also" not in qh
 
 
 def test_ttt_off_and_adapter_modes(tmp_path):

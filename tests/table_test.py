@@ -77,3 +77,37 @@ def test_table_runs_resumes_and_compares(tmp_path):
   config.table.rows = ("base", "nonsense")
   with pytest.raises(ValueError, match="unknown rows"):
     table.run_table(config, str(tmp_path), predictors)
+
+
+def test_derived_rows_equal_separate_runs(tmp_path):
+  """vote_flat / headline_identity read off the headline run's candidates
+  (`vote.also`) == the same rows run separately."""
+  config = table_config.get_config("cpu")
+  config.job.init_from = ""
+  config.job.run.task_ids = table_config.task_ids(1)[:6]
+  config.table.rows = ("headline", "vote_flat", "headline_identity")
+  config.table.bootstrap = 200
+
+  def mixed(task, k, view):  # transforms right; the identity views right on
+    truth = task.test[k][1]  # some tasks, and the untransformed one on others
+    if view.category != "identity":
+      ok = int(task.id, 16) % 3 != 0
+    else:
+      ok = (view.label == "identity") == (int(task.id, 16) % 2 == 0)
+    return augment.apply(view.element, truth if ok else truth[:1])
+
+  predictors = {name: mixed for name in config.table.rows}
+  derived = table.run_table(config, str(tmp_path / "derived"), predictors)
+  assert not (tmp_path / "derived" / "vote_flat").exists()
+  assert derived["rows"]["vote_flat"]["selected_from"] == "headline"
+  config.table.derived = False
+  separate = table.run_table(config, str(tmp_path / "separate"), predictors)
+  keys = ("pass2_tasks", "pass2_inputs", "coverage", "diff", "only_this",
+          "only_ref")
+  for name in ("vote_flat", "headline_identity"):
+    a, b = derived["rows"][name], separate["rows"][name]
+    assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}, name
+  # the rules really differ here, so the equality above says something
+  outcomes = {r["pass2_tasks"] for r in derived["rows"].values()}
+  assert len(outcomes) > 1
+  assert "(headline's)" in (tmp_path / "derived" / "table.md").read_text()

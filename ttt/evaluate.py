@@ -228,8 +228,8 @@ def render_task(path: str, task, record: dict) -> None:
   render_png(path, rows, frames=frames)
 
 
-def query_record(query, predictions, attempts, none_is_empty: bool = False
-                 ) -> dict:
+def query_record(query, predictions, attempts, none_is_empty: bool = False,
+                 also: dict | None = None) -> dict:
   """The record of one test input: attempts, truth, candidates (with counts,
   views and categories), malformed decodes by category.
 
@@ -241,6 +241,8 @@ def query_record(query, predictions, attempts, none_is_empty: bool = False
       repeats attempt_1).
     none_is_empty: a None prediction is an empty answer slot (enumerated
       decoding), not a malformed decode.
+    also: {selection rule: its [attempt_1, attempt_2]} (`vote.also`),
+      recorded as `also[rule] = {attempt_1, attempt_2, correct}`.
   """
   truth = query.task.test[query.test_index][1]
   cands: dict = {}
@@ -265,9 +267,19 @@ def query_record(query, predictions, attempts, none_is_empty: bool = False
       candidates=sorted(cands.values(), key=lambda c: -c["count"]),
       views=[v.label for v in query.views], views_too_long=query.too_long,
       malformed_by_category=malformed)
-  rec["correct"] = (None if truth is None else
-                    same(a1, truth) or same(a2, truth))
+  rec["correct"] = _right(attempts, truth)
+  if also:
+    rec["also"] = {m: dict(attempt_1=None if b[0] is None else grid_list(b[0]),
+                           attempt_2=None if b[1] is None else grid_list(b[1]),
+                           correct=_right(b, truth))
+                   for m, b in also.items()}
   return rec
+
+
+def _right(attempts, truth) -> bool | None:
+  a1, a2 = attempts
+  a2 = a2 if a2 is not None else a1
+  return None if truth is None else same(a1, truth) or same(a2, truth)
 
 
 def task_record(task, tests: list[dict], ttt: dict) -> dict:

@@ -404,7 +404,8 @@ class Programs(NamedTuple):
   train(base, adapters[T], data[T, N, L], keys[T]) -> (adapters, metrics);
   train_shared: the same over one task holding a chunk's rows;
   decode: `ttt.decode.make_decoder`; score: `ttt.decode.make_row_scorer`;
-  vote: the vmapped hierarchical or flat reducer.
+  vote: {'hierarchical' | 'flat': the vmapped reducer} for the selections
+  the run makes (`vote.method` and `vote.also`).
   """
 
   init: Callable | None
@@ -412,7 +413,7 @@ class Programs(NamedTuple):
   train_shared: Callable | None
   decode: Callable | None
   score: Callable | None
-  vote: Callable | None
+  vote: dict[str, Callable]
 
 
 def _ttt_groups(job: JobConfig, **ttt_overrides):
@@ -435,11 +436,11 @@ def _make_decode(job: JobConfig, graphdef) -> Callable:
 def make_programs(job: JobConfig, graphdef, mesh, caps: Capacities,
                   with_model: bool = True) -> Programs:
   """Builds every program the run uses, once."""
-  voter = None
-  if job.vote.method in ("hierarchical", "flat"):
-    voter = vote.vmap_vote(vote.hierarchical_vote
-                           if job.vote.method == "hierarchical"
-                           else vote.flat_vote)
+  wanted = {"hierarchical" if m == "identity" else m
+            for m in (job.vote.method, *job.vote.also)}
+  voter = {m: vote.vmap_vote(vote.hierarchical_vote if m == "hierarchical"
+                             else vote.flat_vote)
+           for m in sorted(wanted & {"hierarchical", "flat"})}
   if not with_model:
     return Programs(None, None, None, None, None, voter)
   init = jax.jit(
@@ -458,7 +459,8 @@ def make_programs(job: JobConfig, graphdef, mesh, caps: Capacities,
       init=init, train=train, train_shared=train_shared,
       decode=_make_decode(job, graphdef),
       score=(decode.make_row_scorer(graphdef)
-             if job.vote.method in vote.RESCORED else None),
+             if {job.vote.method, *job.vote.also} & set(vote.RESCORED)
+             else None),
       vote=voter)
 
 
@@ -746,18 +748,28 @@ def poe_select(method: str, scored: list[tuple]) -> list[list]:
 
 
 def select(job: JobConfig, programs: Programs, base, mesh, caps: Capacities,
-           queries, slots, predictions, adapters) -> list[list]:
-  """Two attempts per query by `vote.method`."""
+           queries, slots, predictions, adapters, method: str | None = None,
+           scored: list | None = None) -> list[list]:
+  """Two attempts per query by `method` (default `vote.method`; any of
+  `vote.SELECTIONS`). `scored`: `poe_scores` already computed."""
+  method = method or job.vote.method
+  if method == "identity":  # the untransformed view's own entries: the
+    # first decode.per_view (none when its prompt did not fit)
+    n = [job.decode.per_view if q.views and q.views[0].label == views.IDENTITY
+         else 0 for q in queries]
+    queries = [q._replace(views=q.views[:k])
+               for q, k in zip(queries, n, strict=True)]
+    predictions = [p[:k] for p, k in zip(predictions, n, strict=True)]
+    method = "hierarchical"
   items = [(q.categories, p) for q, p in zip(queries, predictions,
                                              strict=True)]
-  method = job.vote.method
   if method in ("hierarchical", "flat"):
-    return vote.vote_batch(programs.vote, items, caps.groups,
+    return vote.vote_batch(programs.vote[method], items, caps.groups,
                            caps.per_group, views.IDENTITY, caps.queries)
   if method == "reference":
     return vote.reference_batch(items, views.IDENTITY)
-  return poe_select(method, poe_scores(job, programs, base, mesh, queries,
-                                      slots, predictions, adapters))
+  return poe_select(method, scored or poe_scores(
+      job, programs, base, mesh, queries, slots, predictions, adapters))
 
 
 def _padding(job: JobConfig, caps: Capacities, cd: ChunkData,
@@ -850,19 +862,34 @@ def infer_chunk(job: JobConfig, plan: Plan, cd: ChunkData, adapters, model,
                job.decode.method)
   predictions = decoder(queries, slot_of, adapters)
   t1 = time.perf_counter()
-  attempts = select(job, programs, model[2], mesh, plan.caps, queries,
-                    slot_of, predictions, adapters)
-  return (test_records(job, queries, predictions, attempts),
-          dict(inference=t1 - t0, voting=time.perf_counter() - t1))
+  times = dict(inference=t1 - t0)
+  scored = None  # PoE scores, computed once for every rule that needs them
+  if {job.vote.method, *job.vote.also} & set(vote.RESCORED):
+    scored = poe_scores(job, programs, model[2], mesh, queries, slot_of,
+                        predictions, adapters)
+  also = {}
+  for m in (job.vote.method, *job.vote.also):
+    t = time.perf_counter()
+    also[m] = select(job, programs, model[2], mesh, plan.caps, queries,
+                     slot_of, predictions, adapters, method=m, scored=scored)
+    times[f"voting_{m}"] = time.perf_counter() - t
+  attempts = also.pop(job.vote.method)
+  times["voting"] = time.perf_counter() - t1
+  return (test_records(job, queries, predictions, attempts, also), times)
 
 
-def test_records(job: JobConfig, queries, predictions, attempts) -> dict:
+def test_records(job: JobConfig, queries, predictions, attempts,
+                 also: dict | None = None) -> dict:
   """{task index: its test-input records} (an empty answer slot of 'dfs' /
-  'vgb' is not a malformed decode)."""
+  'vgb' is not a malformed decode); `also`: {selection: attempts per
+  query} recorded beside the main attempts."""
   tests: dict[int, list] = {}
-  for q, p, a in zip(queries, predictions, attempts, strict=True):
+  also = also or {}
+  for i, (q, p, a) in enumerate(zip(queries, predictions, attempts,
+                                    strict=True)):
     tests.setdefault(q.task_index, []).append(evaluate.query_record(
-        q, p, a, none_is_empty=job.decode.method in ("dfs", "vgb")))
+        q, p, a, none_is_empty=job.decode.method in ("dfs", "vgb"),
+        also={m: v[i] for m, v in also.items()}))
   return tests
 
 
@@ -916,8 +943,9 @@ def run(config, workdir: str, predictor: Callable | None = None,
   if predictor is not None:  # a test double answers each view once
     job = job._replace(decode=dataclasses.replace(
         job.decode, method="greedy", temperature=0.0, samples=1))
-  if predictor is not None and job.vote.method in vote.RESCORED:
-    raise ValueError(f"{job.vote.method} needs the model (no predictor)")
+  rescored = {job.vote.method, *job.vote.also} & set(vote.RESCORED)
+  if predictor is not None and rescored:
+    raise ValueError(f"{sorted(rescored)} needs the model (no predictor)")
   compile0 = _CompileClock.start()
   t_start = time.perf_counter()
   os.makedirs(os.path.join(workdir, "chunks"), exist_ok=True)

@@ -6,9 +6,13 @@ chunk, so a killed table resumes), on the same tasks, then writes
 `table.md`, `table.json` and (with matplotlib) `ttt_steps.png`.
 
 A row is the base job (`config.job`, a `configs/arc_ttt.py` config) with
-the overrides in `ROWS[name]`. Per row: pass@2 over tasks (the ARC Prize
-rule: every test input right) with a 95% percentile-bootstrap interval over
-tasks, pass@2 per test input, candidate coverage, and device seconds split
+the overrides in `ROWS[name]` -- except the rows in `DERIVED` (flat vote,
+product of experts, identity view only), which are other selections of the
+headline run's own candidates (`vote.also`): the same adapters and decodes,
+so they cost a selection, not a TTT + decode, and their difference to the
+headline is the selection rule's alone. Per row: pass@2 over tasks (the ARC
+Prize rule: every test input right) with a 95% percentile-bootstrap interval
+over tasks, pass@2 per test input, candidate coverage, and device seconds split
 into TTT / inference (+ voting). Per ablation: the paired difference to its
 reference row (`REFERENCE[name]`, the headline unless said) with a paired
 bootstrap interval, and McNemar's exact two-sided p-value on the tasks
@@ -53,6 +57,12 @@ ROWS: dict[str, tuple[str, dict]] = {
     "headline_identity": ("headline adapters, identity view only",
                           dict(_NO_VIEWS)),
 }
+# rows that are another selection of the headline's candidates (same
+# adapters, same decodes; `vote.also` of the headline run): row -> selection.
+# The same as a separate run with the row's overrides -- without its TTT and
+# decoding (`table.derived=False` runs them separately).
+DERIVED = {"vote_flat": "flat", "vote_poe": "product_of_experts",
+           "headline_identity": "identity"}
 # the row each ablation is compared with (default: the headline)
 REFERENCE = {"base": None, "views": "base", "headline": "views",
              "headline_identity": "headline"}
@@ -113,17 +123,28 @@ def mcnemar_exact(x, y) -> tuple[int, int, float]:
 # --- the table ---------------------------------------------------------------
 
 
-def _outcomes(results: dict) -> dict:
+def _outcomes(results: dict, selection: str | None = None) -> dict:
   """Per scored task id: (all test inputs right, inputs right, inputs,
-  covered inputs); and the summary's timings."""
+  covered inputs). `selection`: the outcome of that `vote.also` rule
+  instead of the main one ('identity': coverage by the identity view's own
+  candidates)."""
+  from ttt import views
+
+  def right(q):
+    return bool(q["also"][selection]["correct"] if selection
+                else q["correct"])
+
+  def covers(c):
+    return selection != "identity" or views.IDENTITY in c["views"]
+
   per_task = {}
   for t in results["tasks"]:
     if t.get("skipped") or t.get("correct") is None:
       continue
     tests = t["tests"]
-    per_task[t["id"]] = (bool(t["correct"]),
-                         sum(bool(q["correct"]) for q in tests), len(tests),
-                         sum(any(c["grid"] == q["truth"]
+    hits = [right(q) for q in tests]
+    per_task[t["id"]] = (all(hits), sum(hits), len(tests),
+                         sum(any(c["grid"] == q["truth"] and covers(c)
                                  for c in q["candidates"]) for q in tests))
   return per_task
 
@@ -159,25 +180,42 @@ def run_table(config, workdir: str, predictors: dict | None = None,
   if unknown:
     raise ValueError(f"table.rows: unknown rows {sorted(unknown)}; known: "
                      f"{list(ROWS)}")
-  outcomes, timings = {}, {}
-  for n, name in enumerate(tc.rows):
+  derived = ({n: DERIVED[n] for n in tc.rows if n in DERIVED}
+             if tc.get("derived", True) else {})
+  runs = [n for n in tc.rows if n not in derived]
+  if derived and "headline" not in runs:
+    runs.insert(0, "headline")  # the derived rows' candidates
+  outcomes, timings, results = {}, {}, {}
+  for n, name in enumerate(runs):
     desc, overrides = ROWS[name]
-    log(f"table row {n + 1}/{len(tc.rows)}: {name} ({desc})")
+    if name == "headline" and derived:
+      overrides = {**overrides, "vote.also": tuple(derived.values())}
+      desc += "; also selects " + ", ".join(derived)
+    log(f"table run {n + 1}/{len(runs)}: {name} ({desc})")
     pipeline.run(row_config(config.job, overrides),
                  os.path.join(workdir, name),
                  predictor=(predictors or {}).get(name))
     with open(os.path.join(workdir, name, "results.json"),
               encoding="utf-8") as f:
-      res = json.load(f)
-    outcomes[name] = _outcomes(res)
-    timings[name] = res["summary"].get("timings_s", {})
+      results[name] = json.load(f)
+    outcomes[name] = _outcomes(results[name])
+    timings[name] = results[name]["summary"].get("timings_s", {})
+  for name, selection in derived.items():
+    outcomes[name] = _outcomes(results["headline"], selection)
+    voting = timings["headline"].get(f"voting_{selection}", 0.0)
+    timings[name] = dict(ttt=0.0, inference=0.0, voting=voting,
+                         total=voting)
   # every row on the tasks every row scored (skips are the same by design)
   ids = sorted(set.intersection(*(set(o) for o in outcomes.values())))
   rows = {}
-  for name in tc.rows:
+  for name in dict.fromkeys((*runs, *tc.rows)):
     s = row_stats(outcomes[name], ids, tc.bootstrap, tc.seed)
     t = timings[name]
-    s.update(description=ROWS[name][0], ttt_s=t.get("ttt", 0.0),
+    if name in derived:
+      s["selected_from"] = "headline"
+    s.update(description=ROWS[name][0] + (
+        " (the headline's candidates)" if name in derived else ""),
+             ttt_s=t.get("ttt", 0.0),
              inference_s=t.get("inference", 0.0) + t.get("voting", 0.0),
              total_s=t.get("total", 0.0))
     ref = REFERENCE.get(name, "headline")
@@ -221,7 +259,10 @@ def markdown(table: dict) -> str:
            f" {100 * r['diff_hi']:+.1f}] | {r['only_this']} / "
            f"{r['only_ref']} | {r['mcnemar_p']:.3g} | " if vs else
            "– | – | – | – | – | ")
-        + f"{r['ttt_s']:.0f} | {r['inference_s']:.0f} |")
+        + (f"{r['ttt_s']:.0f} | {r['inference_s']:.0f} |"
+           if not r.get("selected_from") else
+           f"({r['selected_from']}'s) | {r['inference_s']:.0f} (selection) |"
+           ))
   return "\n".join(lines) + "\n"
 
 

@@ -51,6 +51,10 @@ SIDE = 30
 METHODS = ("hierarchical", "flat", "reference", "product_of_experts",
            "count_poe")
 RESCORED = ("product_of_experts", "count_poe")  # need the model's scorer
+# `also` may add these: every METHOD, and 'identity' = the hierarchical vote
+# over the identity view's own candidates (the first view: no transform,
+# original demonstration order) -- what an identity-view-only run selects
+SELECTIONS = METHODS + ("identity",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +63,19 @@ class VoteConfig:
 
   method: str = "hierarchical"  # one of METHODS
   poe_candidates: int = 8  # product of experts: candidates rescored
+  # more selections from the same candidates (SELECTIONS), recorded next to
+  # the main one (`also` in each test-input record): ablations of the
+  # selection rule without a second TTT + decode
+  also: tuple = ()
 
   def validate(self) -> None:
     if self.method not in METHODS:
       raise ValueError(f"vote.method must be one of {METHODS}, got "
                        f"{self.method!r}")
+    bad = [m for m in self.also if m not in SELECTIONS]
+    if bad or len(set(self.also)) != len(self.also):
+      raise ValueError(f"vote.also: distinct names from {SELECTIONS}, got "
+                       f"{tuple(self.also)!r}")
     if self.poe_candidates < 1:
       raise ValueError("vote.poe_candidates must be >= 1")
 
