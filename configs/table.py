@@ -34,9 +34,12 @@ import ml_collections
 
 from configs import arc_ttt, common
 
+# in run order, cheapest information first (a table killed part-way has
+# its main rows): the selections of the headline run cost nothing extra;
+# steps_512 is 4x the headline's TTT
 ALL_ROWS = ("base", "views", "headline", "vote_flat", "vote_poe",
-            "end_to_end", "shared", "full_ft", "prefix", "steps_32",
-            "steps_512", "headline_identity")
+            "headline_identity", "steps_32", "end_to_end", "shared",
+            "prefix", "full_ft", "steps_512")
 TASK_FILES = {1: "arc1_evaluation_100.txt", 2: "arc2_evaluation_50.txt"}
 
 

@@ -93,9 +93,10 @@ class RunConfig:
   split: str = "evaluation"  # 'evaluation' or 'training'
   challenges: str = ""  # Kaggle-format challenges JSON (overrides split)
   solutions: str = ""  # optional solutions JSON for scoring
-  task_ids: tuple[str, ...] = ()  # only these tasks (empty: all)
+  task_ids: tuple[str, ...] = ()  # only these tasks, in this order
   num_tasks: int = 0  # keep this many tasks after selection (0: all)
-  select: str = "first"  # 'first' (file order) or 'shortest' sequences
+  # 'first' (file order, or task_ids' order) or 'shortest' sequences
+  select: str = "first"
   chunk_size: int = 32  # tasks per compiled chunk (sized to device memory)
   seed: int = 0  # TTT data, adapters, views
   num_renderings: int = 8  # tasks drawn in report.md
@@ -169,7 +170,9 @@ def load_tasks(cfg: RunConfig) -> tuple[list[arc.Task], list[dict]]:
     missing = wanted - {t.id for t in tasks} - {s["id"] for s in skipped}
     if missing:
       raise ValueError(f"run.task_ids not found: {sorted(missing)}")
-    tasks = [t for t in tasks if t.id in wanted]
+    order = {i: n for n, i in enumerate(cfg.task_ids)}
+    tasks = sorted((t for t in tasks if t.id in wanted),
+                   key=lambda t: order[t.id])  # the list's order
     skipped = [s for s in skipped if s["id"] in wanted]
   if cfg.select == "shortest":
     tasks = sorted(tasks, key=lambda t: max(

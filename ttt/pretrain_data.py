@@ -216,12 +216,18 @@ class Prefetcher:
 
 def heldout_batches(tasks: list[arc.Task], max_len: int, batch_size: int
                     ) -> list[data.TTTDataset]:
-  """Held-out test pairs encoded with loss on the query output only.
+  """`heldout_rows` in batches padded to `batch_size` rows with invalid
+  rows (one compiled shape)."""
+  rows = heldout_rows(tasks, max_len)
+  return [data.stack_rows(rows[s:s + batch_size], batch_size, max_len)
+          for s in range(0, len(rows), batch_size)]
 
-  Demonstrations are dropped from the end until a sequence fits; pairs whose
-  query alone does not fit are left out. Batches are padded to `batch_size`
-  rows with invalid rows (one compiled shape).
-  """
+
+def heldout_rows(tasks: list[arc.Task], max_len: int) -> list:
+  """Test pairs (with a known output) encoded with loss on the query output
+  only, after the task's demonstrations. Demonstrations are dropped from the
+  end until a sequence fits; pairs whose query alone does not fit are left
+  out."""
   rows = []
   for t in tasks:
     for q, a in t.test:
@@ -234,7 +240,4 @@ def heldout_batches(tasks: list[arc.Task], max_len: int, batch_size: int
           rows.append(tokens.encode_task(task, max_len, loss="query"))
           break
         train = train[:-1]
-  out = []
-  for s in range(0, len(rows), batch_size):
-    out.append(data.stack_rows(rows[s:s + batch_size], batch_size, max_len))
-  return out
+  return rows
