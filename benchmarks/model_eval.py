@@ -4,8 +4,9 @@ For each checkpoint in --models, on sequences none of them trained on:
 
 * `heldout`: the `pretrain.heldout_tasks` (16) ARC-AGI-1 training tasks that
   initial training leaves out, as re-ARC examples (--re_arc_dir): --sequences
-  sequences drawn like training sequences (`pretrain_data.sample_sequence`:
-  2-5 demonstrations, one group element, same seed for every model) with the
+  sequences drawn like training ones (`pretrain_data.sample_sequence` with
+  the training defaults: 2-6 demonstrations, a random group element; the
+  same sequences for every model), with the
   loss on the query output only; without re-ARC, the tasks' own test pairs.
 * `table`: the first --table_tasks tasks of the table's committed ARC-AGI-1
   evaluation list (`configs/table_tasks/`), each test pair after all its

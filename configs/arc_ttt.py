@@ -3,7 +3,7 @@ r"""The main job: TTT -> augmented inference -> voting -> scores (`launch.ttt`).
 Commands:
 
   # The default (embedded) run: the shipped tiny model on the 10 shortest
-  # ARC-AGI-1 evaluation tasks, CPU: 77 s cold / 70 s with the compilation
+  # ARC-AGI-1 evaluation tasks, CPU: 75 s cold / 72 s with the compilation
   # cache warm, measured on the idle 2-core machine:
   python -m launch.ttt
   # The same with flags spelled out, writing to a chosen workdir:
@@ -17,13 +17,14 @@ Commands:
       --config.run.solutions=my_solutions.json --config.run.num_tasks=0
 
 Presets:
-  tiny  checkpoints/tiny (0.86M parameters, trained 1.6 CPU-hours, see
+  tiny  checkpoints/tiny (0.86M parameters, trained ~5.6 CPU-hours, see
         checkpoints/tiny/README.md); 10 shortest evaluation tasks; LoRA rank
         16, 128 TTT steps at lr 2e-3; DFS decoding (every answer with p >=
         0.1 per view). Measured on the idle 2-core machine (2026-11-30):
-        70 s warm (TTT 56 s, inference 7.4 s), 77 s cold; pass@2 3/10,
-        candidate coverage 27%; with --config.decode.method=greedy 2/10
-        (coverage 18%); without TTT (--config.ttt.enabled=False) 0/10.
+        72 s warm (TTT 54 s, inference 11 s), 75 s cold; pass@2 2/10,
+        candidate coverage 36%; with --config.decode.method=greedy 3/10
+        (coverage 27%); without TTT (--config.ttt.enabled=False) 0/10.
+        (Ten tasks decide nothing: the table's 100 do, configs/table.py.)
   gpu   the `base` model (27M parameters) from `init_from` -- none ships
         yet: train one first (configs/pretrain.py:base) and pass
         --config.init_from=<its model dir>; without it the run stops with

@@ -4,8 +4,10 @@ Commands (each row is its own resumable main job under --workdir/<row>;
 rerun the same command to resume a killed table):
 
   # CPU: the shipped model on the 100 committed ARC-AGI-1 evaluation tasks,
-  # all rows (several CPU-hours on 2 cores; rows can be run a few at a time
-  # with --config.table.rows='("base","views","headline")'):
+  # all rows (about 30 core-hours on the 2-core machine: ~3 per row with
+  # TTT, 12 for steps_512; rows can be run a few at a time with
+  # --config.table.rows='("base","views","headline")'; kill and rerun
+  # freely, finished chunks are kept):
   python -m launch.table --config=configs/table.py:cpu --workdir=/tmp/table
   # ARC-AGI-2: the headline rows on the 50 committed evaluation tasks
   python -m launch.table --config=configs/table.py:cpu,version=2 \
