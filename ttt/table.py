@@ -188,9 +188,15 @@ def run_table(config, workdir: str, predictors: dict | None = None,
   outcomes, timings, results = {}, {}, {}
   for n, name in enumerate(runs):
     desc, overrides = ROWS[name]
-    if name == "headline" and derived:
-      overrides = {**overrides, "vote.also": tuple(derived.values())}
-      desc += "; also selects " + ", ".join(derived)
+    if name == "headline" and tc.get("derived", True):
+      # every derived selection, whichever rows were asked for: a headline
+      # run first made without the derived rows would otherwise be refused
+      # (another config) when they are added later. A test double cannot
+      # rescore, so with one only the rows asked for.
+      also = (tuple(derived.values()) if (predictors or {}).get(name)
+              else tuple(DERIVED.values()))
+      overrides = {**overrides, "vote.also": also}
+      desc += "; also selects " + ", ".join(also)
     log(f"table run {n + 1}/{len(runs)}: {name} ({desc})")
     pipeline.run(row_config(config.job, overrides),
                  os.path.join(workdir, name),
