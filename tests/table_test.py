@@ -68,7 +68,19 @@ def test_table_runs_resumes_and_compares(tmp_path):
     return np.zeros((1, 1), np.int8)
 
   predictors = dict(base=lambda *a: None, views=wrong, headline=oracle)
+
+  def killed(*a):
+    raise RuntimeError("killed")
+
+  # a table killed part-way has its finished rows on disk, and says so
+  with pytest.raises(RuntimeError, match="killed"):
+    table.run_table(config, str(tmp_path), dict(predictors, headline=killed))
+  part = json.loads((tmp_path / "table.json").read_text())
+  assert list(part["rows"]) == ["base", "views"]
+  assert part["pending"] == ["headline"]
+  assert "Rows still to run" in (tmp_path / "table.md").read_text()
   out = table.run_table(config, str(tmp_path), predictors, log=print)
+  assert out["pending"] == []
   rows = out["rows"]
   assert len(out["tasks"]) == 4
   assert rows["headline"]["pass2"] == 1.0 and rows["base"]["pass2"] == 0.0

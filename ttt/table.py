@@ -2,8 +2,9 @@
 
 `run_table(config, workdir)` runs every row of `config.table.rows` as its
 own main job (`ttt.pipeline.run` into `workdir/<row>`: resumable chunk by
-chunk, so a killed table resumes), on the same tasks, then writes
-`table.md`, `table.json` and (with matplotlib) `ttt_steps.png`.
+chunk, so a killed table resumes), on the same tasks, and after every run
+writes `table.md`, `table.json` and (with matplotlib) `ttt_steps.png` for
+the rows done so far (`pending`: the rest).
 
 A row is the base job (`config.job`, a `configs/arc_ttt.py` config) with
 the overrides in `ROWS[name]` -- except the rows in `DERIVED` (flat vote,
@@ -185,7 +186,9 @@ def run_table(config, workdir: str, predictors: dict | None = None,
   runs = [n for n in tc.rows if n not in derived]
   if derived and "headline" not in runs:
     runs.insert(0, "headline")  # the derived rows' candidates
-  outcomes, timings, results = {}, {}, {}
+  order = list(dict.fromkeys((*runs, *tc.rows)))
+  outcomes, timings = {}, {}
+  table: dict = {}
   for n, name in enumerate(runs):
     desc, overrides = ROWS[name]
     if name == "headline" and tc.get("derived", True):
@@ -203,18 +206,30 @@ def run_table(config, workdir: str, predictors: dict | None = None,
                  predictor=(predictors or {}).get(name))
     with open(os.path.join(workdir, name, "results.json"),
               encoding="utf-8") as f:
-      results[name] = json.load(f)
-    outcomes[name] = _outcomes(results[name])
-    timings[name] = results[name]["summary"].get("timings_s", {})
-  for name, selection in derived.items():
-    outcomes[name] = _outcomes(results["headline"], selection)
-    voting = timings["headline"].get(f"voting_{selection}", 0.0)
-    timings[name] = dict(ttt=0.0, inference=0.0, voting=voting,
-                         total=voting)
+      res = json.load(f)
+    outcomes[name] = _outcomes(res)
+    timings[name] = res["summary"].get("timings_s", {})
+    if name == "headline":
+      for row, selection in derived.items():
+        outcomes[row] = _outcomes(res, selection)
+        voting = timings[name].get(f"voting_{selection}", 0.0)
+        timings[row] = dict(ttt=0.0, inference=0.0, voting=voting,
+                            total=voting)
+    # the table so far after every run: a table killed part-way has its
+    # finished rows on disk
+    table = _write_table(workdir, order, outcomes, timings, derived, tc)
+  return table
+
+
+def _write_table(workdir: str, order: list[str], outcomes: dict,
+                 timings: dict, derived: dict, tc) -> dict:
+  """Writes table.json / table.md / ttt_steps.png for the rows done so far
+  (in `order`); `pending` lists the rest."""
+  done = [name for name in order if name in outcomes]
   # every row on the tasks every row scored (skips are the same by design)
-  ids = sorted(set.intersection(*(set(o) for o in outcomes.values())))
+  ids = sorted(set.intersection(*(set(outcomes[n]) for n in done)))
   rows = {}
-  for name in dict.fromkeys((*runs, *tc.rows)):
+  for name in done:
     s = row_stats(outcomes[name], ids, tc.bootstrap, tc.seed)
     t = timings[name]
     if name in derived:
@@ -233,11 +248,16 @@ def run_table(config, workdir: str, predictors: dict | None = None,
       s.update(versus=ref, diff=d, diff_lo=lo, diff_hi=hi, only_this=b,
                only_ref=c, mcnemar_p=p)
     rows[name] = s
-  table = dict(tasks=ids, rows=rows, bootstrap=tc.bootstrap, seed=tc.seed)
-  with open(os.path.join(workdir, "table.json"), "w", encoding="utf-8") as f:
-    json.dump(table, f, indent=1, allow_nan=False, default=_finite)
-  with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
-    f.write(markdown(table))
+  table = dict(tasks=ids, rows=rows, bootstrap=tc.bootstrap, seed=tc.seed,
+               pending=[n for n in order if n not in outcomes])
+  for name, text in (("table.json", json.dumps(table, indent=1,
+                                               allow_nan=False,
+                                               default=_finite)),
+                     ("table.md", markdown(table))):
+    path = os.path.join(workdir, name)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
   _plot(table, os.path.join(workdir, "ttt_steps.png"))
   return table
 
@@ -254,6 +274,9 @@ def markdown(table: dict) -> str:
            "| row | pass@2 (tasks) | 95% CI | pass@2 (inputs) | coverage | "
            "vs | Δ (paired) | 95% CI | only this / only ref | McNemar p | "
            "TTT s | inference s |", "|" + "---|" * 12]
+  if table.get("pending"):
+    lines[1:1] = ["", "**Rows still to run** (rerun the same command): "
+                  + ", ".join(table["pending"]) + "."]
   for name, r in table["rows"].items():
     vs = r.get("versus")
     lines.append(
