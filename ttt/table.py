@@ -186,7 +186,9 @@ def run_table(config, workdir: str, predictors: dict | None = None,
   runs = [n for n in tc.rows if n not in derived]
   if derived and "headline" not in runs:
     runs.insert(0, "headline")  # the derived rows' candidates
-  order = list(dict.fromkeys((*runs, *tc.rows)))
+  # rows shown in the order asked (a headline added for its selections
+  # first)
+  order = [*(r for r in runs if r not in tc.rows), *tc.rows]
   outcomes, timings = {}, {}
   table: dict = {}
   for n, name in enumerate(runs):
