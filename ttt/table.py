@@ -29,7 +29,6 @@ import json
 import math
 import os
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from absl import logging
@@ -252,20 +251,15 @@ def _write_table(workdir: str, order: list[str], outcomes: dict,
     rows[name] = s
   table = dict(tasks=ids, rows=rows, bootstrap=tc.bootstrap, seed=tc.seed,
                pending=[n for n in order if n not in outcomes])
-  for name, text in (("table.json", json.dumps(table, indent=1,
-                                               allow_nan=False,
-                                               default=_finite)),
-                     ("table.md", markdown(table))):
-    path = os.path.join(workdir, name)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+  from ttt import evaluate
+
+  evaluate.write_json(os.path.join(workdir, "table.json"), table)  # atomic
+  path = os.path.join(workdir, "table.md")
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(markdown(table))
+  os.replace(path + ".tmp", path)
   _plot(table, os.path.join(workdir, "ttt_steps.png"))
   return table
-
-
-def _finite(x: Any):
-  raise TypeError(f"not JSON: {x!r}")
 
 
 def markdown(table: dict) -> str:
