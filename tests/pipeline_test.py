@@ -4,6 +4,7 @@ import collections
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -499,6 +500,32 @@ def test_resuming_with_another_config_is_refused(tmp_path):
   assert '"tests_old"' not in chunk.read_text()
   fp = json.loads((tmp_path / "run" / "fingerprint.json").read_text())
   assert fp["ttt.steps"] == 5 and fp["views.orders"] == 2
+
+
+def test_resume_knows_the_model_by_content_not_its_path(tmp_path):
+  """A copy of the model elsewhere resumes a run; weights replaced in
+  place do not (before, the path was compared: the reverse)."""
+  a, b = tmp_path / "a", tmp_path / "b"
+  shutil.copytree(arc_ttt.get_config().init_from, a)
+  shutil.copytree(a, b)
+
+  def job(path):
+    c = _config()
+    c.init_from = str(path)
+    return pipeline.parse_config(c)
+
+  assert pipeline.fingerprint(job(a)) == pipeline.fingerprint(job(b))
+  assert str(tmp_path) not in json.dumps(pipeline.fingerprint(job(a)))
+  wd = tmp_path / "run"
+  (wd / "chunks").mkdir(parents=True)
+  (wd / "chunks" / "00000.json").write_text("{}")
+  pipeline._check_resume(job(a), str(wd))
+  pipeline._check_resume(job(b), str(wd))  # the same model, moved
+  weights = sorted(p for p in (b / "weights").rglob("*")
+                   if p.is_file() and p.parent.name == "d")
+  weights[0].write_bytes(weights[0].read_bytes() + b"\0")
+  with pytest.raises(ValueError, match="init_from: 'sha256:"):
+    pipeline._check_resume(job(b), str(wd))
 
 
 def test_solutions_that_match_no_task_are_reported(tmp_path, caplog):

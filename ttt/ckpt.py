@@ -14,6 +14,7 @@ the model config: the form a trained base model ships in (`checkpoints/`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from typing import Any
@@ -133,6 +134,33 @@ def save_weights(path: str, params: Any, model_config: dict, *,
     json.dump(dict(model=dict(model_config), dtype=dtype, **(extra or {})), f,
               indent=2, sort_keys=True)
   os.replace(tmp, os.path.join(path, CONFIG_FILE))
+
+
+# Orbax bookkeeping that differs between byte-identical weights (write
+# timestamps; the path the checkpoint was written to)
+_NOT_CONTENT = frozenset({"_CHECKPOINT_METADATA", "commit_success.txt"})
+
+
+def digest(path: str) -> str:
+  """'sha256:<hex>' of a `save_weights` checkpoint's content: its
+  `model_config.json` and the files of its weights (names relative to
+  `path`), not where it lies. A copy has the same digest, a checkpoint
+  written over with other weights another one (the same weights saved
+  again may differ too: Orbax names its data files per save).
+  """
+  path = os.path.abspath(path)
+  load_weights_config(path)  # a clear error when there is no checkpoint
+  h = hashlib.sha256()
+  files = [CONFIG_FILE]
+  for root, _, names in os.walk(os.path.join(path, WEIGHTS_DIR)):
+    files += [os.path.relpath(os.path.join(root, n), path) for n in names
+              if n not in _NOT_CONTENT]
+  for rel in sorted(files):
+    h.update(rel.replace(os.sep, "/").encode() + b"\0")
+    with open(os.path.join(path, rel), "rb") as f:
+      data = f.read()
+    h.update(len(data).to_bytes(8, "little") + data)
+  return "sha256:" + h.hexdigest()
 
 
 def load_weights_config(path: str) -> dict:

@@ -216,8 +216,12 @@ _COSMETIC = {("run", "num_renderings"), ("run", "overwrite")}
 
 
 def fingerprint(job: JobConfig) -> dict:
-  """The fields of `job` that determine the results, flattened."""
-  out = {"init_from": job.init_from}
+  """The fields of `job` that determine the results, flattened; the base
+  model by its content (`ckpt.digest`), not its path: a moved checkout
+  resumes, a checkpoint replaced in place does not."""
+  out = {"init_from": (ckpt.digest(job.init_from)
+                       if job.init_from and os.path.isdir(job.init_from)
+                       else job.init_from)}
   for group, value in job._asdict().items():
     if dataclasses.is_dataclass(value):
       for k, v in dataclasses.asdict(value).items():
