@@ -73,6 +73,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     if a.version == 2:
       job.data.max_len = 3072
       job.decode.max_new_tokens = 931
+      # memory: TTT at 2560 tokens holds ~3 GB per task (XLA's
+      # memory_analysis), the views' decode of the 4 longest tasks peaked
+      # at 15 GB RSS; 4 tasks a chunk fits the 24 GB machine
+      job.run.chunk_size = 4
   config = ml_collections.ConfigDict()
   config.job = job
   config.table = ml_collections.ConfigDict(dict(

@@ -118,6 +118,12 @@ def test_scorers_equal_the_training_loss_and_rank_answers():
   rs = np.asarray(decode.make_row_scorer(graphdef)(
       base, two, jnp.array([0, 1, 0]), batch))
   np.testing.assert_allclose(rs[[0, 2]], s[[0, 2]], rtol=1e-5)
+  # a row's score does not depend on the rows scored with it (the main job
+  # scores long rows a few per call): bit for bit
+  one = [np.asarray(decode.make_row_scorer(graphdef)(
+      base, two, jnp.array([k % 2]),
+      jax.tree.map(lambda x, k=k: x[k:k + 1], batch)))[0] for k in range(3)]
+  np.testing.assert_array_equal(one, rs)
   zero = jax.tree.map(lambda x: jnp.zeros_like(x)[None], adapters)
   s1 = np.asarray(score(base, zero, jax.tree.map(lambda x: x[None],
                                                  batch)))[0]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import arc_ttt
-from ttt import arc, augment, evaluate, pipeline
+from ttt import arc, augment, decode, evaluate, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -280,6 +280,46 @@ def test_ablation_switches_change_what_they_should(tmp_path):
     for qa, qp, qh in zip(a["tests"], p["tests"], h["tests"], strict=True):
       assert pairs(qa["also"]["product_of_experts"]) == pairs(qp)
       assert pairs(qa) == pairs(qh) and "also" not in qh
+
+
+def test_poe_scored_in_calls_of_a_few_rows_selects_the_same(
+    tmp_path, monkeypatch):
+  """Long rows are scored a few per program call (`SCORE_ELEMENTS`: the
+  scorer holds every row's attention matrix): the same attempts as one
+  call -- and PoE as a separate run == PoE as `vote.also` of another,
+  recorded alike (a missing attempt_2 repeats attempt_1 in both)."""
+  def run(name, **vote):
+    c = _config(num_tasks=2)
+    c.init_from = arc_ttt.get_config().init_from  # candidates to score
+    c.decode.max_new_tokens = 40
+    c.vote.poe_candidates = 4
+    c.vote.update(vote)
+    pipeline.run(c, str(tmp_path / name))
+    return _tasks(str(tmp_path / name))
+
+  together = run("also", also=("product_of_experts",))
+  calls = []
+  row_scorer = decode.make_row_scorer
+
+  def counted(graphdef):
+    score = row_scorer(graphdef)
+
+    def call(base, adapters, slots, batch):
+      calls.append(len(slots))
+      return score(base, adapters, slots, batch)
+    return call
+
+  monkeypatch.setattr(decode, "make_row_scorer", counted)
+  monkeypatch.setattr(pipeline, "SCORE_ELEMENTS", 1)
+  apart = run("poe", method="product_of_experts")
+  assert len(calls) > 1 and set(calls) == {8}, calls  # 8 fake devices
+  assert sum(len(q["candidates"]) for t in apart for q in t["tests"]) > 2
+  for a, p in zip(together, apart, strict=True):
+    for qa, qp in zip(a["tests"], p["tests"], strict=True):
+      assert qa["candidates"] == qp["candidates"]
+      assert ((qa["also"]["product_of_experts"]["attempt_1"],
+               qa["also"]["product_of_experts"]["attempt_2"])
+              == (qp["attempt_1"], qp["attempt_2"]))
 
 
 def test_ttt_off_and_adapter_modes(tmp_path):

@@ -268,9 +268,11 @@ def query_record(query, predictions, attempts, none_is_empty: bool = False,
       views=[v.label for v in query.views], views_too_long=query.too_long,
       malformed_by_category=malformed)
   rec["correct"] = _right(attempts, truth)
-  if also:
+  if also:  # recorded like the main attempts (a missing attempt_2 repeats)
     rec["also"] = {m: dict(attempt_1=None if b[0] is None else grid_list(b[0]),
-                           attempt_2=None if b[1] is None else grid_list(b[1]),
+                           attempt_2=(grid_list(b[1]) if b[1] is not None
+                                      else None if b[0] is None
+                                      else grid_list(b[0])),
                            correct=_right(b, truth))
                    for m, b in also.items()}
   return rec

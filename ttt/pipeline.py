@@ -706,6 +706,12 @@ class PredictorDecoder:
                   for v in q.views) for q in queries]
 
 
+# rows x L^2 per device in one call of the row scorer (`poe_scores`): its
+# attention scores are [rows, heads, L, L]; 2^25 keeps them near 0.5 GB per
+# layer with 4 heads (ARC-AGI-2 rows are up to 3072 tokens: 3 rows a call)
+SCORE_ELEMENTS = 1 << 25
+
+
 def poe_scores(job: JobConfig, programs: Programs, base, mesh, queries,
                slots, predictions, adapters) -> list[tuple]:
   """Per query (candidates, counts, scores float[C, V]): its distinct
@@ -728,15 +734,21 @@ def poe_scores(job: JobConfig, programs: Programs, base, mesh, queries,
     longest = max((r.length for r in rows if r is not None), default=1)
     length = data.bucket_length(longest, job.run.length_bucket, max_len)
     # 8 row-count buckets per octave: at most 12.5% padding, and few
-    # shapes (each compiles once)
-    step = 1 << max(len(rows).bit_length() - 4, 0)
+    # shapes (each compiles once) -- in calls of at most `per_call` rows:
+    # the scorer holds every row's [heads, L, L] attention at once
+    per_call = mesh.size * max(1, SCORE_ELEMENTS // (length * length))
+    step = min(1 << max(len(rows).bit_length() - 4, 0), per_call)
     total = sharding.padded_count(-(-len(rows) // step) * step, mesh.size)
+    if total > per_call:
+      total = -(-len(rows) // per_call) * per_call
     batch = data.stack_rows(rows, total, length)
     slot = np.zeros(total, np.int32)
     slot[:len(rows)] = row_slot
-    scores = sharding.gather(programs.score(
-        base, adapters,
-        *sharding.shard_tasks((slot, batch), mesh)))
+    call = min(total, per_call)
+    scores = np.concatenate([sharding.gather(programs.score(
+        base, adapters, *sharding.shard_tasks(
+            jax.tree.map(lambda x: x[i:i + call], (slot, batch)), mesh)))
+        for i in range(0, total, call)])
   out, at = [], 0
   for q, pool in zip(queries, pools, strict=True):
     num_v = len(q.views[::rep])
