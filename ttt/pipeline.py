@@ -747,7 +747,7 @@ def poe_scores(job: JobConfig, programs: Programs, base, mesh, queries,
     call = min(total, per_call)
     scores = np.concatenate([sharding.gather(programs.score(
         base, adapters, *sharding.shard_tasks(
-            jax.tree.map(lambda x: x[i:i + call], (slot, batch)), mesh)))
+            jax.tree.map(lambda x, i=i: x[i:i + call], (slot, batch)), mesh)))
         for i in range(0, total, call)])
   out, at = [], 0
   for q, pool in zip(queries, pools, strict=True):
