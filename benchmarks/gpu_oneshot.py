@@ -260,6 +260,7 @@ def stage_table(args) -> dict:
         c.decode.max_new_tokens = 16
       else:
         c.run.fixed_shapes = tasks <= 10
+        c.run.chunk_order = "length"  # similar lengths share a chunk
       for group, fields in over.items():
         c[group].update(fields)
       wd = os.path.join(args.work, f"table_{tasks}_{name}")

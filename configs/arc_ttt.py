@@ -31,7 +31,9 @@ Presets:
         that message. All 400 ARC-AGI-1 evaluation tasks; max_len 4096;
         lengths bucketed per chunk to multiples of 256 (run.fixed_shapes=
         False: at most 16 shapes per program, less padding than one
-        run-wide length).
+        run-wide length), tasks of similar length chunked together
+        (run.chunk_order='length': in id order the chunks would pad to
+        2.3x the tokens, 3.5x the attention work).
 
 Every group is built from its dataclass (`ttt.configlib.group`): the
 dataclass declares each field with its default and a comment; a preset
@@ -71,7 +73,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.model = common.model_config("base" if gpu else "tiny")
   if gpu:
     c.run = configlib.group(pipeline.RunConfig, chunk_size=64,
-                            fixed_shapes=False, length_bucket=256)
+                            fixed_shapes=False, length_bucket=256,
+                            chunk_order="length")
   else:  # the 10 shortest evaluation tasks, one chunk
     c.run = configlib.group(pipeline.RunConfig, num_tasks=10,
                             select="shortest", chunk_size=10)

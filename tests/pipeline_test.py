@@ -282,6 +282,32 @@ def test_ablation_switches_change_what_they_should(tmp_path):
       assert pairs(qa) == pairs(qh) and "also" not in qh
 
 
+def test_chunks_by_length_give_the_same_results_in_run_order(tmp_path):
+  """run.chunk_order='length' regroups the tasks (a chunk pads to its
+  longest task) but keys are per task: with one run-wide shape the same
+  adapters and answers, written in the run's order."""
+  small = sorted(arc.load_arc(1, "evaluation"),
+                 key=lambda t: sum(g.size for g in t.grids()))[:5]
+  ids = tuple(t.id for t in small)[::-1]  # longest first
+
+  def run(name, **over):
+    c = _config(num_tasks=0, select="first", chunk_size=2, task_ids=ids,
+                **over)
+    pipeline.run(c, str(tmp_path / name))
+    first = json.loads((tmp_path / name / "chunks" / "00000.json")
+                       .read_text())
+    return _tasks(str(tmp_path / name)), [r["id"] for r in first["records"]]
+
+  plain, plain_first = run("run")
+  grouped, grouped_first = run("length", chunk_order="length")
+  assert plain_first != grouped_first  # the chunks really differ
+  assert [t["id"] for t in grouped] == [t["id"] for t in plain]
+  assert grouped == plain  # every record, TTT losses and answers included
+  assert all("ttt" in t for t in plain)  # none skipped
+  with pytest.raises(ValueError, match="chunk_order"):
+    pipeline.parse_config(_config(chunk_order="sorted"))
+
+
 def test_poe_scored_in_calls_of_a_few_rows_selects_the_same(
     tmp_path, monkeypatch):
   """Long rows are scored a few per program call (`SCORE_ELEMENTS`: the

@@ -98,6 +98,11 @@ class RunConfig:
   # 'first' (file order, or task_ids' order) or 'shortest' sequences
   select: str = "first"
   chunk_size: int = 32  # tasks per compiled chunk (sized to device memory)
+  # 'run': chunks follow the run's order; 'length': tasks of similar length
+  # share a chunk (by their longest TTT row / prompt), so with
+  # fixed_shapes=False each chunk pads to its own length (outputs stay in
+  # the run's order; results are the same up to float summation order)
+  chunk_order: str = "run"
   seed: int = 0  # TTT data, adapters, views
   num_renderings: int = 8  # tasks drawn in report.md
   length_bucket: int = 32  # sequence lengths padded up to a multiple
@@ -109,6 +114,9 @@ class RunConfig:
       raise ValueError("run.select must be 'first' or 'shortest'")
     if self.chunk_size < 1:
       raise ValueError("run.chunk_size must be >= 1")
+    if self.chunk_order not in ("run", "length"):
+      raise ValueError(f"run.chunk_order must be 'run' or 'length', got "
+                       f"{self.chunk_order!r}")
     if self.num_tasks < 0:
       raise ValueError(f"run.num_tasks must be >= 0 (0: all), got "
                        f"{self.num_tasks}")
@@ -373,8 +381,13 @@ def plan_run(job: JobConfig, tasks: list[arc.Task], mesh,
       continue
     queries.append(views.make_queries(task, n, job.views, max_len, rc.seed,
                                       job.decode.per_view))
-  chunks = [list(range(i, min(i + rc.chunk_size, len(tasks))))
-            for i in range(0, len(tasks), rc.chunk_size)]
+  order = list(range(len(tasks)))
+  if rc.chunk_order == "length":  # what a chunk pads to: its longest row
+    order.sort(key=lambda n: (0 if n in too_long else max(
+        [data.row_length_bound(tasks[n], job.data) if trains else 0]
+        + [m for q in queries[n] for m in q.lengths]), n))
+  chunks = [order[i:i + rc.chunk_size]
+            for i in range(0, len(order), rc.chunk_size)]
   qs = [q for per_task in queries for q in per_task]
   per_chunk = max([sum(len(queries[n]) for n in c) for c in chunks] or [1])
   groups = [len(set(q.categories)) for q in qs]
@@ -1058,7 +1071,8 @@ def run(config, workdir: str, predictor: Callable | None = None,
                  len(tasks), partial["pass2_tasks"], partial["scored_tasks"],
                  100 * partial["pass2"], eta)
 
-  results = skipped + results
+  at = {t.id: n for n, t in enumerate(tasks)}  # the run's order
+  results = skipped + sorted(results, key=lambda r: at[r["id"]])
   summary = evaluate.score(results)
   timings["compile"] = _CompileClock.total - compile0
   timings["total"] = time.perf_counter() - t_start
