@@ -33,7 +33,8 @@ Presets:
         False: at most 16 shapes per program, less padding than one
         run-wide length), tasks of similar length chunked together
         (run.chunk_order='length': in id order the chunks would pad to
-        2.3x the tokens, 3.5x the attention work).
+        1.96x the TTT tokens, 2.74x the attention work:
+        benchmarks/chunk_padding.py).
 
 Every group is built from its dataclass (`ttt.configlib.group`): the
 dataclass declares each field with its default and a comment; a preset

@@ -77,6 +77,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       # memory_analysis), the views' decode of the 4 longest tasks peaked
       # at 15 GB RSS; 4 tasks a chunk fits the 24 GB machine
       job.run.chunk_size = 4
+      # chunks by TTT row length: 8% fewer padded tokens, 15% less
+      # attention work than the list's order (benchmarks/chunk_padding.py)
+      job.run.chunk_order = "length"
   config = ml_collections.ConfigDict()
   config.job = job
   config.table = ml_collections.ConfigDict(dict(

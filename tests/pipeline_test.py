@@ -308,6 +308,19 @@ def test_chunks_by_length_give_the_same_results_in_run_order(tmp_path):
     pipeline.parse_config(_config(chunk_order="sorted"))
 
 
+def test_chunk_padding_benchmark_counts_less_padding_by_length():
+  out = subprocess.run(
+      [sys.executable, "benchmarks/chunk_padding.py",
+       "--config=configs/table.py:cpu,version=2"], cwd=ROOT,
+      capture_output=True, text=True, timeout=300, check=True)
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  run, length = r["orders"]["run"], r["orders"]["length"]
+  assert run["real_tokens"] == length["real_tokens"] > 0
+  assert run["padded_tokens"] > length["padded_tokens"] >= length[
+      "real_tokens"]
+  assert r["ratio_run_over_length"]["attention"] > 1
+
+
 def test_poe_scored_in_calls_of_a_few_rows_selects_the_same(
     tmp_path, monkeypatch):
   """Long rows are scored a few per program call (`SCORE_ELEMENTS`: the

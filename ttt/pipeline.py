@@ -99,7 +99,7 @@ class RunConfig:
   select: str = "first"
   chunk_size: int = 32  # tasks per compiled chunk (sized to device memory)
   # 'run': chunks follow the run's order; 'length': tasks of similar length
-  # share a chunk (by their longest TTT row / prompt), so with
+  # share a chunk (by their longest TTT row, else prompt), so with
   # fixed_shapes=False each chunk pads to its own length (outputs stay in
   # the run's order; results are the same up to float summation order)
   chunk_order: str = "run"
@@ -382,10 +382,13 @@ def plan_run(job: JobConfig, tasks: list[arc.Task], mesh,
     queries.append(views.make_queries(task, n, job.views, max_len, rc.seed,
                                       job.decode.per_view))
   order = list(range(len(tasks)))
-  if rc.chunk_order == "length":  # what a chunk pads to: its longest row
-    order.sort(key=lambda n: (0 if n in too_long else max(
-        [data.row_length_bound(tasks[n], job.data) if trains else 0]
-        + [m for q in queries[n] for m in q.lengths]), n))
+  if rc.chunk_order == "length":  # what a chunk pads to: its longest TTT
+    # row (the bulk of the work) or, without TTT, its longest prompt
+    order.sort(key=lambda n: (0 if n in too_long else
+                              data.row_length_bound(tasks[n], job.data)
+                              if trains else
+                              max([m for q in queries[n] for m in q.lengths]
+                                  or [0]), n))
   chunks = [order[i:i + rc.chunk_size]
             for i in range(0, len(order), rc.chunk_size)]
   qs = [q for per_task in queries for q in per_task]
