@@ -4,8 +4,9 @@ Commands (each row is its own resumable main job under --workdir/<row>;
 rerun the same command to resume a killed table):
 
   # CPU: the shipped model on the 100 committed ARC-AGI-1 evaluation tasks,
-  # all rows (about 30 core-hours on the 2-core machine: ~3 per row with
-  # TTT, 12 for steps_512; rows can be run a few at a time with
+  # all rows (about 20 core-hours on the 2-core machine: ~2 per row with
+  # TTT, 7 for steps_512; expected, measured so far: base 1/100, views
+  # 1/100, headline 9/100 -- README; rows can be run a few at a time with
   # --config.table.rows='("base","views","headline")'; kill and rerun
   # freely, finished chunks are kept):
   python -m launch.table --config=configs/table.py:cpu --workdir=/tmp/table
