@@ -732,8 +732,9 @@ def poe_scores(job: JobConfig, programs: Programs, base, mesh, queries,
                slots, predictions, adapters) -> list[tuple]:
   """Per query (candidates, counts, scores float[C, V]): its distinct
   candidates (the `vote.poe_candidates` most frequent), how often each was
-  produced, and each one's log-likelihood under each distinct view (one
-  scoring program call for all)."""
+  produced, and each one's log-likelihood under each distinct view (every
+  row of the chunk in one scoring program, called on at most
+  `SCORE_ELEMENTS / L^2` rows per device at a time)."""
   max_len, rep = job.data.max_len, job.decode.per_view  # views repeat
   pools, rows, row_slot = [], [], []
   for q, s, preds in zip(queries, slots, predictions, strict=True):
