@@ -307,6 +307,13 @@ def strict(obj):
   return obj
 
 
+def write_text(path: str, text: str) -> None:
+  """Writes `text` atomically (temporary file, then rename)."""
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
 def write_json(path: str, obj) -> None:
   """Writes strict JSON (NaN/inf become null) atomically (temporary file,
   then rename)."""
@@ -391,7 +398,5 @@ def write_report(workdir: str, results: list[dict], summary: dict,
               f"![{r['id']}: demonstrations, then test input | truth | "
               f"attempt 1 | attempt 2]({name})", ""]
   path = os.path.join(workdir, "report.md")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(path + ".tmp", path)
+  write_text(path, "\n".join(lines) + "\n")
   return path

@@ -381,14 +381,17 @@ def plan_run(job: JobConfig, tasks: list[arc.Task], mesh,
       continue
     queries.append(views.make_queries(task, n, job.views, max_len, rc.seed,
                                       job.decode.per_view))
+  # each task's longest TTT row (no data built), once for both uses
+  bounds = ({n: data.row_length_bound(t, job.data)
+             for n, t in enumerate(tasks) if n not in too_long}
+            if trains and (rc.fixed_shapes or rc.chunk_order == "length")
+            else {})
   order = list(range(len(tasks)))
   if rc.chunk_order == "length":  # what a chunk pads to: its longest TTT
     # row (the bulk of the work) or, without TTT, its longest prompt
-    order.sort(key=lambda n: (0 if n in too_long else
-                              data.row_length_bound(tasks[n], job.data)
-                              if trains else
-                              max([m for q in queries[n] for m in q.lengths]
-                                  or [0]), n))
+    order.sort(key=lambda n: (0 if n in too_long else bounds[n] if trains
+                              else max([m for q in queries[n]
+                                        for m in q.lengths] or [0]), n))
   chunks = [order[i:i + rc.chunk_size]
             for i in range(0, len(order), rc.chunk_size)]
   qs = [q for per_task in queries for q in per_task]
@@ -398,9 +401,7 @@ def plan_run(job: JobConfig, tasks: list[arc.Task], mesh,
                for q in qs if q.views]
   ttt_len = prompt_len = 0
   if rc.fixed_shapes:
-    bound = max([data.row_length_bound(t, job.data) for n, t in
-                 enumerate(tasks) if n not in too_long] or [1]) if trains \
-        else 1
+    bound = max(bounds.values(), default=1)
     ttt_len = data.bucket_length(bound, rc.length_bucket, max_len)
     prompt_len = data.bucket_length(
         max([n for q in qs for n in q.lengths] or [1]), rc.length_bucket,

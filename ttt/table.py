@@ -254,10 +254,7 @@ def _write_table(workdir: str, order: list[str], outcomes: dict,
   from ttt import evaluate
 
   evaluate.write_json(os.path.join(workdir, "table.json"), table)  # atomic
-  path = os.path.join(workdir, "table.md")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(markdown(table))
-  os.replace(path + ".tmp", path)
+  evaluate.write_text(os.path.join(workdir, "table.md"), markdown(table))
   _plot(table, os.path.join(workdir, "ttt_steps.png"))
   return table
 
