@@ -4,6 +4,7 @@ import collections
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -235,9 +236,11 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     pipeline.run(c, str(tmp_path / "run"))
 
 
-def test_ablation_switches_change_what_they_should(tmp_path):
+def test_ablation_switches_change_what_they_should(tmp_path, caplog):
   def losses(c, name):
-    pipeline.run(c, str(tmp_path / name))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="absl"):
+      pipeline.run(c, str(tmp_path / name))
     return [t["ttt"] for t in _tasks(str(tmp_path / name))]
 
   per_task = losses(_config(num_tasks=2), "per_task")
@@ -248,6 +251,10 @@ def test_ablation_switches_change_what_they_should(tmp_path):
   # one adapter for the chunk: one loss, reported for both tasks
   assert shared[0]["final_loss"] == shared[1]["final_loss"]
   assert [t["rows"] for t in shared] == [t["rows"] for t in per_task]
+  # its progress counts the shared adapter's steps (steps x slots) to the end
+  marks = [tuple(map(int, m)) for m in
+           re.findall(r"TTT step (\d+)/(\d+)", caplog.text)]
+  assert marks and marks[-1][0] == marks[-1][1] > c.ttt.steps
   c = _config(num_tasks=2)
   c.data.leave_out = "end_to_end"
   e2e = losses(c, "e2e")

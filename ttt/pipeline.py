@@ -854,8 +854,12 @@ def run_chunk(job: JobConfig, plan: Plan, chunk: list[int], model, programs,
   cd = chunk_data(job, plan, chunk, mesh,
                   build=job.ttt.enabled and programs.init is not None)
   tick("data")
-  logging.info("  TTT: %d tasks x %d steps", len(cd.slots),
-               job.ttt.steps if cd.datasets is not None else 0)
+  # a shared adapter takes steps x slots steps (as much compute as per task)
+  total = job.ttt.steps * (plan.caps.tasks if job.ttt.shared_adapter else 1)
+  logging.info("  TTT: %d tasks x %d steps%s", len(cd.slots),
+               job.ttt.steps if cd.datasets is not None else 0,
+               f" (one shared adapter: {total} steps)"
+               if job.ttt.shared_adapter and cd.datasets is not None else "")
   t_ttt, first, seen = time.perf_counter(), [], [0]
 
   def progress(done):
@@ -865,9 +869,9 @@ def run_chunk(job: JobConfig, plan: Plan, chunk: list[int], model, programs,
     if not first:
       first.append((now, done))
     t1, d1 = first[0]  # the rate from the first mark on (no compile in it)
-    eta = ((now - t1) / (done - d1) * (job.ttt.steps - done)
+    eta = ((now - t1) / (done - d1) * (total - done)
            if done > d1 else float("nan"))
-    logging.info("  TTT step %d/%d (%.0fs%s)", done, job.ttt.steps,
+    logging.info("  TTT step %d/%d (%.0fs%s)", done, total,
                  now - t_ttt, "" if eta != eta else f", ETA {eta:.0f}s")
 
   inner_loop.set_progress(progress)
