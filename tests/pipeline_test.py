@@ -435,6 +435,19 @@ def test_row_length_bound_is_tight_and_safe(arc1_eval):
     assert bound - data.real_length(ds) <= bound // 4, task.id
 
 
+def test_full_fine_tuning_runs_on_the_mesh(tmp_path):
+  """'full' mode copies the loaded weights into every task's slot across
+  all 8 devices (the table's full_ft row once stopped there) and trains."""
+  c = _config(num_tasks=2)
+  c.init_from = arc_ttt.get_config().init_from  # restored: on one device
+  c.adapter.mode = "full"
+  s = pipeline.run(c, str(tmp_path / "full"))
+  assert s["tasks"] == 2
+  ttt = [t["ttt"] for t in _tasks(str(tmp_path / "full"))]
+  assert all(np.isfinite(t["final_loss"]) and t["rows"] > 0 for t in ttt)
+  assert ttt[0]["final_loss"] != ttt[1]["final_loss"]  # one model per task
+
+
 def test_sampled_answers_vote_and_are_reproducible(tmp_path, caplog):
   c = _config(num_tasks=2)
   c.decode.method = "sample"

@@ -569,7 +569,10 @@ def train_chunk(job: JobConfig, programs: Programs, model, cd: ChunkData,
                    rows=[0] * n)
   if programs.init is None:  # a test double decodes: no model, no adapters
     return None, untrained
-  params = template if job.adapter.mode == "full" else None
+  # 'full': every task starts from the loaded weights, a copy on each device
+  # (as loaded they sit on one device, which a multi-device init refuses)
+  params = (sharding.replicate(template, mesh) if job.adapter.mode == "full"
+            else None)
   adapters = programs.init(params, sharding.shard_tasks(cd.task_index, mesh))
   if cd.datasets is None:
     return adapters, untrained
