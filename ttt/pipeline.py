@@ -477,7 +477,7 @@ def make_programs(job: JobConfig, graphdef, mesh, caps: Capacities,
                                        graphdef)
   if job.ttt.enabled and job.ttt.shared_adapter:
     train_shared = inner_loop.make_inner_loop(
-        SimpleNamespace(**_ttt_groups(job, steps=job.ttt.steps * caps.tasks)),
+        SimpleNamespace(**_ttt_groups(job, steps=ttt_steps(job, caps))),
         graphdef)
   return Programs(
       init=init, train=train, train_shared=train_shared,
@@ -558,6 +558,12 @@ def chunk_data(job: JobConfig, plan: Plan, chunk: list[int], mesh,
                    sharding.put_rows(local, caps.tasks, mesh),
                    sharding.gather(sharding.put_rows(rows, caps.tasks, mesh)),
                    sharding.global_sum(row_tokens), length)
+
+
+def ttt_steps(job: JobConfig, caps: Capacities) -> int:
+  """Optimizer steps of a chunk's TTT: `ttt.steps` per task, or steps x
+  task slots for one shared adapter (the same rows and steps in all)."""
+  return job.ttt.steps * (caps.tasks if job.ttt.shared_adapter else 1)
 
 
 def train_chunk(job: JobConfig, programs: Programs, model, cd: ChunkData,
@@ -857,8 +863,7 @@ def run_chunk(job: JobConfig, plan: Plan, chunk: list[int], model, programs,
   cd = chunk_data(job, plan, chunk, mesh,
                   build=job.ttt.enabled and programs.init is not None)
   tick("data")
-  # a shared adapter takes steps x slots steps (as much compute as per task)
-  total = job.ttt.steps * (plan.caps.tasks if job.ttt.shared_adapter else 1)
+  total = ttt_steps(job, plan.caps)
   logging.info("  TTT: %d tasks x %d steps%s", len(cd.slots),
                job.ttt.steps if cd.datasets is not None else 0,
                f" (one shared adapter: {total} steps)"
