@@ -66,7 +66,7 @@ def _rows_for_setting(config, ttt_on: bool, methods, votes, log) -> list:
   graphdef, template, base, model_cfg = pipeline.load_model(job)
   job = job._replace(model=pipeline.configlib.from_config(
       pipeline.model_lib.ModelConfig, model_cfg))
-  model = (graphdef, template, sharding.replicate(base, mesh))
+  model = pipeline.place_model(graphdef, template, base, mesh)
   plan = pipeline.plan_run(job, tasks, mesh, trains=ttt_on)
   programs = pipeline.make_programs(job, graphdef, mesh, plan.caps)
   chunk = plan.chunks[0]

@@ -317,10 +317,7 @@ def write_text(path: str, text: str) -> None:
 def write_json(path: str, obj) -> None:
   """Writes strict JSON (NaN/inf become null) atomically (temporary file,
   then rename)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(strict(obj), f, allow_nan=False)
-  os.replace(tmp, path)
+  write_text(path, json.dumps(strict(obj), allow_nan=False))
 
 
 def task_table(results: list[dict]) -> str:

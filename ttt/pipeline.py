@@ -367,6 +367,15 @@ def _prefix_views(q: views.Query, rep: int) -> list[views.View]:
   return [v for v in q.views[::rep] if int(v.element.dihedral) == 0]
 
 
+def place_model(graphdef, template, base, mesh) -> tuple:
+  """(graphdef, template, base) with the weights copied onto every device
+  of the mesh, once per run. Restored weights sit on one device, which a
+  multi-device program refuses (the 'full' mode's template is every task's
+  starting point)."""
+  return (graphdef, sharding.replicate(template, mesh),
+          sharding.replicate(base, mesh))
+
+
 def plan_run(job: JobConfig, tasks: list[arc.Task], mesh,
              trains: bool = True) -> Plan:
   """Queries of every task and the run's capacities (host arithmetic only:
@@ -575,10 +584,7 @@ def train_chunk(job: JobConfig, programs: Programs, model, cd: ChunkData,
                    rows=[0] * n)
   if programs.init is None:  # a test double decodes: no model, no adapters
     return None, untrained
-  # 'full': every task starts from the loaded weights, a copy on each device
-  # (as loaded they sit on one device, which a multi-device init refuses)
-  params = (sharding.replicate(template, mesh) if job.adapter.mode == "full"
-            else None)
+  params = template if job.adapter.mode == "full" else None
   adapters = programs.init(params, sharding.shard_tasks(cd.task_index, mesh))
   if cd.datasets is None:
     return adapters, untrained
@@ -1027,7 +1033,7 @@ def run(config, workdir: str, predictor: Callable | None = None,
     # the checkpoint's shape wins: every program builds from it
     job = job._replace(model=configlib.from_config(model_lib.ModelConfig,
                                                    model_cfg))
-    model = (graphdef, template, sharding.replicate(base, mesh))
+    model = place_model(graphdef, template, base, mesh)
     logging.info("model: %s, %d base parameters, adapter %s",
                  job.init_from or "UNTRAINED",
                  model_lib.count_params(base if job.adapter.mode != "full"
