@@ -2,12 +2,17 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from configs import table as table_config
 from ttt import augment, table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_mcnemar_exact_matches_the_binomial_tail():
@@ -54,7 +59,7 @@ def test_committed_task_lists_follow_the_rule():
       table_config.get_config("cpu,version=2").job.data.max_len
 
 
-def test_table_runs_resumes_and_compares(tmp_path):
+def test_table_runs_resumes_and_compares(tmp_path, monkeypatch):
   config = table_config.get_config("cpu")
   config.job.init_from = ""
   config.job.run.task_ids = table_config.task_ids(1)[:4]
@@ -89,10 +94,43 @@ def test_table_runs_resumes_and_compares(tmp_path):
   assert rows["headline"]["mcnemar_p"] == pytest.approx(2 / 2 ** 4)
   assert rows["views"]["coverage"] == 0.0
   assert rows["headline"]["coverage"] == 1.0
+  assert rows["headline"]["solved"] == out["tasks"]
+  assert rows["base"]["solved"] == rows["views"]["solved"] == []
   md = (tmp_path / "table.md").read_text()
   assert "| headline: + per-task LoRA TTT" in md and "4/4 = 100.0%" in md
+  # the matrix: one line per solved task, a tick under the headline only
+  for i in out["tasks"]:
+    assert f"| {i} |  |  | ✓ |" in md
   again = table.run_table(config, str(tmp_path), predictors, log=print)
   assert again == json.loads((tmp_path / "table.json").read_text())
+  # the report rebuilt from the rows on disk, running nothing
+  from ttt import pipeline
+
+  (tmp_path / "table.json").unlink()
+  monkeypatch.setattr(pipeline, "run", killed)
+  assert table.render_table(config, str(tmp_path)) == again
+  assert (tmp_path / "table.md").read_text() == md
+  config.table.rows = ("base", "views", "headline", "steps_32")
+  shown = table.render_table(config, str(tmp_path))
+  assert list(shown["rows"]) == ["base", "views", "headline"]
+  assert shown["pending"] == ["steps_32"]
+  with pytest.raises(FileNotFoundError, match="no finished row"):
+    table.render_table(config, str(tmp_path / "elsewhere"))
+  # the launcher's --render_only: prints the table; no rows: one-line error
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  cmd = [sys.executable, "-m", "launch.table", "--render_only",
+         "--config=" + os.path.join(ROOT, "configs", "table.py") + ":cpu",
+         '--config.table.rows=("base","views","headline")']
+  out = subprocess.run(cmd + [f"--workdir={tmp_path}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "| headline: + per-task LoRA TTT" in out.stdout
+  assert "Rows still to run" not in out.stdout
+  none = subprocess.run(cmd + [f"--workdir={tmp_path / 'elsewhere'}"],
+                        cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert none.returncode == 2 and "error:" in none.stderr
+  assert "no finished row" in none.stderr and "Traceback" not in none.stderr
   config.table.rows = ("base", "nonsense")
   with pytest.raises(ValueError, match="unknown rows"):
     table.run_table(config, str(tmp_path), predictors)

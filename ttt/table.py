@@ -158,8 +158,54 @@ def row_stats(per_task: dict, ids: list[str], samples: int, seed: int
   mean, lo, hi = bootstrap_ci(tasks, samples, seed)
   return dict(tasks=len(ids), pass2=mean, pass2_lo=lo, pass2_hi=hi,
               pass2_tasks=int(tasks.sum()), pass2_inputs=right,
+              solved=[i for i in ids if per_task[i][0]],
               test_inputs=inputs,
               coverage=covered / inputs if inputs else math.nan)
+
+
+def _plan(tc) -> tuple[list[str], dict, list[str]]:
+  """(rows to run, derived row -> selection, rows in display order)."""
+  unknown = set(tc.rows) - set(ROWS)
+  if unknown:
+    raise ValueError(f"table.rows: unknown rows {sorted(unknown)}; known: "
+                     f"{list(ROWS)}")
+  derived = ({n: DERIVED[n] for n in tc.rows if n in DERIVED}
+             if tc.get("derived", True) else {})
+  runs = [n for n in tc.rows if n not in derived]
+  if derived and "headline" not in runs:
+    runs.insert(0, "headline")  # the derived rows' candidates
+  # rows shown in the order asked (a headline added for its selections
+  # first)
+  order = [*(r for r in runs if r not in tc.rows), *tc.rows]
+  return runs, derived, order
+
+
+def _collect(workdir: str, runs: list[str], derived: dict
+             ) -> tuple[dict, dict]:
+  """(outcomes, timings) of the rows in `runs` whose run has finished
+  (its `results.json` is written last), with the derived selections the
+  headline run recorded."""
+  outcomes, timings = {}, {}
+  for name in runs:
+    path = os.path.join(workdir, name, "results.json")
+    if not os.path.exists(path):
+      continue
+    with open(path, encoding="utf-8") as f:
+      res = json.load(f)
+    outcomes[name] = _outcomes(res)
+    timings[name] = res["summary"].get("timings_s", {})
+    if name != "headline":
+      continue
+    for row, selection in derived.items():
+      if not all(selection in q.get("also", {}) for t in res["tasks"]
+                 if not t.get("skipped") and t.get("correct") is not None
+                 for q in t["tests"]):
+        continue  # a headline run made without this selection
+      outcomes[row] = _outcomes(res, selection)
+      voting = timings[name].get(f"voting_{selection}", 0.0)
+      timings[row] = dict(ttt=0.0, inference=0.0, voting=voting,
+                          total=voting)
+  return outcomes, timings
 
 
 def run_table(config, workdir: str, predictors: dict | None = None,
@@ -176,19 +222,7 @@ def run_table(config, workdir: str, predictors: dict | None = None,
 
   os.makedirs(workdir, exist_ok=True)
   tc = config.table
-  unknown = set(tc.rows) - set(ROWS)
-  if unknown:
-    raise ValueError(f"table.rows: unknown rows {sorted(unknown)}; known: "
-                     f"{list(ROWS)}")
-  derived = ({n: DERIVED[n] for n in tc.rows if n in DERIVED}
-             if tc.get("derived", True) else {})
-  runs = [n for n in tc.rows if n not in derived]
-  if derived and "headline" not in runs:
-    runs.insert(0, "headline")  # the derived rows' candidates
-  # rows shown in the order asked (a headline added for its selections
-  # first)
-  order = [*(r for r in runs if r not in tc.rows), *tc.rows]
-  outcomes, timings = {}, {}
+  runs, derived, order = _plan(tc)
   table: dict = {}
   for n, name in enumerate(runs):
     desc, overrides = ROWS[name]
@@ -205,21 +239,27 @@ def run_table(config, workdir: str, predictors: dict | None = None,
     pipeline.run(row_config(config.job, overrides),
                  os.path.join(workdir, name),
                  predictor=(predictors or {}).get(name))
-    with open(os.path.join(workdir, name, "results.json"),
-              encoding="utf-8") as f:
-      res = json.load(f)
-    outcomes[name] = _outcomes(res)
-    timings[name] = res["summary"].get("timings_s", {})
-    if name == "headline":
-      for row, selection in derived.items():
-        outcomes[row] = _outcomes(res, selection)
-        voting = timings[name].get(f"voting_{selection}", 0.0)
-        timings[row] = dict(ttt=0.0, inference=0.0, voting=voting,
-                            total=voting)
     # the table so far after every run: a table killed part-way has its
     # finished rows on disk
-    table = _write_table(workdir, order, outcomes, timings, derived, tc)
+    table = _write_table(workdir, order,
+                         *_collect(workdir, runs[:n + 1], derived),
+                         derived, tc)
   return table
+
+
+def render_table(config, workdir: str) -> dict:
+  """Writes table.md / table.json / ttt_steps.png from the rows of
+  `config.table.rows` that have finished in `workdir`, running nothing
+  (`launch.table --render_only`: a look at a table still running, or its
+  report redone by newer code). Returns the table's dict."""
+  tc = config.table
+  runs, derived, order = _plan(tc)
+  outcomes, timings = _collect(workdir, runs, derived)
+  if not outcomes:
+    raise FileNotFoundError(
+        f"{workdir}: no finished row of {list(order)} (each writes "
+        "<row>/results.json when done)")
+  return _write_table(workdir, order, outcomes, timings, derived, tc)
 
 
 def _write_table(workdir: str, order: list[str], outcomes: dict,
@@ -285,7 +325,26 @@ def markdown(table: dict) -> str:
            if not r.get("selected_from") else
            f"({r['selected_from']}'s) | {r['inference_s']:.0f} (selection) |"
            ))
+  lines += ["", *_solved_matrix(table["rows"])]
   return "\n".join(lines) + "\n"
+
+
+def _solved_matrix(rows: dict) -> list[str]:
+  """Markdown lines: which row solves which task (pass@2), for the tasks
+  some row solves, most-solved first."""
+  solved = {name: set(r.get("solved", ())) for name, r in rows.items()}
+  ids = set().union(*solved.values())
+  if not ids:
+    return ["No row solves any task."]
+  count = {i: sum(i in s for s in solved.values()) for i in ids}
+  lines = [f"Which row solves which task (pass@2; the {len(ids)} tasks some "
+           "row solves):", "",
+           "| task | " + " | ".join(rows) + " |",
+           "|" + "---|" * (len(rows) + 1)]
+  for i in sorted(ids, key=lambda i: (-count[i], i)):
+    lines.append(f"| {i} | " + " | ".join("✓" if i in solved[n] else ""
+                                          for n in rows) + " |")
+  return lines
 
 
 def _plot(table: dict, path: str) -> None:
