@@ -4,14 +4,16 @@ Commands (each row is its own resumable main job under --workdir/<row>;
 rerun the same command to resume a killed table):
 
   # CPU: the shipped model on the 100 committed ARC-AGI-1 evaluation tasks,
-  # all rows (about 20 core-hours on the 2-core machine: ~2 per row with
-  # TTT, 7 for steps_512; expected, measured so far: base 1/100, views
-  # 1/100, headline 9/100, full_ft 13/100 -- README; rows can be run a few
+  # all rows (7.6 h on both cores of the 2-core machine, ~15 core-hours:
+  # ~2 per row with TTT, 6 for steps_512; expected: base 1/100, views
+  # 1/100, headline 9/100, full_ft 13/100, steps_512 18/100 -- README,
+  # benchmarks/table/arc1/; rows can be run a few
   # at a time with --config.table.rows='("base","views","headline")'; kill
   # and rerun freely, finished chunks are kept; --render_only rewrites the
   # report from the rows finished so far):
   python -m launch.table --config=configs/table.py:cpu --workdir=/tmp/table
   # ARC-AGI-2: the headline rows on the 50 committed evaluation tasks
+  # (expected: base 0/50 in 5 min, views 0/50 in 38 min)
   python -m launch.table --config=configs/table.py:cpu,version=2 \
       --workdir=/tmp/table2
   # GPU: the same rows with the `gpu` job (a trained base model required)
