@@ -13,7 +13,8 @@ rerun the same command to resume a killed table):
   # report from the rows finished so far):
   python -m launch.table --config=configs/table.py:cpu --workdir=/tmp/table
   # ARC-AGI-2: the headline rows on the 50 committed evaluation tasks
-  # (expected: base 0/50 in 5 min, views 0/50 in 38 min)
+  # (3.1 h on both cores; expected: base 0/50 in 5 min, views 0/50 in
+  # 38 min, headline 0/50 in 2.4 h -- benchmarks/table/arc2/)
   python -m launch.table --config=configs/table.py:cpu,version=2 \
       --workdir=/tmp/table2
   # GPU: the same rows with the `gpu` job (a trained base model required)
