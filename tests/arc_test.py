@@ -132,3 +132,79 @@ def test_repeated_task_ids_are_refused(tmp_path):
     arc.load_json(str(path))
   path.write_text(f'{{"a": {task}, "b": {task}}}')
   assert [t.id for t in arc.load_json(str(path))] == ["a", "b"]
+
+
+@pytest.mark.parametrize("task_id,problem", [
+    ("", "has an empty task id"),
+    ("x" * 201, "task id has 201 characters, at most 200 allowed"),
+    ("a\nb", "task id holds the control character U+000A at index 1"),
+    ("\x00", "task id holds the control character U+0000 at index 0"),
+    ("ab\r", "task id holds the control character U+000D at index 2"),
+    ("a\x1b[2J", "task id holds the control character U+001B at index 1"),
+    ("x\u202ey", "task id holds the format character U+202E at index 1"),
+    ("x\u2028", "task id holds the line separator character U+2028 at "
+     "index 1"),
+    ("\ud800", "task id holds the surrogate character U+D800 at index 0"),
+])
+def test_refused_ids_are_skipped_with_the_reason(task_id, problem):
+  """A refused id is a skip like a malformed grid: the TaskError carries the
+  id itself (the submission still owes its entry), the rest loads."""
+  errors = []
+  tasks = arc.load_json({"before": GOOD, task_id: GOOD, "after": GOOD},
+                        errors=errors)
+  assert [t.id for t in tasks] == ["before", "after"]
+  assert [(e.task_id, e.problem) for e in errors] == [(task_id, problem)]
+  assert errors[0].num_tests == 1
+  assert "\n" not in str(errors[0]) and "\x00" not in str(errors[0])
+  with pytest.raises(arc.TaskError, match=re.escape(problem)):
+    arc.task_from_json(task_id, GOOD)
+  with pytest.raises(arc.TaskError, match=re.escape(problem)):
+    arc.validate_task(arc.Task(task_id, [(np.ones((1, 1)),) * 2],
+                               [(np.ones((1, 1)), None)]))
+  # counted all the same, so the submission is checked against every key
+  assert arc.test_counts({task_id: GOOD, "after": GOOD}) == {
+      task_id: 1, "after": 1}
+
+
+@pytest.mark.parametrize("task_id", [
+    "../../x", "/abs/path", "a/b", ".", "..", "x" * 200, "CON", "nul",
+    "<script>alert(1)</script>", "ünïcødé-任务", " spaced ", "a|b", "#h",
+])
+def test_other_ids_are_valid(task_id):
+  """Paths, markup and unicode are ids like any other (they name no file
+  and enter markdown escaped: see evaluate_test)."""
+  assert [t.id for t in arc.load_json({task_id: GOOD})] == [task_id]
+
+
+def test_messages_and_logs_show_ids_repr_safe(caplog):
+  """A newline in an id cannot forge a log line; plain ids read as before."""
+  assert str(arc.TaskError("t1", "x")) == "task t1: x"
+  assert arc.shown_id("a/b-1.c") == "a/b-1.c"
+  assert arc.shown_id("a\nWARNING fake") == "'a\\nWARNING fake'"
+  assert len(arc.shown_id("y" * 300)) < 120
+  bad = _bad(("train", 0, "input"), [[1], [1, 2]])
+  with caplog.at_level("WARNING"):
+    arc.load_json({"evil\nWARNING:root:forged": bad, "\n": GOOD},
+                  errors=[])
+  lines = caplog.text.splitlines()
+  assert len(lines) == 2, lines
+  assert not any(line.startswith("WARNING:root:forged") for line in lines)
+  assert "'evil\\nWARNING:root:forged'" in lines[0]
+
+
+def test_bad_solution_grids_name_the_solutions_file(tmp_path):
+  challenges = tmp_path / "c.json"
+  challenges.write_text(json.dumps({"a": GOOD}))
+  sols = tmp_path / "s.json"
+  sols.write_text(json.dumps({"a": [[[1, 12]]]}))
+  with pytest.raises(arc.TaskError, match=re.escape(
+      f"task a: test[0].output (in solutions file {sols}) row 0 column 1 "
+      "holds 12, outside 0-9")):
+    arc.load_json(challenges, sols)
+
+
+def test_test_counts_refuses_what_load_json_refuses(tmp_path):
+  path = tmp_path / "c.json"
+  path.write_text("[1, 2]")
+  with pytest.raises(ValueError, match="must be a JSON object"):
+    arc.test_counts(path)

@@ -10,6 +10,16 @@ which raises `TaskError` naming the task, the pair and the problem, e.g.
 ``on_error='skip'`` (and an ``errors`` list to collect what was skipped) so one
 bad task never stops a batch.
 
+Task ids are untrusted input (a challenges file comes from anywhere). An id
+is refused -- the task skipped with the reason, like a malformed grid -- when
+it is empty, longer than `MAX_ID_LENGTH` characters, or holds a control,
+format, line/paragraph separator or surrogate character (`check_task_id`).
+Any other string is a valid id, '../x', 'a/b' and '<b>' included: nothing
+here names a file or writes markdown after an id -- `ttt.evaluate.safe_name`
+maps ids to file names and `ttt.evaluate.md_text` escapes them for markdown.
+Messages and logs show an id as `shown_id` does (plain ids as they are, the
+rest as a bounded `repr`), so an id cannot forge a log line.
+
 This module does not tokenize, augment or batch; see `ttt.tokens`,
 `ttt.augment` and `ttt.data`.
 """
@@ -21,6 +31,8 @@ import json
 import logging
 import numbers
 import os
+import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +43,34 @@ NUM_COLOURS = 10  # cell values are 0..9
 GRID_DTYPE = np.int8
 
 Grid = np.ndarray  # int8[H, W]
+
+# Longest task id accepted (characters). ARC ids are 8 hex digits; derived
+# and generated sets add suffixes; 200 leaves room and keeps logs readable.
+MAX_ID_LENGTH = 200
+# Unicode categories refused in ids: control (NUL, newline, ESC, DEL, C1),
+# format (bidirectional overrides, zero-width), line and paragraph
+# separators, and lone surrogates (which cannot be written as UTF-8).
+_REFUSED_CATEGORIES = {"Cc": "control", "Cf": "format", "Zl": "line separator",
+                       "Zp": "paragraph separator", "Cs": "surrogate"}
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:/+-]{1,80}")
+
+
+def shown_id(task_id: Any) -> str:
+  """An id as messages and logs show it: a plain id (ASCII letters, digits
+  and `_.:/+-`, at most 80) as it is, anything else as its `repr`, cut to
+  80 characters -- never a raw newline or control character.
+
+  Args:
+    task_id: any value (normally a str).
+
+  Returns:
+    A printable one-line string.
+  """
+  if isinstance(task_id, str) and _PLAIN_ID.fullmatch(task_id):
+    return task_id
+  if isinstance(task_id, str) and len(task_id) > 80:
+    return f"{task_id[:80]!r}… ({len(task_id)} characters)"
+  return repr(task_id)
 
 
 class TaskError(ValueError):
@@ -44,7 +84,7 @@ class TaskError(ValueError):
   def __init__(self, task_id: str | None, problem: str):
     self.task_id = task_id
     self.problem = problem
-    prefix = f"task {task_id}: " if task_id is not None else ""
+    prefix = f"task {shown_id(task_id)}: " if task_id is not None else ""
     super().__init__(prefix + problem)
 
   def __reduce__(self):
@@ -158,16 +198,46 @@ def as_grid(value: Any, *, task_id: str | None = None, where: str = "grid"
   return np.array(arr, dtype=GRID_DTYPE)
 
 
+def check_task_id(task_id: Any) -> str:
+  """Checks a task id from outside (see the module docstring).
+
+  Args:
+    task_id: the id, e.g. a key of a challenges file.
+
+  Returns:
+    `task_id`, unchanged.
+
+  Raises:
+    TaskError: carrying `task_id` itself (so a skipped task keeps its key in
+      the submission), with one of the problems ``task id is not a string
+      but a <type>``, ``has an empty task id``, ``task id has <n>
+      characters, at most 200 allowed``, ``task id holds the <category>
+      character U+<hex> at index <i>``.
+  """
+  if not isinstance(task_id, str):
+    raise TaskError(None, f"task id {task_id!r} is not a string but a "
+                    f"{type(task_id).__name__}")
+  if not task_id:
+    raise TaskError(task_id, "has an empty task id")
+  if len(task_id) > MAX_ID_LENGTH:
+    raise TaskError(task_id, f"task id has {len(task_id)} characters, at "
+                    f"most {MAX_ID_LENGTH} allowed")
+  for i, ch in enumerate(task_id):
+    kind = _REFUSED_CATEGORIES.get(unicodedata.category(ch))
+    if kind is not None:
+      raise TaskError(task_id, f"task id holds the {kind} character "
+                      f"U+{ord(ch):04X} at index {i}")
+  return task_id
+
+
 def validate_task(task: Task) -> Task:
   """Checks a task and returns it with every grid as a fresh int8 array.
 
   Raises:
-    TaskError: no demonstrations, no test input, or a bad grid (see
-      `as_grid`).
+    TaskError: a refused id (`check_task_id`), no demonstrations, no test
+      input, or a bad grid (see `as_grid`).
   """
-  tid = task.id
-  if not isinstance(tid, str) or not tid:
-    raise TaskError(None, f"task id {tid!r} is not a non-empty string")
+  tid = check_task_id(task.id)
   if not task.train:
     raise TaskError(tid, "has no demonstrations")
   if not task.test:
@@ -205,7 +275,8 @@ def _pairs(task_id: str, obj: Any, key: str, need_output: bool) -> list:
 
 
 def task_from_json(task_id: str, obj: Any,
-                   solutions: Sequence[Any] | None = None) -> Task:
+                   solutions: Sequence[Any] | None = None,
+                   solutions_source: str = "the solutions") -> Task:
   """Builds and validates a task from its Kaggle JSON value.
 
   Args:
@@ -213,13 +284,16 @@ def task_from_json(task_id: str, obj: Any,
     obj: `{"train": [{"input": grid, "output": grid}, ...],
       "test": [{"input": grid}, ...]}` (test outputs are optional).
     solutions: optional list of test output grids, one per test input.
+    solutions_source: names where `solutions` come from in messages, e.g.
+      ``solutions file sols.json``.
 
   Returns:
     The validated `Task`.
 
   Raises:
-    TaskError: for any malformed part.
+    TaskError: for a refused id (`check_task_id`) or any malformed part.
   """
+  check_task_id(task_id)
   if not isinstance(obj, Mapping):
     raise TaskError(task_id, f"is a {type(obj).__name__}, expected an object "
                     "with 'train' and 'test'")
@@ -229,8 +303,12 @@ def task_from_json(task_id: str, obj: Any,
     if not isinstance(solutions, list) or len(solutions) != len(test):
       n = len(solutions) if isinstance(solutions, list) else "no list of"
       raise TaskError(task_id, f"has {len(test)} test inputs but {n} "
-                      "solutions")
-    test = [(i, s) for (i, _), s in zip(test, solutions, strict=True)]
+                      f"solutions in {solutions_source}")
+    # a bad answer names the file it is in, not only the test input
+    test = [(i, None if s is None else as_grid(
+        s, task_id=task_id, where=f"test[{k}].output (in {solutions_source})"))
+            for k, ((i, _), s) in enumerate(zip(test, solutions,
+                                                strict=True))]
   return validate_task(Task(task_id, train, test))
 
 
@@ -286,7 +364,8 @@ def _collect(tasks: Iterable, build, on_error: str | None,
     except TaskError as e:
       if on_error == "raise":
         raise
-      logging.warning("skipping %s", e)
+      # shown_id: repr-safe, so an id cannot write a line of its own
+      logging.warning("skipping task %s: %s", shown_id(e.task_id), e.problem)
       if errors is not None:
         errors.append(e)
   return out
@@ -322,11 +401,13 @@ def load_json(challenges: Any, solutions: Any = None, *,
     raise ValueError("solutions must be a JSON object {task_id: [grid, ...]}"
                      f", got a {type(sols).__name__}")
   sols = sols or {}
+  where = ("the solutions" if solutions is None or isinstance(
+      solutions, Mapping) else f"solutions file {os.fspath(solutions)}")
 
   def build(item):
     tid, obj = item
     try:
-      return task_from_json(str(tid), obj, sols.get(tid))
+      return task_from_json(str(tid), obj, sols.get(tid), where)
     except TaskError as e:  # the submission still owes one entry per input
       e.num_tests = _num_tests(obj)
       raise
@@ -340,10 +421,26 @@ def _num_tests(obj: Any) -> int:
 
 
 def test_counts(challenges: Any) -> dict[str, int]:
-  """`{task_id: number of test inputs}` of a Kaggle challenges file (or
-  dict), read from the raw JSON -- also for tasks that fail validation, so
-  a submission can be checked against it."""
+  """Counts the test inputs of every task of a challenges file.
+
+  Read from the raw JSON -- also for the tasks that fail validation (a
+  refused id included: its skipped record keeps the key), so a submission
+  can be checked against it.
+
+  Args:
+    challenges: a path to `*_challenges.json` or its parsed dict.
+
+  Returns:
+    `{task_id: number of test inputs (at least 1)}` in file order.
+
+  Raises:
+    ValueError: as `load_json` for an unreadable file or one that is not a
+      JSON object.
+  """
   data = _read_json(challenges, "challenges")
+  if not isinstance(data, Mapping):
+    raise ValueError("challenges must be a JSON object {task_id: task}, got "
+                     f"a {type(data).__name__}")
   return {str(k): _num_tests(v) for k, v in data.items()}
 
 

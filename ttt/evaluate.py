@@ -16,19 +16,31 @@ produced it) and the truth when known.
   library; zlib + struct), `render_task` lays out demonstrations, the test
   input, the truth and the two attempts.
 * `write_report(workdir, results, summary, ...)`: `report.md` with the
-  score table, per-category accuracy, skipped tasks and renderings.
+  score table, per-category accuracy, skipped tasks and renderings. A
+  rendering that fails is logged and left out; the rest is still written.
+
+Task ids are untrusted (`ttt.arc`): every file named after a task is named
+by `safe_name` (a plain name inside its folder for any id whatsoever), and
+every id or other outside string that enters markdown goes through
+`md_text` (or `md_code`), so no id renders as HTML, a link, an image, a
+heading or a table row.
 """
 
 from __future__ import annotations
 
+import hashlib
+import html
 import json
 import math
 import os
+import re
 import struct
+import unicodedata
 import zlib
 from collections.abc import Iterable
 
 import numpy as np
+from absl import logging
 
 FALLBACK = [[0]]
 
@@ -37,6 +49,90 @@ PALETTE = np.array([
     [0, 0, 0], [0, 116, 217], [255, 65, 54], [46, 204, 64], [255, 220, 0],
     [170, 170, 170], [240, 18, 190], [255, 133, 27], [127, 219, 255],
     [135, 12, 37]], np.uint8)
+
+
+# --- task ids as file names and as markdown ----------------------------------
+
+_NAME_PREFIX = 40  # characters of the sanitised id kept in a file name
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def safe_name(task_id) -> str:
+  """The file name stem for a task: safe on every file system, any id.
+
+  A prefix of the id with every character but ASCII letters, digits, `_`
+  and `-` replaced by `_` (at most 40, never starting with `-`), then `-`
+  and 12 hex digits of the SHA-256 of the whole id: distinct ids get
+  distinct names (to the hash), and '..', '/abs', 'a/b', '', NUL, 'CON' or a
+  300-character id all give a plain name of at most 53 characters, never a
+  path.
+
+  Args:
+    task_id: the id (normally a str; anything else is `str()`-ed).
+
+  Returns:
+    e.g. ``00576224-8f1e0a6c2b3d``; add the extension yourself.
+  """
+  text = task_id if isinstance(task_id, str) else str(task_id)
+  digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+  prefix = _UNSAFE_NAME.sub("_", text[:_NAME_PREFIX])
+  if prefix.startswith("-"):  # never read as a command-line option
+    prefix = "_" + prefix[1:]
+  return f"{prefix or '_'}-{digest[:12]}"
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~:=^$-])")
+_PLAIN_CODE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+
+
+def _visible(ch: str) -> str:
+  """A character of a category that must not reach a report, spelled out."""
+  if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp", "Co", "Cn"):
+    return ch.encode("unicode_escape").decode("ascii")  # newline: \\ and n
+  return ch
+
+
+def md_text(text) -> str:
+  """`text` as inert inline markdown (an id, a skip reason, a file name).
+
+  HTML-escapes `&`, `<`, `>`; backslash-escapes markdown's punctuation
+  (`\\`, backticks, `*`, `_`, `{}`, `[]`, `()`, `#`, `+`, `!`, `|`, `~`,
+  `:`, `=`, `^`, `$`, `-`); spells out control, format, separator and
+  surrogate characters (a newline becomes the two characters `\\n`). The
+  result is one line that renders as the literal text: no HTML, link,
+  autolink, image, heading, emphasis, code span or table cell border.
+
+  Args:
+    text: any value (`str()`-ed).
+
+  Returns:
+    The escaped string.
+  """
+  text = text if isinstance(text, str) else str(text)
+  text = "".join(_visible(ch) for ch in text)
+  text = _MD_SPECIAL.sub(r"\\\1", text)
+  text = re.sub(r"^(\d+)\.", r"\1\\.", text)  # not an ordered list item
+  return html.escape(text, quote=False)
+
+
+def md_code(text) -> str:
+  """`text` as a code span when it is plain (ASCII letters, digits, `_.-`:
+  nothing a code span could misread), ``(empty)`` for '', else as
+  `md_text`. For ids in tables and headings: `` `00576224` `` stays as it
+  always was.
+
+  Args:
+    text: any value (`str()`-ed).
+
+  Returns:
+    Inline markdown.
+  """
+  text = text if isinstance(text, str) else str(text)
+  if _PLAIN_CODE.fullmatch(text):
+    return f"`{text}`"
+  if not text:
+    return "(empty)"
+  return md_text(text)
 
 
 def grid_list(grid) -> list[list[int]]:
@@ -326,9 +422,9 @@ def task_table(results: list[dict]) -> str:
   lines = ["| task | pass@2 | inputs right | truth among candidates | "
            "TTT loss | note |", "|---|---|---|---|---|---|"]
   for r in results:
-    if r.get("skipped"):
-      lines.append(f"| `{r['id']}` | – | – | – | – | skipped: "
-                   f"{r['skipped']} |")
+    if r.get("skipped"):  # the reason may quote the task file: escaped
+      lines.append(f"| {md_code(r['id'])} | – | – | – | – | skipped: "
+                   f"{md_text(r['skipped'])} |")
       continue
     tests = r["tests"]
     right = sum(bool(t["correct"]) for t in tests)
@@ -338,7 +434,7 @@ def task_table(results: list[dict]) -> str:
     note = "TTT loss non-finite: adapter reset" if (
         r.get("ttt") or {}).get("nonfinite") else ""
     verdict = {True: "✓", False: "✗", None: "unscored"}[r.get("correct")]
-    lines.append(f"| `{r['id']}` | {verdict} | {right}/{len(tests)} | "
+    lines.append(f"| {md_code(r['id'])} | {verdict} | {right}/{len(tests)} | "
                  f"{covered}/{len(tests)} | "
                  f"{'–' if loss is None else f'{loss:.3f}'} | {note} |")
   return "\n".join(lines)
@@ -347,8 +443,30 @@ def task_table(results: list[dict]) -> str:
 def write_report(workdir: str, results: list[dict], summary: dict,
                  tasks_by_id: dict, timings: dict, header: str = "",
                  num_renderings: int = 8) -> str:
-  """Writes `report.md` (and PNGs under `renderings/`); returns its path."""
-  os.makedirs(os.path.join(workdir, "renderings"), exist_ok=True)
+  """Writes `report.md` (and PNGs under `renderings/`).
+
+  Ids enter the markdown escaped (`md_code`, `md_text`) and name their
+  picture through `safe_name`. A picture that cannot be drawn (a record or
+  task that does not fit, a file that cannot be written) is logged with the
+  task's id and left out; the report is written all the same.
+
+  Args:
+    workdir: the run's directory.
+    results: the task records (`task_record`, skipped ones included).
+    summary: `score(results)`.
+    tasks_by_id: {task id: `ttt.arc.Task`} of the scored tasks.
+    timings: {stage: seconds}.
+    header: a markdown paragraph under the title (the caller's own text,
+      not escaped here).
+    num_renderings: at most this many pictures, >= 0.
+
+  Returns:
+    The path of `report.md`.
+
+  Raises:
+    ValueError: `num_renderings` is not an integer >= 0.
+  """
+  check_num_renderings(num_renderings)
   s = summary
   lines = ["# TTT run report", ""]
   if header:
@@ -368,11 +486,11 @@ def write_report(workdir: str, results: list[dict], summary: dict,
       f"| malformed decodes | {s['malformed']}/{s['decodes']} |",
   ]
   for k, v in timings.items():
-    lines.append(f"| time: {k} | {v:.1f}s |")
+    lines.append(f"| time: {md_text(k)} | {v:.1f}s |")
   lines += ["", "## Accuracy of single predictions, by view category", "",
             "| category | accuracy |", "|---|---|"]
   for cat, acc in s["category_accuracy"].items():
-    lines.append(f"| {cat} | {100 * acc:.1f}% |")
+    lines.append(f"| {md_text(cat)} | {100 * acc:.1f}% |")
   lines += ["", "## Every task", "", task_table(results)]
   lines += ["", "## Sample of tasks", "",
             "Each picture: one row per demonstration (input | output), then "
@@ -384,16 +502,49 @@ def write_report(workdir: str, results: list[dict], summary: dict,
   solved = [r for r in scored if r.get("correct")]
   sample = (solved[:num_renderings // 2]
             + [r for r in scored if not r.get("correct")])[:num_renderings]
+  folder = os.path.join(workdir, "renderings")
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    logging.warning("no renderings: cannot make %s: %s", folder, e)
+    sample = []
   for r in sample:
-    name = f"renderings/{r['id']}.png"
-    render_task(os.path.join(workdir, name), tasks_by_id[r["id"]], r)
+    name = f"renderings/{safe_name(r['id'])}.png"
     verdict = ("solved" if r.get("correct") else
                "unscored" if r.get("correct") is None else "not solved")
-    marks = " ".join("✓" if t["correct"] else "–" if t["correct"] is None
-                     else "✗" for t in r["tests"])
-    lines += [f"### `{r['id']}` — {verdict} (test inputs: {marks})", "",
-              f"![{r['id']}: demonstrations, then test input | truth | "
-              f"attempt 1 | attempt 2]({name})", ""]
+    marks = " ".join("✓" if t.get("correct") else "–" if t.get("correct")
+                     is None else "✗" for t in r.get("tests", ()))
+    lines += [f"### {md_code(r['id'])} — {verdict} (test inputs: {marks})",
+              ""]
+    try:
+      render_task(os.path.join(workdir, name), tasks_by_id[r["id"]], r)
+    except Exception as e:  # noqa: BLE001 -- one picture never costs the rest
+      logging.warning("report: no picture of task %r: %r", r["id"], e)
+      lines += [f"(no picture: drawing it failed with "
+                f"{md_text(type(e).__name__)}: {md_text(e)})", ""]
+      continue
+    lines += [f"![{md_text(r['id'])}: demonstrations, then test input | "
+              f"truth | attempt 1 | attempt 2]({name})", ""]
   path = os.path.join(workdir, "report.md")
   write_text(path, "\n".join(lines) + "\n")
   return path
+
+
+def check_num_renderings(num_renderings) -> int:
+  """Checks `run.num_renderings` (call it when the config is read).
+
+  Args:
+    num_renderings: how many tasks `write_report` draws.
+
+  Returns:
+    The value, an int >= 0.
+
+  Raises:
+    ValueError: a bool, a non-integer or a negative number.
+  """
+  if (isinstance(num_renderings, bool)
+      or not isinstance(num_renderings, (int, np.integer))
+      or num_renderings < 0):
+    raise ValueError("run.num_renderings must be an integer >= 0 (tasks "
+                     f"drawn in report.md), got {num_renderings!r}")
+  return int(num_renderings)
