@@ -206,3 +206,35 @@ def test_num_renderings_must_be_a_count(tmp_path):
   assert "### " not in report
   _, report = _report(tmp_path, ["a", "b", "c"], num_renderings=1)
   assert len(os.listdir(tmp_path / "renderings")) == 1
+
+
+def test_test_inputs_with_no_answer_are_counted_and_explained(tmp_path):
+  """'malformed 0/120' and no word was all a run with no candidate said."""
+  empty = _record("e", False)
+  empty["tests"][0].update(attempt_1=None, attempt_2=None, candidates=[],
+                           correct=False)
+  unscored = _record("u", True)
+  unscored["tests"][0].update(attempt_1=None, attempt_2=None, candidates=[],
+                              truth=None, correct=None)
+  results = [_record("a", True), empty, unscored]
+  summary = evaluate.score(results)
+  assert (summary["no_answer_inputs"], summary["run_inputs"]) == (2, 3)
+  path = evaluate.write_report(str(tmp_path), results, summary,
+                               {r["id"]: _task(r["id"]) for r in results}, {})
+  with open(path, encoding="utf-8") as f:
+    report = f.read()
+  assert "| test inputs with no answer | 2/3 |" in report
+  assert "**No answer.** 2 of 3 test inputs have no answer" in report
+  assert "decode.max_new_tokens" in report
+  _, plain = _report(tmp_path / "fine", ["a"])
+  assert "no answer" not in plain
+
+
+def test_submission_errors_show_ids_on_one_line():
+  with pytest.raises(ValueError) as info:
+    evaluate.check_submission({"a\nERROR forged": []})
+  assert "\n" not in str(info.value)
+  assert "'a\\nERROR forged'" in str(info.value)
+  with pytest.raises(ValueError) as info:
+    evaluate.check_submission({}, {"x\ny": 1})
+  assert "\n" not in str(info.value)

@@ -127,6 +127,46 @@ def test_bad_re_arc_files_are_skipped_and_reported(tmp_path):
     pretrain.PretrainConfig(re_arc_dir=str(tmp_path / "missing")).validate()
 
 
+def test_malformed_re_arc_files_of_every_kind_are_skipped(tmp_path):
+  """A JSON object instead of a list (a TypeError before), a truncated or
+  corrupt gzip, non-dict examples, too few good examples: each file is
+  skipped with its reason and the good one loads."""
+  good = [{"input": [[1, 2]], "output": [[2, 1]]}] * 3
+  with gzip.open(tmp_path / "aaaaaaaa.json.gz", "wt") as f:
+    json.dump(good, f)
+  with gzip.open(tmp_path / "bbbbbbbb.json.gz", "wt") as f:
+    json.dump({"examples": good}, f)
+  whole = gzip.compress(json.dumps(good * 50).encode())
+  (tmp_path / "cccccccc.json.gz").write_bytes(whole[:len(whole) // 2])
+  (tmp_path / "dddddddd.json.gz").write_bytes(whole[:10] + b"\xff" * 40)
+  (tmp_path / "eeeeeeee.json").write_text(json.dumps([1, "x", None] + good))
+  (tmp_path / "ffffffff.json").write_text(json.dumps(good[:1]))
+  (tmp_path / "gggggggg.json").write_text('"a string"')
+  errors = []
+  sources = pretrain.load_re_arc(str(tmp_path), errors=errors)
+  assert [s.id for s in sources] == ["re_arc/aaaaaaaa", "re_arc/eeeeeeee"]
+  text = "\n".join(errors)
+  assert "bbbbbbbb.json.gz: holds a JSON dict, expected a list" in text
+  assert "gggggggg.json: holds a JSON str, expected a list" in text
+  assert "cccccccc.json.gz" in text and "dddddddd.json.gz" in text
+  assert "eeeeeeee example 0: is a int, expected an object" in text
+  assert "ffffffff.json: 1 good examples, at least 2 needed" in text
+
+
+def test_a_re_arc_dir_with_no_usable_file_names_the_reasons(tmp_path):
+  """Not 'set pretrain.re_arc_dir' when it is set: the files' reasons."""
+  (tmp_path / "aaaaaaaa.json").write_text('{"input": 1}')
+  (tmp_path / "bbbbbbbb.json").write_text("{not json")
+  cfg = pretrain.PretrainConfig(re_arc_dir=str(tmp_path), heldout_tasks=0,
+                                arc_training=True)
+  errors = []
+  with pytest.raises(ValueError, match="no usable re-ARC file: .*aaaaaaaa"
+                     ".*holds a JSON dict.*bbbbbbbb") as info:
+    pretrain.load_pool(cfg, errors)
+  assert "set pretrain.re_arc_dir" not in str(info.value)
+  assert len(errors) == 2
+
+
 def test_check_finite_names_the_step():
   metrics.check_finite("loss", 1.0, 3)
   with pytest.raises(FloatingPointError, match="loss is nan at step 7"):

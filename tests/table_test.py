@@ -3,9 +3,11 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -168,3 +170,95 @@ def test_derived_rows_equal_separate_runs(tmp_path):
   outcomes = {r["pass2_tasks"] for r in derived["rows"].values()}
   assert len(outcomes) > 1
   assert "(headline's)" in (tmp_path / "derived" / "table.md").read_text()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("bootstrap", 0, "table.bootstrap must be an integer >= 1"),
+    ("bootstrap", -5, "table.bootstrap must be an integer >= 1"),
+    ("bootstrap", 2.5, "table.bootstrap must be an integer >= 1"),
+    ("bootstrap", True, "table.bootstrap must be an integer >= 1"),
+    ("seed", -1, "table.seed must be an integer >= 0"),
+    ("seed", "0", "table.seed must be an integer >= 0"),
+    ("derived", "yes", "table.derived must be True or False"),
+    ("rows", (), "table.rows must be a non-empty tuple of row names"),
+    ("rows", "headline", "table.rows must be a non-empty tuple"),
+    ("rows", ("base", "base"), "rows ['base'] appear more than once"),
+    ("rows", ("base", "nonsense"), "unknown rows ['nonsense']"),
+])
+def test_table_fields_are_checked_before_any_run(tmp_path, monkeypatch,
+                                                 field, value, message):
+  """A bad table field is refused at once, naming it (table.bootstrap=0
+  was an IndexError after every row had run)."""
+  from ttt import pipeline
+
+  config = table_config.get_config("cpu")
+  tc = config.table.to_dict()
+  tc[field] = value  # (a new ConfigDict: the field's type is the value's)
+  config.table = ml_collections.ConfigDict(tc)
+
+  def never(*a, **k):
+    raise AssertionError("a row ran")
+
+  monkeypatch.setattr(pipeline, "run", never)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    table.run_table(config, str(tmp_path))
+  with pytest.raises(ValueError, match=re.escape(message)):
+    table.render_table(config, str(tmp_path))
+  with pytest.raises(ValueError, match="bootstrap samples must be"):
+    table.bootstrap_ci([1, 0], samples=0)
+
+
+def test_unknown_and_missing_table_fields():
+  config = table_config.get_config("cpu")
+  tc = config.table.to_dict()
+  tc["bootstap"] = 10
+  with pytest.raises(ValueError, match="did you mean table.bootstrap"):
+    table.check_table_config(tc)
+  del tc["bootstap"], tc["seed"]
+  with pytest.raises(ValueError, match="table.seed is missing"):
+    table.check_table_config(tc)
+  table.check_table_config(config.table)  # the shipped config passes
+
+
+def _row_results(workdir, name, ids, right):
+  """A finished row: its results.json as pipeline.run writes it."""
+  os.makedirs(os.path.join(workdir, name), exist_ok=True)
+  tasks = [dict(id=i, correct=ok, tests=[dict(
+      correct=ok, truth=[[1]], candidates=[dict(grid=[[1]] if ok else [[0]],
+                                                views=["identity"])])])
+           for i, ok in zip(ids, right, strict=True)]
+  with open(os.path.join(workdir, name, "results.json"), "w") as f:
+    json.dump(dict(summary=dict(timings_s=dict(ttt=1.0, inference=2.0)),
+                   tasks=tasks), f)
+
+
+def test_task_ids_enter_table_md_escaped(tmp_path):
+  config = table_config.get_config("cpu")
+  config.table.rows = ("base", "views")
+  ids = ["<script>alert(1)</script>", "a | b\n| fake |", "![](http://e/x)",
+         "# h", "00576224"]
+  _row_results(tmp_path, "base", ids, [True] * 5)
+  _row_results(tmp_path, "views", ids, [True, False, True, False, True])
+  out = table.render_table(config, str(tmp_path))
+  assert sorted(out["tasks"]) == sorted(ids)  # table.json keeps the ids
+  md = (tmp_path / "table.md").read_text()
+  assert "<script>" not in md and "![](" not in md and "\n# h" not in md
+  assert "| &lt;script&gt;alert\\(1\\)&lt;/script&gt; | ✓ | ✓ |" in md
+  assert "| a \\| b\\\\n\\| fake \\| | ✓ |  |" in md
+  assert "| 00576224 | ✓ | ✓ |" in md
+  matrix = md.split("Which row solves")[1].splitlines()[3:]
+  assert len([line for line in matrix if line.startswith("| ")]) == 5
+
+
+@pytest.mark.parametrize("content", ["", '{"summary": {', "\x00" * 64, "[]",
+                                     '{"tasks": {}}'])
+def test_a_corrupt_row_results_names_the_file_and_the_remedy(tmp_path,
+                                                              content):
+  config = table_config.get_config("cpu")
+  config.table.rows = ("base", "views")
+  _row_results(tmp_path, "base", ["a"], [True])
+  os.makedirs(tmp_path / "views")
+  (tmp_path / "views" / "results.json").write_text(content)
+  with pytest.raises(ValueError, match=re.escape(
+      str(tmp_path / "views" / "results.json")) + ".*delete it and rerun"):
+    table.render_table(config, str(tmp_path))

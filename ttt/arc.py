@@ -215,7 +215,7 @@ def check_task_id(task_id: Any) -> str:
       character U+<hex> at index <i>``.
   """
   if not isinstance(task_id, str):
-    raise TaskError(None, f"task id {task_id!r} is not a string but a "
+    raise TaskError(task_id, f"task id {task_id!r} is not a string but a "
                     f"{type(task_id).__name__}")
   if not task_id:
     raise TaskError(task_id, "has an empty task id")
@@ -276,7 +276,7 @@ def _pairs(task_id: str, obj: Any, key: str, need_output: bool) -> list:
 
 def task_from_json(task_id: str, obj: Any,
                    solutions: Sequence[Any] | None = None,
-                   solutions_source: str = "the solutions") -> Task:
+                   solutions_source: str | None = None) -> Task:
   """Builds and validates a task from its Kaggle JSON value.
 
   Args:
@@ -285,7 +285,7 @@ def task_from_json(task_id: str, obj: Any,
       "test": [{"input": grid}, ...]}` (test outputs are optional).
     solutions: optional list of test output grids, one per test input.
     solutions_source: names where `solutions` come from in messages, e.g.
-      ``solutions file sols.json``.
+      ``solutions file sols.json`` (default: ``the solutions``).
 
   Returns:
     The validated `Task`.
@@ -302,11 +302,13 @@ def task_from_json(task_id: str, obj: Any,
   if solutions is not None:
     if not isinstance(solutions, list) or len(solutions) != len(test):
       n = len(solutions) if isinstance(solutions, list) else "no list of"
+      where = f" in {solutions_source}" if solutions_source else ""
       raise TaskError(task_id, f"has {len(test)} test inputs but {n} "
-                      f"solutions in {solutions_source}")
+                      f"solutions{where}")
+    source = solutions_source or "the solutions"
     # a bad answer names the file it is in, not only the test input
     test = [(i, None if s is None else as_grid(
-        s, task_id=task_id, where=f"test[{k}].output (in {solutions_source})"))
+        s, task_id=task_id, where=f"test[{k}].output (in {source})"))
             for k, ((i, _), s) in enumerate(zip(test, solutions,
                                                 strict=True))]
   return validate_task(Task(task_id, train, test))
@@ -401,8 +403,8 @@ def load_json(challenges: Any, solutions: Any = None, *,
     raise ValueError("solutions must be a JSON object {task_id: [grid, ...]}"
                      f", got a {type(sols).__name__}")
   sols = sols or {}
-  where = ("the solutions" if solutions is None or isinstance(
-      solutions, Mapping) else f"solutions file {os.fspath(solutions)}")
+  where = (None if solutions is None or isinstance(solutions, Mapping)
+           else f"solutions file {os.fspath(solutions)}")
 
   def build(item):
     tid, obj = item

@@ -8,7 +8,8 @@ produced it) and the truth when known.
 * `score(results)`: pass@2 per test input and per task (a task counts when
   all its test inputs are right; fractional credit too), candidate coverage
   (the truth among all candidates), per-category accuracy of single views,
-  malformed decodes; all over tasks with known answers.
+  malformed decodes; all over tasks with known answers. Also the test inputs
+  with no candidate at all (`no_answer_inputs`), which the report explains.
 * `submission(results, task_ids)`: the ARC Prize format
   `{task_id: [{"attempt_1": grid, "attempt_2": grid}, ...]}` with a 1x1 zero
   grid for skipped tasks and missing attempts (so every task is present).
@@ -155,12 +156,15 @@ def score(results: Iterable[dict]) -> dict:
     all tasks: `pass2_all`), `pass2_fractional`, `test_inputs`,
     `pass2_inputs`, `coverage` (fraction of test inputs whose truth is among
     the candidates), `attempt1_inputs`, `malformed`, `decodes`,
-    `category_accuracy` {category: fraction of single predictions right}.
+    `category_accuracy` {category: fraction of single predictions right},
+    `no_answer_inputs` (test inputs of the tasks run, scored or not, for
+    which decoding found no candidate at all) of `run_inputs`.
   """
   results = list(results)
   out = dict(tasks=len(results), scored_tasks=0, skipped_tasks=0,
              pass2_tasks=0, fractional=0.0, test_inputs=0, pass2_inputs=0,
-             covered_inputs=0, attempt1_inputs=0, malformed=0, decodes=0)
+             covered_inputs=0, attempt1_inputs=0, malformed=0, decodes=0,
+             run_inputs=0, no_answer_inputs=0)
   cat_right: dict[str, int] = {}
   cat_total: dict[str, int] = {}
   for r in results:
@@ -169,6 +173,10 @@ def score(results: Iterable[dict]) -> dict:
       continue
     out["malformed"] += r.get("malformed", 0)
     out["decodes"] += r.get("decodes", 0)
+    out["run_inputs"] += len(r["tests"])
+    out["no_answer_inputs"] += sum(
+        t.get("attempt_1") is None and not t.get("candidates")
+        for t in r["tests"])
     inputs = [t for t in r["tests"] if t.get("truth") is not None]
     if not inputs:
       continue
@@ -219,6 +227,7 @@ def check_submission(sub: dict, expected: dict[str, int] | None = None
   if not isinstance(sub, dict):
     raise ValueError("submission must be a dict of task id -> list")
   if expected is not None:
+    # ids shown as list reprs: one line whatever they hold
     missing = sorted(set(expected) - set(sub))
     extra = sorted(set(sub) - set(expected))
     wrong = sorted(k for k in set(sub) & set(expected)
@@ -230,17 +239,17 @@ def check_submission(sub: dict, expected: dict[str, int] | None = None
           f"{[(k, len(sub[k]), expected[k]) for k in wrong[:10]]}")
   for task_id, attempts in sub.items():
     if not isinstance(attempts, list) or not attempts:
-      raise ValueError(f"{task_id}: expected a non-empty list of attempts")
+      raise ValueError(f"{task_id!r}: expected a non-empty list of attempts")
     for n, a in enumerate(attempts):
       if set(a) != {"attempt_1", "attempt_2"}:
-        raise ValueError(f"{task_id}[{n}]: keys must be attempt_1/attempt_2")
+        raise ValueError(f"{task_id!r}[{n}]: keys must be attempt_1/attempt_2")
       for k, g in a.items():
         if (not isinstance(g, list) or not g or not all(
             isinstance(row, list) and len(row) == len(g[0]) and row
             for row in g) or not all(isinstance(v, int) and 0 <= v <= 9
                                      for row in g for v in row)
             or len(g) > 30 or len(g[0]) > 30):
-          raise ValueError(f"{task_id}[{n}].{k} is not a valid grid")
+          raise ValueError(f"{task_id!r}[{n}].{k} is not a valid grid")
 
 
 # --- renderings --------------------------------------------------------------
@@ -440,6 +449,17 @@ def task_table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
+# why a test input can end with no answer: the report says it, and a log
+# line can (`NO_ANSWER.format(n=..., of=...)`)
+NO_ANSWER = (
+    "{n} of {of} test inputs have no answer: decoding found no candidate "
+    "for them (every decode malformed, or none complete). Usual causes: "
+    "`decode.max_new_tokens` below the answer's length, DFS "
+    "`decode.max_steps` too small, VGB `decode.leaf_loop=0`, a prompt "
+    "that leaves no room under `data.max_len`. The submission holds a 1x1 "
+    "zero grid there.")
+
+
 def write_report(workdir: str, results: list[dict], summary: dict,
                  tasks_by_id: dict, timings: dict, header: str = "",
                  num_renderings: int = 8) -> str:
@@ -485,8 +505,14 @@ def write_report(workdir: str, results: list[dict], summary: dict,
       f"| candidate coverage | {100 * s['coverage']:.1f}% |",
       f"| malformed decodes | {s['malformed']}/{s['decodes']} |",
   ]
+  if s.get("no_answer_inputs"):
+    lines.append(f"| test inputs with no answer | {s['no_answer_inputs']}/"
+                 f"{s['run_inputs']} |")
   for k, v in timings.items():
     lines.append(f"| time: {md_text(k)} | {v:.1f}s |")
+  if s.get("no_answer_inputs"):
+    lines += ["", "**No answer.** " + NO_ANSWER.format(
+        n=s["no_answer_inputs"], of=s["run_inputs"])]
   lines += ["", "## Accuracy of single predictions, by view category", "",
             "| category | accuracy |", "|---|---|"]
   for cat, acc in s["category_accuracy"].items():

@@ -26,6 +26,7 @@ import os
 import queue
 import threading
 import time
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -63,7 +64,22 @@ def load_re_arc(directory: str, max_examples: int = 1000,
   """Reads re-ARC `<task_id>.json.gz` files (a list of {input, output}).
 
   A malformed file or example is skipped and reported in `errors` (a list
-  of messages) rather than stopping the load.
+  of messages) rather than stopping the load: unreadable, truncated or
+  corrupt gzip, not JSON, JSON that is not a list (an object, say), an
+  example that is not an {input, output} object of grids, a file with fewer
+  than 2 good examples.
+
+  Args:
+    directory: holds `<task_id>.json.gz` or `<task_id>.json` files.
+    max_examples: read at most this many examples per file.
+    exclude: task ids (file name stems) not read.
+    errors: a list that receives one message per skipped file or example.
+
+  Returns:
+    One `Source` per usable file, in file name order.
+
+  Raises:
+    FileNotFoundError: no `*.json(.gz)` file in `directory`.
   """
   out = []
   exclude = exclude or set()
@@ -71,6 +87,11 @@ def load_re_arc(directory: str, max_examples: int = 1000,
                  glob.glob(os.path.join(directory, "*.json")))
   if not files:
     raise FileNotFoundError(f"no re-ARC *.json(.gz) files in {directory}")
+
+  def report(message):
+    if errors is not None:
+      errors.append(message)
+
   for path in files:
     task_id = os.path.basename(path).split(".")[0]
     if task_id in exclude:
@@ -79,29 +100,62 @@ def load_re_arc(directory: str, max_examples: int = 1000,
       opener = gzip.open if path.endswith(".gz") else open
       with opener(path, "rt", encoding="utf-8") as f:
         examples = json.load(f)
-      pairs = []
-      for n, ex in enumerate(examples[:max_examples]):
-        try:
-          pairs.append((_fast_grid(ex["input"], task_id),
-                        _fast_grid(ex["output"], task_id)))
-        except (arc.TaskError, KeyError, TypeError, ValueError) as e:
-          if errors is not None:
-            errors.append(f"re-ARC {task_id} example {n}: {e}")
-      if len(pairs) >= 2:
-        out.append(Source(f"re_arc/{task_id}", pairs))
-    except (OSError, ValueError) as e:
-      if errors is not None:
-        errors.append(f"re-ARC {path}: {e}")
+    # EOFError: a truncated gzip; zlib.error: corrupt compressed data
+    except (OSError, ValueError, EOFError, zlib.error) as e:
+      report(f"re-ARC {path}: {e}")
+      continue
+    if not isinstance(examples, list):
+      report(f"re-ARC {path}: holds a JSON {type(examples).__name__}, "
+             "expected a list of {input, output} examples; skipped")
+      continue
+    pairs = []
+    for n, ex in enumerate(examples[:max_examples]):
+      try:
+        if not isinstance(ex, dict):
+          raise TypeError(f"is a {type(ex).__name__}, expected an object "
+                          "with 'input' and 'output'")
+        pairs.append((_fast_grid(ex["input"], task_id),
+                      _fast_grid(ex["output"], task_id)))
+      except (arc.TaskError, KeyError, TypeError, ValueError) as e:
+        report(f"re-ARC {task_id} example {n}: {e}")
+    if len(pairs) >= 2:
+      out.append(Source(f"re_arc/{task_id}", pairs))
+    else:
+      report(f"re-ARC {path}: {len(pairs)} good examples, at least 2 "
+             "needed; skipped")
   return out
 
 
 def load_pool(cfg, errors: list | None = None
               ) -> tuple[list[Source], list[arc.Task]]:
-  """(training sources, held-out tasks) as configured."""
+  """(training sources, held-out tasks) as configured.
+
+  Args:
+    cfg: the pretraining config (`re_arc_dir`, `re_arc_examples`,
+      `arc_training`, `heldout_tasks`).
+    errors: a list that receives the messages of skipped re-ARC files and
+      examples (`load_re_arc`).
+
+  Returns:
+    (sources, held-out ARC-AGI-1 training tasks).
+
+  Raises:
+    ValueError: no training data at all, or a `re_arc_dir` none of whose
+      files is usable (naming the first reasons).
+  """
   held = set(heldout_ids(cfg.heldout_tasks))
   sources = []
   if cfg.re_arc_dir:
-    sources += load_re_arc(cfg.re_arc_dir, cfg.re_arc_examples, held, errors)
+    skipped: list[str] = []
+    re_arc = load_re_arc(cfg.re_arc_dir, cfg.re_arc_examples, held, skipped)
+    if errors is not None:
+      errors.extend(skipped)
+    if not re_arc:
+      shown = "; ".join(skipped[:5]) or "every file is a held-out task"
+      more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+      raise ValueError(f"pretrain.re_arc_dir {cfg.re_arc_dir}: no usable "
+                       f"re-ARC file: {shown}{more}")
+    sources += re_arc
   heldout = []
   if cfg.arc_training or held:
     for t in arc.load_arc(1, "training"):

@@ -21,10 +21,16 @@ where the two rows disagree.
 
 Statistics (`bootstrap_ci`, `paired_bootstrap_ci`, `mcnemar_exact`) are
 plain numpy, seeded by `config.table.seed`.
+
+`config.table` is checked (`check_table_config`) before the first row runs,
+so a bad field never fails after hours of work; a row's unreadable
+`results.json` is named with the remedy; task ids enter `table.md` escaped
+(`ttt.evaluate.md_text`).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -32,6 +38,8 @@ from collections.abc import Callable
 
 import numpy as np
 from absl import logging
+
+from ttt import evaluate
 
 # name -> (what it is, overrides of the job config as {dotted field: value})
 _NO_VIEWS = {"views.orders": 0, "views.transforms": (),
@@ -89,7 +97,14 @@ def row_config(job, overrides: dict):
 
 def bootstrap_ci(x, samples: int = 2000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float, float]:
-  """(mean, low, high): percentile bootstrap over the entries of x."""
+  """(mean, low, high): percentile bootstrap over the entries of x.
+
+  Raises:
+    ValueError: `samples` < 1.
+  """
+  if isinstance(samples, bool) or int(samples) != samples or samples < 1:
+    raise ValueError(f"bootstrap samples must be an integer >= 1, got "
+                     f"{samples!r}")
   x = np.asarray(x, np.float64)
   if x.size == 0:
     return math.nan, math.nan, math.nan
@@ -163,12 +178,65 @@ def row_stats(per_task: dict, ids: list[str], samples: int, seed: int
               coverage=covered / inputs if inputs else math.nan)
 
 
+# config.table's fields: name -> (required, what it must be)
+TABLE_FIELDS = {
+    "rows": (True, "a non-empty tuple of row names"),
+    "bootstrap": (True, "an integer >= 1 (resamples per interval)"),
+    "seed": (True, "an integer >= 0 (the bootstrap's seed)"),
+    "derived": (False, "True or False"),
+}
+
+
+def check_table_config(tc) -> None:
+  """Checks `config.table` before anything runs (not after the last row).
+
+  Args:
+    tc: `config.table` (a ConfigDict or a dict): `rows`, `bootstrap`,
+      `seed`, optional `derived`.
+
+  Raises:
+    ValueError: a field missing, unknown (with the nearest known name) or of
+      the wrong type or range, naming the field and what it must be; an
+      unknown or repeated row.
+  """
+  keys = list(tc.keys())
+  for key in keys:
+    if key not in TABLE_FIELDS:
+      near = difflib.get_close_matches(key, TABLE_FIELDS, n=1)
+      hint = f"; did you mean table.{near[0]}?" if near else ""
+      raise ValueError(f"table.{key}: unknown field{hint} (known: "
+                       f"{', '.join(TABLE_FIELDS)})")
+  for key, (required, what) in TABLE_FIELDS.items():
+    if required and key not in keys:
+      raise ValueError(f"table.{key} is missing: it must be {what}")
+
+  def fail(key, value):
+    raise ValueError(f"table.{key} must be {TABLE_FIELDS[key][1]}, got "
+                     f"{value!r}")
+
+  rows = tc["rows"]
+  if (isinstance(rows, str) or not isinstance(rows, (tuple, list))
+      or not rows or not all(isinstance(r, str) for r in rows)):
+    fail("rows", rows)
+  for key in ("bootstrap", "seed"):
+    v = tc[key]
+    if (isinstance(v, bool) or not isinstance(v, (int, np.integer))
+        or v < (1 if key == "bootstrap" else 0)):
+      fail(key, v)
+  if "derived" in keys and not isinstance(tc["derived"], (bool, np.bool_)):
+    fail("derived", tc["derived"])
+  unknown = [r for r in rows if r not in ROWS]
+  if unknown:
+    raise ValueError(f"table.rows: unknown rows {unknown}; known: "
+                     f"{list(ROWS)}")
+  repeated = sorted({r for r in rows if list(rows).count(r) > 1})
+  if repeated:
+    raise ValueError(f"table.rows: rows {repeated} appear more than once")
+
+
 def _plan(tc) -> tuple[list[str], dict, list[str]]:
   """(rows to run, derived row -> selection, rows in display order)."""
-  unknown = set(tc.rows) - set(ROWS)
-  if unknown:
-    raise ValueError(f"table.rows: unknown rows {sorted(unknown)}; known: "
-                     f"{list(ROWS)}")
+  check_table_config(tc)
   derived = ({n: DERIVED[n] for n in tc.rows if n in DERIVED}
              if tc.get("derived", True) else {})
   runs = [n for n in tc.rows if n not in derived]
@@ -190,8 +258,7 @@ def _collect(workdir: str, runs: list[str], derived: dict
     path = os.path.join(workdir, name, "results.json")
     if not os.path.exists(path):
       continue
-    with open(path, encoding="utf-8") as f:
-      res = json.load(f)
+    res = _read_results(path)
     outcomes[name] = _outcomes(res)
     timings[name] = res["summary"].get("timings_s", {})
     if name != "headline":
@@ -206,6 +273,24 @@ def _collect(workdir: str, runs: list[str], derived: dict
       timings[row] = dict(ttt=0.0, inference=0.0, voting=voting,
                           total=voting)
   return outcomes, timings
+
+
+def _read_results(path: str) -> dict:
+  """A finished row's `results.json`, or a ValueError naming the file and
+  the remedy (a truncated, zeroed or foreign file)."""
+  remedy = ("delete it and rerun the table command: the row resumes from "
+            "its chunks and writes it again")
+  try:
+    with open(path, encoding="utf-8") as f:
+      res = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path} is unreadable ({e}); {remedy}") from e
+  if (not isinstance(res, dict) or not isinstance(res.get("summary"), dict)
+      or not isinstance(res.get("tasks"), list)
+      or not all(isinstance(t, dict) and "id" in t for t in res["tasks"])):
+    raise ValueError(f"{path} is not a run's results (an object with "
+                     f"'summary' and a list of task records); {remedy}")
+  return res
 
 
 def run_table(config, workdir: str, predictors: dict | None = None,
@@ -291,8 +376,6 @@ def _write_table(workdir: str, order: list[str], outcomes: dict,
     rows[name] = s
   table = dict(tasks=ids, rows=rows, bootstrap=tc.bootstrap, seed=tc.seed,
                pending=[n for n in order if n not in outcomes])
-  from ttt import evaluate
-
   evaluate.write_json(os.path.join(workdir, "table.json"), table)  # atomic
   evaluate.write_text(os.path.join(workdir, "table.md"), markdown(table))
   _plot(table, os.path.join(workdir, "ttt_steps.png"))
@@ -342,8 +425,8 @@ def _solved_matrix(rows: dict) -> list[str]:
            "| task | " + " | ".join(rows) + " |",
            "|" + "---|" * (len(rows) + 1)]
   for i in sorted(ids, key=lambda i: (-count[i], i)):
-    lines.append(f"| {i} | " + " | ".join("✓" if i in solved[n] else ""
-                                          for n in rows) + " |")
+    lines.append(f"| {evaluate.md_text(i)} | " + " | ".join(
+        "✓" if i in solved[n] else "" for n in rows) + " |")
   return lines
 
 
