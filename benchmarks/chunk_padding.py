@@ -23,7 +23,9 @@ import platform
 from absl import app
 from ml_collections import config_flags
 
-from ttt import data, pipeline, sharding
+from ttt import data, sharding
+from ttt import job as job_lib
+from ttt import plan as plan_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/arc_ttt.py:gpu", "a main-job config, or a table "
@@ -33,7 +35,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 def count(job, tasks, mesh, order: str) -> dict:
   """Padded TTT work of the run's chunks under `order`."""
   job = job._replace(run=dataclasses.replace(job.run, chunk_order=order))
-  plan = pipeline.plan_run(job, tasks, mesh, trains=True)
+  plan = plan_lib.plan_run(tasks, mesh, run=job.run, data_cfg=job.data,
+                           views_cfg=job.views, decode=job.decode)
   bound = {n: data.row_length_bound(t, job.data)
            for n, t in enumerate(tasks) if n not in plan.too_long}
   tokens = attention = 0
@@ -54,8 +57,8 @@ def count(job, tasks, mesh, order: str) -> dict:
 
 def main(_):
   config = _CONFIG.value
-  job = pipeline.parse_config(config.job if "job" in config else config)
-  tasks, _ = pipeline.load_tasks(job.run)
+  job = job_lib.parse(config.job if "job" in config else config)
+  tasks, _ = plan_lib.load_tasks(job.run)
   mesh = sharding.make_mesh()
   orders = {o: count(job, tasks, mesh, o) for o in ("run", "length")}
   ratio = {k: round(orders["run"][f"padded_{k}"]

@@ -15,7 +15,7 @@ evaluation, one chunk):
 
 Methods (`--methods`, comma-separated): greedy; sample (T=1, 4 per view);
 dfs<p> (decode.method='dfs', min_prob=p, 8 answers per view at most);
-vgb (decode.method='vgb', see ttt.decode.make_vgb_decoder).
+vgb (decode.method='vgb', see ttt.decoders.vgb).
 Selections (`--votes`): hierarchical, product_of_experts, count_poe.
 
 Prints one JSON line (also written to --out): rows of {ttt, method, vote,
@@ -52,71 +52,74 @@ def method_fields(name: str) -> dict:
 
 
 def _rows_for_setting(config, ttt_on: bool, methods, votes, log) -> list:
+  """Trains once, then every decode method x selection rule on those
+  adapters, composing the main job's public stage factories."""
   import dataclasses
 
   import jax
 
-  from ttt import evaluate, pipeline, sharding
+  from ttt import evaluate, pipeline, select, sharding
+  from ttt import job as job_lib
+  from ttt import plan as plan_lib
+  from ttt import weights as weights_lib
 
   config = config.copy_and_resolve_references()
   config.ttt.enabled = ttt_on
-  job = pipeline.parse_config(config)
-  tasks, _ = pipeline.load_tasks(job.run)
+  job = job_lib.parse(config)
+  tasks, _ = plan_lib.load_tasks(job.run)
   mesh = sharding.make_mesh()
-  graphdef, template, base, model_cfg = pipeline.load_model(job)
-  job = job._replace(model=pipeline.configlib.from_config(
-      pipeline.model_lib.ModelConfig, model_cfg))
-  model = pipeline.place_model(graphdef, template, base, mesh)
-  plan = pipeline.plan_run(job, tasks, mesh, trains=ttt_on)
-  programs = pipeline.make_programs(job, graphdef, mesh, plan.caps)
+  weights, model_cfg = weights_lib.load(job.init_from, job.model, job.adapter,
+                                        job.run.seed)
+  job = job._replace(model=model_cfg)
+  weights = weights_lib.place(weights, mesh)
+
+  def plan_for(j):
+    return plan_lib.plan_run(tasks, mesh, run=j.run, data_cfg=j.data,
+                             views_cfg=j.views, decode=j.decode,
+                             trains=ttt_on)
+
+  plan = plan_for(job)
+  stages = pipeline.make_stages(job, plan, weights, mesh)
   chunk = plan.chunks[0]
-  cd = pipeline.chunk_data(job, plan, chunk, mesh, build=ttt_on)
+  cd = stages.adapt.build(plan, chunk)
   t0 = time.perf_counter()
-  adapters, ttt_m = pipeline.train_chunk(job, programs, model, cd, mesh)
+  adapters, ttt_m = stages.adapt.train(cd)
   jax.block_until_ready(adapters)
   log(f"ttt={ttt_on}: {len(chunk)} tasks trained in "
       f"{time.perf_counter() - t0:.1f}s")
   rows = []
   for name in methods:
     dj = job._replace(decode=dataclasses.replace(job.decode,
-                                                 **method_fields(name)))
-    dplan = pipeline.plan_run(dj, tasks, mesh, trains=ttt_on)
-    dprog = pipeline.make_programs(dj, graphdef, mesh, dplan.caps)
-    decoder = pipeline.ModelDecoder(dj, dprog, model[2], mesh, dplan.caps)
-    queries = [q for n in cd.slots for q in dplan.queries[n]]
-    slot_of = [s for s, n in enumerate(cd.slots)
-               for _ in dplan.queries[n]]
-    decoder(queries, slot_of, adapters)  # compile + warm
+                                                 **method_fields(name)),
+                      vote=dataclasses.replace(job.vote, method=votes[0],
+                                               also=tuple(votes[1:])))
+    dplan = plan_for(dj)
+    ds = pipeline.make_stages(dj, dplan, weights, mesh)
+    queries, slot_of = dplan.chunk_queries(cd.slots)
+    ds.decoder.decode(queries, slot_of, adapters)  # compile + warm
     t0 = time.perf_counter()
-    predictions = decoder(queries, slot_of, adapters)
+    decoded = ds.decoder.decode(queries, slot_of, adapters)
     decode_s = time.perf_counter() - t0
-    scored = None
-    for vote_method in votes:
-      vj = dj._replace(vote=dataclasses.replace(dj.vote, method=vote_method))
-      vprog = pipeline.make_programs(vj, graphdef, mesh, dplan.caps)
-      t0 = time.perf_counter()
-      if vote_method in pipeline.vote.RESCORED:  # scored once per method
-        if scored is None:
-          scored = pipeline.poe_scores(vj, vprog, model[2], mesh, queries,
-                                       slot_of, predictions, adapters)
-          score_s = time.perf_counter() - t0
-          t0 = time.perf_counter()
-        attempts = pipeline.poe_select(vote_method, scored)
-        select_s = score_s + time.perf_counter() - t0
-      else:
-        attempts = pipeline.select(vj, vprog, model[2], mesh, dplan.caps,
-                                   queries, slot_of, predictions, adapters)
-        select_s = time.perf_counter() - t0
-      tests = pipeline.test_records(dj, queries, predictions, attempts)
-      s = evaluate.score(pipeline._records(dplan, chunk, cd, tests, ttt_m))
+    attempts, times = ds.selection.select(queries, slot_of,
+                                          decoded.predictions, adapters)
+    for vote_method in votes:  # each rule as the main one, on one pool
+      order = {vote_method: attempts[vote_method],
+               **{m: a for m, a in attempts.items() if m != vote_method}}
+      records = pipeline.chunk_records(dplan, chunk, cd.slots, queries,
+                                  decoded.predictions, order, ttt_m,
+                                  ds.decoder.empty_slots)
+      s = evaluate.score(records)
+      rescored = select.RULES[vote_method].rescored
       row = dict(ttt=ttt_on, method=name, vote=vote_method,
                  coverage=round(s["coverage"], 4),
                  pass2_tasks=s["pass2_tasks"],
                  pass2_inputs=s["pass2_inputs"],
                  test_inputs=s["test_inputs"],
                  scored_tasks=s["scored_tasks"],
-                 decode_s=round(decode_s, 2), model_calls=decoder.calls,
-                 select_s=round(select_s, 2))
+                 decode_s=round(decode_s, 2),
+                 model_calls=decoded.model_calls,
+                 select_s=round(times[f"voting_{vote_method}"] + (
+                     times["rescoring"] if rescored else 0.0), 2))
       log(json.dumps(row))
       rows.append(row)
   return rows

@@ -1,6 +1,6 @@
 """Throughput of batched decoding (tasks x views) and of the whole pipeline.
 
-1. Decoding: greedy KV-cache decoding (`ttt.decode.make_greedy_decoder`) of
+1. Decoding: greedy KV-cache decoding (`ttt.decoders.sampled`) of
    Q test inputs x V views (MARC's 8 views: identity, 2 shuffled orders, 5
    dihedral transforms) of real ARC-AGI-1 evaluation prompts, each query under
    its own LoRA adapter, for `--max_new` tokens. Weights are random, so rows
@@ -31,8 +31,9 @@ import ml_collections
 import numpy as np
 
 from configs import arc_ttt, common
-from ttt import arc, decode, lora, metrics, pipeline, sharding, tokens, views
+from ttt import arc, lora, metrics, pipeline, sharding, tokens, views
 from ttt import model as model_lib
+from ttt.decoders import sampled
 
 
 def decode_bench(args):
@@ -64,15 +65,19 @@ def decode_bench(args):
       valid[i, j] = True
   adapters = lora.init_adapters(cfg, jax.random.key(1), q)
   mesh = sharding.make_mesh()
-  args_d = sharding.pad_tasks((adapters, prompts, lengths, coords, segs,
-                               valid), mesh.size)[0]
+  keys = jax.random.key_data(jax.random.split(jax.random.key(2), q))
+  slots = np.arange(q, dtype=np.int32)
+  args_d = sharding.pad_tasks((slots, prompts, lengths, coords, segs, valid,
+                               keys), mesh.size)[0]
   args_d = sharding.shard_tasks(args_d, mesh)
+  args_d = args_d[:-1] + (jax.random.wrap_key_data(args_d[-1]),)
+  adapters = sharding.replicate(adapters, mesh)
   base_r = sharding.replicate(base, mesh)
-  fn = decode.make_greedy_decoder(None, graphdef, args.prompt_len,
-                                  args.max_new)
-  jax.block_until_ready(fn(base_r, *args_d))  # compile
+  program = sampled.make_program(graphdef, args.max_new)
+  fn = lambda *a: program(base_r, adapters, *a)  # noqa: E731
+  jax.block_until_ready(fn(*args_d))  # compile
   t0 = time.perf_counter()
-  out = jax.block_until_ready(fn(base_r, *args_d))
+  out = jax.block_until_ready(fn(*args_d))
   dt = time.perf_counter() - t0
   out = np.asarray(out)[:q]
   generated = int(((out != tokens.PAD) & valid[..., None]).sum())

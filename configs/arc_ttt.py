@@ -39,9 +39,9 @@ Presets:
 Every group is built from its dataclass (`ttt.configlib.group`): the
 dataclass declares each field with its default and a comment; a preset
 names only what it changes. `python -m launch.ttt --helpfull` lists flags;
-the fields are those of `ttt.pipeline.RunConfig`, `ttt.model.ModelConfig` /
+the fields are those of `ttt.job.RunConfig`, `ttt.model.ModelConfig` /
 `AdapterConfig`, `ttt.data.DataConfig`, `ttt.inner_loop.TTTConfig`,
-`ttt.views.ViewConfig`, `ttt.decode.DecodeConfig`, `ttt.vote.VoteConfig`.
+`ttt.views.ViewConfig`, `ttt.decoders.DecodeConfig`, `ttt.select.VoteConfig`.
 
 Ablation switches (one field each): ttt.enabled, ttt.shared_adapter,
 data.leave_out ('one' | 'end_to_end'), data.loss ('outputs' | 'query' |
@@ -57,7 +57,7 @@ config.json, report.md (+ renderings/), chunks/ (resume state).
 import ml_collections
 
 from configs import common
-from ttt import configlib, data, decode, inner_loop, pipeline, views, vote
+from ttt import configlib, data, decoders, inner_loop, job, select, views
 from ttt import model as model_lib
 
 PRESETS = ("tiny", "gpu")
@@ -73,11 +73,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.init_from = common.checkpoint_path("base" if gpu else "tiny")
   c.model = common.model_config("base" if gpu else "tiny")
   if gpu:
-    c.run = configlib.group(pipeline.RunConfig, chunk_size=64,
+    c.run = configlib.group(job.RunConfig, chunk_size=64,
                             fixed_shapes=False, length_bucket=256,
                             chunk_order="length")
   else:  # the 10 shortest evaluation tasks, one chunk
-    c.run = configlib.group(pipeline.RunConfig, num_tasks=10,
+    c.run = configlib.group(job.RunConfig, num_tasks=10,
                             select="shortest", chunk_size=10)
   c.adapter = configlib.group(model_lib.AdapterConfig)
   c.data = configlib.group(data.DataConfig,
@@ -91,8 +91,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # every answer with p >= 10% per view, the greedy one included: more
   # right answers than greedy at 1.2x its decode time (benchmarks/RESULTS.md,
   # decode_methods); --config.decode.method=greedy for the plain decoder
-  c.decode = configlib.group(decode.DecodeConfig,
+  c.decode = configlib.group(decoders.DecodeConfig,
                              max_new_tokens=931 if gpu else 320,
                              method="dfs", min_prob=0.1, max_candidates=8)
-  c.vote = configlib.group(vote.VoteConfig)
+  c.vote = configlib.group(select.VoteConfig)
   return c

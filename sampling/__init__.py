@@ -30,8 +30,8 @@ import jax
 import numpy as np
 
 from sampling import bounded, exact, montecarlo, oracles, trees, walks
+from sampling import mesh as sharding
 from sampling.trees import Instance, InstanceError, load_instance, make_instance
-from ttt import sharding
 
 METHODS = ("top_down", "rejection", "sir", "js", "lifted", "vgb", "ttt_elim")
 

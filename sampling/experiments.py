@@ -47,7 +47,7 @@ from absl import logging
 
 import sampling
 from sampling import bounded, exact, montecarlo, trees
-from ttt import sharding
+from sampling import mesh as sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +175,7 @@ def _brief(lb: dict) -> dict:
 
 def run(config: Any, workdir: str) -> dict:
   """Runs the sweeps; returns the results dict (also in results.json)."""
-  from ttt import configlib
+  from sampling import configlib
 
   cfg = configlib.from_config(ExperimentConfig, config)
   os.makedirs(workdir, exist_ok=True)

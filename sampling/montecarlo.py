@@ -96,7 +96,7 @@ def _compiled(inst, kind):
 def exact_samples(inst: trees.Instance, key: jax.Array, num: int,
                   mesh=None) -> np.ndarray:
   """int32[num, n] exact samples from μ*."""
-  from ttt import sharding
+  from sampling import mesh as sharding
 
   mesh = sharding.make_mesh() if mesh is None else mesh
   keys, _ = sharding.pad_tasks(jax.random.split(key, num), mesh.size)
@@ -108,7 +108,7 @@ def exact_samples(inst: trees.Instance, key: jax.Array, num: int,
 def score_samples(inst: trees.Instance, xs: np.ndarray, mesh=None) -> dict:
   """Per sample: `log_mu` (log μ*(x)), `log_q` (top-down log q(x)) and
   `state` (final DFA state; 0 for other targets), numpy [N]."""
-  from ttt import sharding
+  from sampling import mesh as sharding
 
   mesh = sharding.make_mesh() if mesh is None else mesh
   xs = np.asarray(xs, np.int32)

@@ -1,4 +1,4 @@
-"""Tests for ttt.decode and ttt.views."""
+"""Tests for ttt.decoders (the kernels and methods) and ttt.views."""
 
 import os
 
@@ -7,8 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ttt import arc, augment, data, decode, lora, tokens, views
+from ttt import arc, augment, data, lora, select, tokens, views
 from ttt import model as M
+from ttt.decoders import common as decode
+from ttt.decoders import dfs as dfs_lib
+from ttt.decoders import sampled
+from ttt.decoders import vgb as vgb_lib
 
 TINY = dict(num_layers=2, d_model=64, num_heads=4, mlp_dim=128,
             dtype="float32")
@@ -64,11 +68,12 @@ def test_kv_cache_decode_equals_full_recompute(mode):
   vs = views.make_views(3, dict(orders=1))[:3]
   p, lengths, coords, segs = _prompts(task, vs, 160)
   max_new = 12
-  dec = decode.make_greedy_decoder(None, graphdef, 160, max_new)
+  dec = sampled.make_program(graphdef, max_new)
   stack = lambda x: jnp.asarray(x)[None]  # noqa: E731
-  out = dec(base, jax.tree.map(lambda x: x[None], adapters), stack(p),
-            stack(lengths), stack(coords), stack(segs),
-            jnp.ones((1, len(vs)), bool))
+  out = dec(base, jax.tree.map(lambda x: x[None], adapters),
+            jnp.zeros(1, jnp.int32), stack(p), stack(lengths), stack(coords),
+            stack(segs), jnp.ones((1, len(vs)), bool),
+            jax.random.split(key, 1))
   out = np.asarray(out[0])
   merged = lora.merge(graphdef, adapters, base)
   for v in range(len(vs)):
@@ -89,9 +94,9 @@ def test_answer_coords_match_the_codec():
     assert np.asarray(c).tolist() == want.tolist()
 
 
-def test_scorers_equal_the_training_loss_and_rank_answers():
-  """The candidate scorers are the inner loop's NLL (one kernel), per row,
-  and the slot-gathering row scorer equals the per-query one."""
+def test_row_scorer_equals_the_training_loss_and_ranks_answers():
+  """The candidate scorer is the inner loop's NLL (one kernel), per row,
+  under each row's adapter slot."""
   from ttt import inner_loop
 
   key = jax.random.key(0)
@@ -104,9 +109,9 @@ def test_scorers_equal_the_training_loss_and_rank_answers():
                                           (task.test[0][1] + 1) % 10)])
   rows = [tokens.encode_task(t, 128, loss="query") for t in (task, wrong)]
   batch = data.stack_rows(rows + [None], 3, 128)
-  score = decode.make_scorer(None, graphdef)
-  s = np.asarray(score(base, jax.tree.map(lambda x: x[None], adapters),
-                       jax.tree.map(lambda x: x[None], batch)))[0]
+  scorer = select.make_row_scorer(graphdef)
+  s = np.asarray(scorer(base, jax.tree.map(lambda x: x[None], adapters),
+                        jnp.zeros(3, jnp.int32), batch))
   merged = lora.merge(graphdef, adapters, base)
   for r in range(2):
     loss, count = inner_loop.sequence_loss(
@@ -115,22 +120,22 @@ def test_scorers_equal_the_training_loss_and_rank_answers():
   assert s[0] != s[1] and s[2] == -np.inf
   # two adapter slots: row r scored under slot r % 2
   two = jax.tree.map(lambda x: jnp.stack([x, jnp.zeros_like(x)]), adapters)
-  rs = np.asarray(decode.make_row_scorer(graphdef)(
-      base, two, jnp.array([0, 1, 0]), batch))
+  rs = np.asarray(scorer(base, two, jnp.array([0, 1, 0]), batch))
   np.testing.assert_allclose(rs[[0, 2]], s[[0, 2]], rtol=1e-5)
   # a row's score does not depend on the rows scored with it (the main job
   # scores long rows a few per call): bit for bit
-  one = [np.asarray(decode.make_row_scorer(graphdef)(
+  one = [np.asarray(scorer(
       base, two, jnp.array([k % 2]),
       jax.tree.map(lambda x, k=k: x[k:k + 1], batch)))[0] for k in range(3)]
   np.testing.assert_array_equal(one, rs)
   zero = jax.tree.map(lambda x: jnp.zeros_like(x)[None], adapters)
-  s1 = np.asarray(score(base, zero, jax.tree.map(lambda x: x[None],
-                                                 batch)))[0]
+  s1 = np.asarray(scorer(base, zero, jnp.zeros(3, jnp.int32), batch))
   np.testing.assert_allclose(rs[1], s1[1], rtol=1e-5)
 
 
-def test_decoder_with_slots_equals_per_query_decoder():
+def test_slot_program_equals_the_one_query_kernel_per_query():
+  """`with_slot` (vmapped, adapters gathered by slot) == the kernel run on
+  each query alone under its own adapter."""
   key = jax.random.key(3)
   model = M.make_model(TINY, dict(mode="lora", rank=4), key)
   graphdef, adapters, base = lora.split(model)
@@ -143,11 +148,12 @@ def test_decoder_with_slots_equals_per_query_decoder():
   valid = np.ones(len(vs), bool)
   args = [np.stack([x, x]) for x in (p, lengths, coords, segs, valid)]
   slots = np.array([1, 0], np.int32)
-  got = decode.make_decoder(graphdef, 10)(base, stacked, slots, *args,
-                                          jax.random.split(key, 2))
-  ref = decode.make_greedy_decoder(None, graphdef, 160, 10)(
-      base, jax.tree.map(lambda x: x[slots], stacked), *args)
-  np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+  keys = jax.random.split(key, 2)
+  got = sampled.make_program(graphdef, 10)(base, stacked, slots, *args, keys)
+  one = jax.jit(sampled.make_query_fn(graphdef, 10, 0.0))
+  ref = [one(base, ad[int(slots[q])], *(a[q] for a in args), keys[q])
+         for q in range(2)]
+  np.testing.assert_array_equal(np.asarray(got), np.stack(ref))
   assert not np.array_equal(np.asarray(got)[0], np.asarray(got)[1])
 
 
@@ -181,18 +187,17 @@ def test_sampling_decoder_is_greedy_when_cold_and_varies_when_hot():
   vs = views.make_views(3, dict(orders=1))[:2]
   p, lengths, coords, segs = _prompts(task, vs, 160)
   args = (base, jax.tree.map(lambda x: x[None], adapters),
+          jnp.zeros(1, jnp.int32),
           *(jnp.asarray(x)[None] for x in (p, lengths, coords, segs)),
           jnp.ones((1, len(vs)), bool))
-  greedy = np.asarray(decode.make_greedy_decoder(None, graphdef, 160, 10)(
-      *args))
-  keys = jax.random.split(jax.random.key(0), (1, len(vs)))
-  cold = decode.make_greedy_decoder(None, graphdef, 160, 10, 1e-4)
+  keys = jax.random.split(jax.random.key(0), 1)
+  greedy = np.asarray(sampled.make_program(graphdef, 10)(*args, keys))
+  cold = sampled.make_program(graphdef, 10, 1e-4)
   np.testing.assert_array_equal(np.asarray(cold(*args, keys)), greedy)
-  hot = decode.make_greedy_decoder(None, graphdef, 160, 10, 5.0)
+  hot = sampled.make_program(graphdef, 10, 5.0)
   a = np.asarray(hot(*args, keys))
   np.testing.assert_array_equal(np.asarray(hot(*args, keys)), a)  # keyed
-  b = np.asarray(hot(*args, jax.random.split(jax.random.key(1),
-                                              (1, len(vs)))))
+  b = np.asarray(hot(*args, jax.random.split(jax.random.key(1), 1)))
   assert (a != b).any()
   assert np.isin(a, np.flatnonzero(decode.ANSWER_TOKENS).tolist()
                  + [tokens.PAD]).all()
@@ -271,7 +276,7 @@ def test_dfs_finds_exactly_the_answers_above_the_threshold(min_prob=0.02):
   vs = views.make_views(2, dict(orders=1))[:3]
   p, lengths, coords, segs = _prompts(task, vs, 96)
   max_new, cap = 9, 64
-  dfs = decode.make_dfs_decoder(graphdef, max_new, min_prob, cap)
+  dfs = dfs_lib.make_program(graphdef, max_new, min_prob, cap)
   stacked = jax.tree.map(lambda x: x[None], adapters)
   args = [np.asarray(x)[None] for x in (p, lengths, coords, segs)]
   answers, logp, steps, cut = jax.device_get(dfs(
@@ -362,12 +367,15 @@ def test_vgb_output_law_is_the_exact_walk_law():
   # the tree up to 3 tokens holds every answer
   from configs import arc_ttt
   from sampling import exact
-  from ttt import pipeline
+  from ttt import job as job_lib
+  from ttt import weights as weights_lib
 
   cfg = arc_ttt.get_config("tiny")
   cfg.init_from = os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), "checkpoints", "tiny")
-  graphdef, adapters, base, _ = pipeline.load_model(cfg)
+  job = job_lib.parse(cfg)
+  (graphdef, adapters, base), _ = weights_lib.load(
+      job.init_from, job.model, job.adapter, job.run.seed)
   rng = np.random.default_rng(0)
 
   def pair():
@@ -385,8 +393,8 @@ def test_vgb_output_law_is_the_exact_walk_law():
   tmaps = np.stack([np.arange(tokens.VOCAB_SIZE)] * 2).astype(np.int32)
   tmaps[1, :10] = perm
   max_new, horizon, chains, loop = 3, 30, 1000, 4.0
-  vgb = decode.make_vgb_decoder(graphdef, max_new, chains, horizon,
-                                leaf_loop=loop, start="greedy")
+  vgb = vgb_lib.make_program(graphdef, max_new, chains, horizon,
+                             leaf_loop=loop, start="greedy")
   stack = lambda x: np.asarray(x)[None]  # noqa: E731
   answers, ok, calls = jax.device_get(vgb(
       base, jax.tree.map(lambda x: x[None], adapters), np.zeros(1, np.int32),

@@ -15,8 +15,9 @@ from jax import export
 
 import sampling
 from sampling import walks
-from ttt import data, decode, inner_loop, lora, tokens, vote
+from ttt import data, inner_loop, lora, select, tokens, vote
 from ttt import model as M
+from ttt.decoders import dfs, sampled, vgb
 
 PLATFORMS = ("cuda", "tpu")
 
@@ -53,10 +54,10 @@ def test_ttt_programs_lower_for_gpu_and_tpu():
   keys = jax.random.split(key, t)
   # (without the progress callback: a host callback cannot be exported to
   # another platform from a CPU machine; the program is otherwise the same)
-  _lowers(inner_loop.make_inner_loop(cfg, graphdef, progress=False), base,
+  _lowers(inner_loop.make_inner_loop(cfg, graphdef), base,
           adapters, ds, keys)
   q, v, p = 3, 2, 32
-  _lowers(decode.make_decoder(graphdef, 8, temperature=0.5), base, adapters,
+  _lowers(sampled.make_program(graphdef, 8, temperature=0.5), base, adapters,
           jnp.zeros(q, jnp.int32), jnp.zeros((q, v, p), jnp.int32),
           jnp.ones((q, v), jnp.int32), jnp.zeros((q, v, p, 3), jnp.int32),
           jnp.ones((q, v), jnp.int32), jnp.ones((q, v), bool),
@@ -65,13 +66,13 @@ def test_ttt_programs_lower_for_gpu_and_tpu():
                  jnp.ones((q, v), jnp.int32),
                  jnp.zeros((q, v, p, 3), jnp.int32),
                  jnp.ones((q, v), jnp.int32), jnp.ones((q, v), bool))
-  _lowers(decode.make_dfs_decoder(graphdef, 8, 0.1, 4), base, adapters,
+  _lowers(dfs.make_program(graphdef, 8, 0.1, 4), base, adapters,
           *prompt_args)
   tmaps = jnp.tile(jnp.arange(tokens.VOCAB_SIZE, dtype=jnp.int32), (q, v, 1))
-  _lowers(decode.make_vgb_decoder(graphdef, 8, 4, 16, 2.0), base, adapters,
+  _lowers(vgb.make_program(graphdef, 8, 4, 16, 2.0), base, adapters,
           *prompt_args, tmaps, jax.random.split(key, q))
   rows = data.stack_rows([row] * 4, 4, length)
-  _lowers(decode.make_row_scorer(graphdef), base, adapters,
+  _lowers(select.make_row_scorer(graphdef), base, adapters,
           jnp.zeros(4, jnp.int32), rows)
   g, s = 3, 2
   _lowers(vote.vmap_vote(vote.hierarchical_vote),

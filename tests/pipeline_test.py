@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from configs import arc_ttt
-from ttt import arc, augment, decode, evaluate, pipeline
+from ttt import arc, augment, evaluate, pipeline, select
+from ttt import job as job_lib
+from ttt import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,17 +113,40 @@ class _CompileLog(logging.Handler):
     return collections.Counter(m.split()[1] for m in self.seen)
 
 
+def _stage_programs(c, predictor=None) -> dict:
+  """{stage.program: its jit name} of the stages `pipeline.run` builds for
+  config `c` (built the same way, from the public factories)."""
+  from ttt import job as job_lib
+  from ttt import plan as plan_lib
+  from ttt import sharding
+  from ttt import weights as weights_lib
+
+  job = job_lib.parse(c)
+  tasks, _ = plan_lib.load_tasks(job.run)
+  mesh = sharding.make_mesh()
+  plan = plan_lib.plan_run(tasks, mesh, run=job.run, data_cfg=job.data,
+                           views_cfg=job.views, decode=job.decode)
+  weights, _ = weights_lib.load(job.init_from, job.model, job.adapter, 0)
+  stages = pipeline.make_stages(job, plan, weights, mesh, predictor)
+  return {k: p.__name__ for k, p in stages.programs().items()}
+
+
 def test_three_chunks_compile_each_program_once(tmp_path):
   """A 3-chunk run builds every program once: no program is lowered twice
-  for the same shapes, and the main programs exactly once."""
+  for the same shapes, and each stage's programs exactly once."""
   import jax
 
+  c = _config(num_tasks=6, chunk_size=2)
+  c.vote.also = ("flat", "identity")
+  programs = _stage_programs(c)
+  # every stage of this run has its programs: TTT, decoding, the votes
+  assert {k.split(".")[0] for k in programs} == {"adapt", "decode", "select"}
   log = _CompileLog()
   logger = logging.getLogger("jax")
   logger.addHandler(log)
   jax.config.update("jax_log_compiles", True)
   try:
-    s = pipeline.run(_config(num_tasks=6, chunk_size=2), str(tmp_path))
+    s = pipeline.run(c, str(tmp_path))
   finally:
     jax.config.update("jax_log_compiles", False)
     logger.removeHandler(log)
@@ -129,34 +154,67 @@ def test_three_chunks_compile_each_program_once(tmp_path):
   # (eager jax.random ops log the same argument shapes for different static
   # shapes, so only the pipeline's own programs are compared here)
   names = log.names()
-  for program in ("train_task", "init_adapters_at", "dfs_with_slot",
-                  "hierarchical_vote"):  # dfs: the presets' decoder
-    assert names[f"jit({program})"] == 1, (program, names)
+  for stage, program in programs.items():
+    assert names[f"jit({program})"] == 1, (stage, program, names)
   assert sum(names.values()) < 40  # no per-chunk rebuilds of small ops
+
+
+def _groups_round_trip(config, parsed):
+  """Every field a ConfigDict group sets is the parsed group's value (no
+  group dropped, no field re-defaulted on the way)."""
+  import dataclasses
+
+  for name, group in config.items():
+    if not hasattr(group, "items"):
+      continue
+    got = dataclasses.asdict(getattr(parsed, name))
+    for k, v in group.items():
+      want = list(v) if isinstance(v, tuple) else v
+      have = list(got[k]) if isinstance(got[k], tuple) else got[k]
+      assert have == want, (name, k, have, want)
 
 
 def test_every_preset_of_every_config_loads_and_validates():
   from configs import arc_ttt, pretrain
   from configs.sampling import scaling
+  from sampling import experiments
+  from ttt import configlib
+  from ttt import job as job_lib
+  from ttt import model as model_lib
+  from ttt import pretrain as pt
 
   for preset in arc_ttt.PRESETS:
-    job = pipeline.parse_config(arc_ttt.get_config(preset))
-    assert job.run.chunk_size >= 1 and job.ttt.steps >= 1
+    c = arc_ttt.get_config(preset)
+    job = job_lib.parse(c)
+    _groups_round_trip(c, job)
+    assert job.init_from == c.init_from
   for preset in pretrain.PRESETS:
-    from ttt import configlib
-    from ttt import pretrain as pt
-
     c = pretrain.get_config(preset)
     configlib.from_config(pt.PretrainConfig, c.pretrain)
-    configlib.from_config(pipeline.model_lib.ModelConfig, c.model)
+    model = configlib.from_config(model_lib.ModelConfig, c.model)
+    assert dataclasses_equal(model, c.model)
   for preset in scaling.PRESETS:
-    assert scaling.get_config(preset).sampling
+    c = scaling.get_config(preset).sampling
+    exp = configlib.from_config(experiments.ExperimentConfig, c)
+    assert dataclasses_equal(exp, c)
+    for k, v in scaling.PRESETS[preset].items():  # the preset's overrides
+      assert getattr(exp, k) == (tuple(v) if isinstance(v, list) else v)
   from configs import table as table_config
 
   for arg in ("cpu", "gpu", "cpu,version=2"):
     t = table_config.get_config(arg)
-    job = pipeline.parse_config(t.job)
+    job = job_lib.parse(t.job)
+    _groups_round_trip(t.job, job)
     assert len(job.run.task_ids) >= 50 and job.run.num_tasks == 0
+
+
+def dataclasses_equal(parsed, group) -> bool:
+  import dataclasses
+
+  got = dataclasses.asdict(parsed)
+  return all((list(got[k]) if isinstance(got[k], tuple) else got[k])
+             == (list(v) if isinstance(v, tuple) else v)
+             for k, v in group.items())
 
 
 def test_gpu_preset_without_a_model_says_what_to_train(tmp_path):
@@ -312,7 +370,7 @@ def test_chunks_by_length_give_the_same_results_in_run_order(tmp_path):
   assert grouped == plain  # every record, TTT losses and answers included
   assert all("ttt" in t for t in plain)  # none skipped
   with pytest.raises(ValueError, match="chunk_order"):
-    pipeline.parse_config(_config(chunk_order="sorted"))
+    job_lib.parse(_config(chunk_order="sorted"))
 
 
 def test_chunk_padding_benchmark_counts_less_padding_by_length():
@@ -345,7 +403,7 @@ def test_poe_scored_in_calls_of_a_few_rows_selects_the_same(
 
   together = run("also", also=("product_of_experts",))
   calls = []
-  row_scorer = decode.make_row_scorer
+  row_scorer = select.make_row_scorer
 
   def counted(graphdef):
     score = row_scorer(graphdef)
@@ -355,8 +413,8 @@ def test_poe_scored_in_calls_of_a_few_rows_selects_the_same(
       return score(base, adapters, slots, batch)
     return call
 
-  monkeypatch.setattr(decode, "make_row_scorer", counted)
-  monkeypatch.setattr(pipeline, "SCORE_ELEMENTS", 1)
+  monkeypatch.setattr(select, "make_row_scorer", counted)
+  monkeypatch.setattr(select, "SCORE_ELEMENTS", 1)
   apart = run("poe", method="product_of_experts")
   assert len(calls) > 1 and set(calls) == {8}, calls  # 8 fake devices
   assert sum(len(q["candidates"]) for t in apart for q in t["tests"]) > 2
@@ -611,20 +669,23 @@ def test_resume_knows_the_model_by_content_not_its_path(tmp_path):
   def job(path):
     c = _config()
     c.init_from = str(path)
-    return pipeline.parse_config(c)
+    return job_lib.parse(c)
 
-  assert pipeline.fingerprint(job(a)) == pipeline.fingerprint(job(b))
-  assert str(tmp_path) not in json.dumps(pipeline.fingerprint(job(a)))
+  def check_resume(j, wd):
+    workdir_lib.open_workdir(wd, job_lib.fingerprint(j), False, "{}").close()
+
+  assert job_lib.fingerprint(job(a)) == job_lib.fingerprint(job(b))
+  assert str(tmp_path) not in json.dumps(job_lib.fingerprint(job(a)))
   wd = tmp_path / "run"
   (wd / "chunks").mkdir(parents=True)
   (wd / "chunks" / "00000.json").write_text("{}")
-  pipeline._check_resume(job(a), str(wd))
-  pipeline._check_resume(job(b), str(wd))  # the same model, moved
+  check_resume(job(a), str(wd))
+  check_resume(job(b), str(wd))  # the same model, moved
   weights = sorted(p for p in (b / "weights").rglob("*")
                    if p.is_file() and p.parent.name == "d")
   weights[0].write_bytes(weights[0].read_bytes() + b"\0")
   with pytest.raises(ValueError, match="init_from: 'sha256:"):
-    pipeline._check_resume(job(b), str(wd))
+    check_resume(job(b), str(wd))
 
 
 def test_solutions_that_match_no_task_are_reported(tmp_path, caplog):

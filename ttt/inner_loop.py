@@ -24,6 +24,7 @@ This module trains adapters; it does not build data (`ttt.data`) or decode.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import chex
@@ -103,32 +104,19 @@ def sequence_loss(model, batch) -> tuple[jax.Array, jax.Array]:
   return -(ll * weights).sum() / jnp.maximum(count, 1.0), count
 
 
-_PROGRESS: list = [None]  # host hook: fn(steps_done), or None
-
-
-def set_progress(fn) -> None:
-  """Installs `fn(steps_done)`, called from inside the compiled inner loop
-  about 8 times per run (a `jax.debug.callback`; once per task or device
-  shard, so `fn` should ignore repeats); None removes it. The program is
-  the same either way."""
-  _PROGRESS[0] = fn
-
-
-def _tick(step) -> None:
-  if _PROGRESS[0] is not None:
-    _PROGRESS[0](int(step))
-
-
-def make_train_task(config: Any, graphdef=None, progress: bool = True):
+def make_train_task(config: Any, graphdef=None,
+                    progress: Callable[[int], None] | None = None):
   """The inner loop for ONE task (pure, unjitted).
 
   Args:
     config: has `.model`, `.adapter` and `.ttt` groups.
     graphdef: the model's graphdef from `lora.split` (default: built from
       the config).
-    progress: report step marks to the `set_progress` listener (a host
-      callback; off for `jax.export` to another platform, which cannot
-      carry one).
+    progress: optional host function `progress(steps_done)`, called from
+      inside the compiled loop about 8 times per run (a
+      `jax.debug.callback`; once per task or device shard, so it should
+      ignore repeats). Leave it None for `jax.export` to another
+      platform, which cannot carry a host callback.
 
   Returns:
     `train_task(base, adapter, data, key) -> (adapter, metrics)` with
@@ -144,6 +132,9 @@ def make_train_task(config: Any, graphdef=None, progress: bool = True):
   optimizer = make_optimizer(cfg)
   schedule = make_schedule(cfg)
   every = max(cfg.steps // 8, 1)  # progress callbacks per run: about 8
+
+  def _report(step) -> None:
+    progress(int(step))
 
   def loss_of(adapter, base, batch):
     return sequence_loss(lora.merge(graphdef, adapter, base), batch)[0]
@@ -165,7 +156,8 @@ def make_train_task(config: Any, graphdef=None, progress: bool = True):
       opt_state = jax.tree.map(keep, new_state, opt_state)
       if progress:
         jax.lax.cond(s % every == every - 1,
-                     lambda: jax.debug.callback(_tick, s + 1), lambda: None)
+                     lambda: jax.debug.callback(_report, s + 1),
+                     lambda: None)
       return (adapter, opt_state, ok), dict(loss=loss, grad_norm=grad_norm,
                                             lr=schedule(s))
 
@@ -186,7 +178,8 @@ def make_train_task(config: Any, graphdef=None, progress: bool = True):
 
 
 def make_inner_loop(config: Any, graphdef=None, *,
-                    max_traces: int | None = None, progress: bool = True):
+                    max_traces: int | None = None,
+                    progress: Callable[[int], None] | None = None):
   """The jitted inner loop over T tasks at once.
 
   Args:
@@ -194,6 +187,8 @@ def make_inner_loop(config: Any, graphdef=None, *,
     graphdef: optional graphdef from `lora.split` of the model in use.
     max_traces: if given, raise when the function is traced more often
       (`chex.assert_max_traces`): a guard against silent recompilation.
+    progress: optional host function `progress(steps_done)` (see
+      `make_train_task`).
 
   Returns:
     `inner_loop(base, adapters, datasets, keys) -> (adapters, metrics)`:

@@ -108,3 +108,36 @@ def peak_memory_gb() -> float | None:
   stats = jax.devices()[0].memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")
   return None if peak is None else round(peak / 2**30, 2)
+
+
+class CompileClock:
+  """Seconds JAX spends tracing, lowering and compiling while it is open.
+
+  `clock = CompileClock()` starts listening to JAX's monitoring events;
+  `clock.seconds` is the time so far, `clock.close()` stops listening.
+  One per run: no state is shared between clocks.
+  """
+
+  EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+            "/jax/core/compile/jaxpr_to_mlir_module_duration",
+            "/jax/core/compile/backend_compile_duration")
+
+  def __init__(self):
+    self.seconds = 0.0
+
+    def listen(event, duration, **_):
+      if event in self.EVENTS:
+        self.seconds += duration
+
+    self._listen = listen
+    jax.monitoring.register_event_duration_secs_listener(listen)
+
+  def close(self) -> float:
+    """Stops listening (where this JAX can); returns the seconds."""
+    unregister = getattr(jax.monitoring, "unregister_event_duration_listener",
+                         None)
+    if unregister is not None and self._listen is not None:
+      unregister(self._listen)
+      self._listen = None
+    return self.seconds
+

@@ -36,7 +36,6 @@ researchers comparing with the reference code; see
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple
@@ -48,36 +47,7 @@ import numpy as np
 from ttt import augment
 
 SIDE = 30
-METHODS = ("hierarchical", "flat", "reference", "product_of_experts",
-           "count_poe")
-RESCORED = ("product_of_experts", "count_poe")  # need the model's scorer
-# `also` may add these: every METHOD, and 'identity' = the hierarchical vote
-# over the identity view's own candidates (the first view: no transform,
-# original demonstration order) -- what an identity-view-only run selects
-SELECTIONS = METHODS + ("identity",)
 
-
-@dataclasses.dataclass(frozen=True)
-class VoteConfig:
-  """Selection settings (the `config.vote` group)."""
-
-  method: str = "hierarchical"  # one of METHODS
-  poe_candidates: int = 8  # product of experts: candidates rescored
-  # more selections from the same candidates (SELECTIONS), recorded next to
-  # the main one (`also` in each test-input record): ablations of the
-  # selection rule without a second TTT + decode
-  also: tuple = ()
-
-  def validate(self) -> None:
-    if self.method not in METHODS:
-      raise ValueError(f"vote.method must be one of {METHODS}, got "
-                       f"{self.method!r}")
-    bad = [m for m in self.also if m not in SELECTIONS]
-    if bad or len(set(self.also)) != len(self.also):
-      raise ValueError(f"vote.also: distinct names from {SELECTIONS}, got "
-                       f"{tuple(self.also)!r}")
-    if self.poe_candidates < 1:
-      raise ValueError("vote.poe_candidates must be >= 1")
 
 _CELLS_PER_WORD = 8  # 4 bits per cell in a uint32 fingerprint
 _WORDS = -(-SIDE * SIDE // _CELLS_PER_WORD)
@@ -302,7 +272,7 @@ def vmap_vote(fn):
   return jax.jit(jax.vmap(fn))
 
 
-# --- the main job's selection stage (host side around the jitted votes) ----
+# --- batched host wrappers (the selection stage, `ttt.select`, calls them) ---
 
 
 def pad_votes(groups: Sequence[Sequence[np.ndarray | None]], num_g: int,

@@ -1,0 +1,217 @@
+"""The TTT stage: per-chunk data, adapters created on the mesh, training.
+
+`make_adapt(...)` captures the ttt, adapter, model and data groups and the
+run's capacities, builds the jitted programs once (adapter init; the
+vmapped inner loop of `ttt.inner_loop`, or its one-adapter form for
+`ttt.shared_adapter`) and returns an `Adapt` whose per-chunk calls take
+data only:
+
+    chunk = adapt.build(plan, task_indices)  # ChunkData: rows, keys, slots
+    adapters, metrics = adapt.train(chunk)   # adapters [T] on the mesh
+
+Adapters are keyed by the global task index (`fold_in(key(seed), 1)` for
+init, `fold_in(key(seed), task index)` for data and steps), so results do
+not depend on `run.chunk_size` or on how many hosts run. Each host builds
+the TTT rows of the task slots its devices hold. Progress of the inner
+loop is reported from inside the compiled program to a reporter this stage
+owns (a log line about 8 times per chunk, with an ETA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from ttt import data, inner_loop, lora, sharding, tokens
+
+_PAD_INDEX = 2**31 - 1  # padding slot s gets task index _PAD_INDEX - s
+
+
+class ChunkData(NamedTuple):
+  """A chunk's TTT inputs.
+
+  Attributes:
+    slots: task index (in the run) of each used slot, in slot order.
+    task_index: int32[T] task index per slot (padding slots: indices past
+      every real task), host array.
+    keys: key[T] data/step keys `fold_in(key(seed), task index)`.
+    datasets: `TTTDataset` [T, N, L], task-sharded on the mesh (with a
+      shared adapter: a host array); None when nothing trains.
+    rows: int32[T] valid rows per slot.
+    row_tokens: mean real tokens of a training row, summed over the used
+      slots (all hosts); with `length`, the padded share of TTT compute.
+    length: L of the rows.
+  """
+
+  slots: list[int]
+  task_index: np.ndarray
+  keys: jax.Array
+  datasets: data.TTTDataset | None
+  rows: np.ndarray
+  row_tokens: float = 0.0
+  length: int = 0
+
+
+class Adapt(NamedTuple):
+  """The TTT stage, built once per run.
+
+  Attributes:
+    build: `(plan, task_indices) -> ChunkData` for a chunk of the plan.
+    train: `ChunkData -> (adapters [T] task-sharded or None, metrics)`:
+      metrics per used slot: final_loss, nonfinite, rows (lists).
+    tokens: `ChunkData -> {'ttt_real', 'ttt_computed'}` TTT tokens of
+      the chunk (the padded share).
+    steps: optimizer steps of a chunk (steps x slots when shared).
+    programs: {name: jitted program}.
+  """
+
+  build: Callable
+  train: Callable
+  tokens: Callable
+  steps: int
+  programs: dict
+
+
+class _Progress:
+  """Logs the inner loop's step marks once each, with an ETA from the
+  rate after the first mark (compilation excluded)."""
+
+  def __init__(self):
+    self.start(0)
+
+  def start(self, total: int) -> None:
+    self.total, self.t0 = total, time.perf_counter()
+    self.first, self.seen = None, 0
+
+  def __call__(self, done: int) -> None:
+    if done <= self.seen:  # once per mark (tasks and shards repeat it)
+      return
+    self.seen, now = done, time.perf_counter()
+    if self.first is None:
+      self.first = (now, done)
+    t1, d1 = self.first
+    eta = ((now - t1) / (done - d1) * (self.total - done)
+           if done > d1 else float("nan"))
+    logging.info("  TTT step %d/%d (%.0fs%s)", done, self.total,
+                 now - self.t0, "" if eta != eta else f", ETA {eta:.0f}s")
+
+
+def make_adapt(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
+               seed: int, length_bucket: int, weights, mesh,
+               caps) -> Adapt:
+  """Builds the TTT stage.
+
+  Args:
+    ttt, adapter, model, data_cfg: the ttt, adapter, model and data
+      groups.
+    seed: the run's seed.
+    length_bucket: TTT row lengths are padded to a multiple (when the
+      run has no fixed length).
+    weights: a placed `ttt.weights.Weights`, or None (a test double
+      decodes: no adapters, nothing trains).
+    mesh: the task mesh.
+    caps: the plan's `Capacities` (task slots T, row length).
+  """
+  shared = ttt.shared_adapter
+  steps = ttt.steps * (caps.tasks if shared else 1)
+  trains = weights is not None and ttt.enabled
+  progress = _Progress()
+  programs: dict = {}
+  if weights is not None:
+    groups = SimpleNamespace(model=model, adapter=adapter, ttt=ttt)
+    programs["init"] = jax.jit(
+        lora.make_init(groups, jax.random.fold_in(jax.random.key(seed), 1)),
+        out_shardings=sharding.task_sharding(mesh))
+  if trains:
+    groups = SimpleNamespace(model=model, adapter=adapter,
+                             ttt=dataclasses.replace(ttt, steps=steps))
+    programs["train"] = inner_loop.make_inner_loop(
+        groups, weights.graphdef, progress=progress)
+
+  def build(plan, chunk: list[int]) -> ChunkData:
+    slots = [n for n in chunk if n not in plan.too_long]
+    index = np.array(slots + [_PAD_INDEX - s
+                              for s in range(len(slots), caps.tasks)],
+                     np.int32)
+    key = jax.random.key(seed)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(index))
+    if not trains:
+      return ChunkData(slots, index, keys, None,
+                       np.zeros(caps.tasks, np.int32))
+    mine = (range(caps.tasks) if shared  # then every host builds every row
+            else sharding.local_rows(caps.tasks, mesh))
+    local = data.stack([
+        data.build_ttt_dataset(plan.tasks[slots[r]], data_cfg, keys[r])
+        if r < len(slots) else
+        data.blank(data_cfg.num_sequences, data_cfg.max_len) for r in mine])
+    # (a run-wide length needs no collective; every host takes one branch)
+    length = caps.ttt_len or data.bucket_length(
+        sharding.global_max(data.real_length(local)), length_bucket,
+        data_cfg.max_len)
+    local = data.trim(local, length)
+    rows = local.valid.sum(-1).astype(np.int32)
+    real = (local.tokens != tokens.PAD).sum(-1)  # [T_local, N]
+    used = [i for i, r in enumerate(mine) if r < len(slots)]
+    row_tokens = float(sum(real[i][local.valid[i]].mean() for i in used
+                           if local.valid[i].any()))
+    if shared:
+      return ChunkData(slots, index, keys, local, rows, row_tokens, length)
+    return ChunkData(slots, index, keys,
+                     sharding.put_rows(local, caps.tasks, mesh),
+                     sharding.gather(sharding.put_rows(rows, caps.tasks,
+                                                       mesh)),
+                     sharding.global_sum(row_tokens), length)
+
+  def train(cd: ChunkData) -> tuple[Any, dict]:
+    n = len(cd.slots)
+    untrained = dict(final_loss=[None] * n, nonfinite=[False] * n,
+                     rows=[0] * n)
+    if weights is None:  # a test double decodes: no model, no adapters
+      return None, untrained
+    params = weights.template if adapter.mode == "full" else None
+    adapters = programs["init"](params, sharding.shard_tasks(cd.task_index,
+                                                             mesh))
+    if cd.datasets is None:
+      return adapters, untrained
+    logging.info("  TTT: %d tasks x %d steps%s", n, ttt.steps,
+                 f" (one shared adapter: {steps} steps)" if shared else "")
+    progress.start(steps)
+    if shared:
+      one = jax.tree.map(lambda a: a[:1], sharding.gather(adapters))
+      rows = jax.tree.map(lambda x: x.reshape((1, -1) + x.shape[2:]),
+                          cd.datasets)
+      out, m = sharding.gather(programs["train"](weights.base, one, rows,
+                                                 cd.keys[:1]))
+      adapters = sharding.shard_tasks(
+          jax.tree.map(lambda o: np.repeat(o, len(cd.task_index), 0), out),
+          mesh)
+      jax.block_until_ready(adapters)
+      return adapters, dict(final_loss=[float(m["final_loss"][0])] * n,
+                            nonfinite=[bool(m["nonfinite"][0])] * n,
+                            rows=[int(x) for x in cd.rows[:n]])
+    adapters, m = programs["train"](weights.base, adapters, cd.datasets,
+                                    sharding.shard_tasks(cd.keys, mesh))
+    m = sharding.gather(dict(final_loss=m["final_loss"],
+                             nonfinite=m["nonfinite"]))
+    jax.block_until_ready(adapters)
+    return adapters, dict(
+        final_loss=[float(x) for x in m["final_loss"][:n]],
+        nonfinite=[bool(x) for x in m["nonfinite"][:n]],
+        rows=[int(x) for x in cd.rows[:n]])
+
+  def token_counts(cd: ChunkData) -> dict:
+    if cd.datasets is None:
+      return dict(ttt_real=0.0, ttt_computed=0.0)
+    per_step = ttt.steps * ttt.batch_size
+    return dict(ttt_real=cd.row_tokens * per_step,
+                ttt_computed=float(caps.tasks * per_step * cd.length))
+
+  return Adapt(build, train, token_counts, steps, programs)

@@ -1,0 +1,123 @@
+"""'greedy' and 'sample': one answer per view row, token by token.
+
+Each row is prefilled with a full forward pass over its prompt (padded to
+P; its real tokens end at the query's OUTPUT marker), which also fills a
+KV cache; then one token per step (`Transformer.step`) until every row has
+written `EOS` or `max_new` tokens. Generation is restricted to answer
+tokens (colours, ROW_END, EOS); the 3-D coordinates of each generated
+token follow from the rows and columns written so far, exactly as
+`ttt.tokens` lays out an answer grid. 'greedy' takes the argmax; 'sample'
+draws from softmax(logits / temperature), `decode.samples` answers per
+view (each repeat of a view in `query.views` is a row with its own key:
+`fold_in(query key, row)`, token t `fold_in(row key, t)`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ttt import lora, sharding, tokens, views
+from ttt.decoders import common
+
+
+def make_query_fn(graphdef, max_new: int, temperature: float):
+  """The kernel for ONE query, unjitted.
+
+  Returns:
+    `decode_query(base, adapter, prompts int32[V, P], lengths int32[V],
+    coords int32[V, P, 3], segments int32[V], valid bool[V], key) ->
+    int32[V, max_new]` answer tokens (PAD after EOS and on invalid rows);
+    `key` (one per query) is ignored when `temperature` is 0.
+  """
+  allowed = jnp.asarray(common.ANSWER_TOKENS)
+
+  def pick(logits, keys, t):
+    logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)
+    if temperature <= 0:
+      return jnp.argmax(logits, -1).astype(jnp.int32)
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
+    return jax.vmap(jax.random.categorical)(
+        step_keys, logits / temperature).astype(jnp.int32)
+
+  def decode_query(base, adapter, prompts, lengths, coords, segments, valid,
+                   key):
+    model = lora.merge(graphdef, adapter, base)
+    num_views = prompts.shape[0]
+    keys = jax.vmap(lambda v: jax.random.fold_in(key, v))(
+        jnp.arange(num_views))
+    last, cache = common.prefill(model, prompts, lengths, coords, max_new)
+    first = pick(last, keys, 0)
+    zeros = jnp.zeros(num_views, jnp.int32)
+    out = jnp.full((num_views, max_new), tokens.PAD, jnp.int32)
+    init = (jnp.int32(0), first, lengths.astype(jnp.int32), zeros, zeros,
+            ~valid, out, cache)
+
+    def cond(state):
+      t, _, _, _, _, done, _, _ = state
+      return (t < max_new) & ~done.all()
+
+    def body(state):
+      t, tok, index, row, col, done, out, cache = state
+      out = out.at[:, t].set(jnp.where(done, tokens.PAD, tok))
+      tok_coords, row, col = common.answer_coords(tok, row, col, segments)
+      done = done | (tok == tokens.EOS)
+      logits, cache = model.step(tok, index, tok_coords, cache, index)
+      return (t + 1, pick(logits, keys, t + 1), index + 1, row, col, done,
+              out, cache)
+
+    return jax.lax.while_loop(cond, body, init)[6]
+
+  return decode_query
+
+
+def make_program(graphdef, max_new: int, temperature: float = 0.0):
+  """`decode(base, adapters[T], slots[Q], prompts[Q, V, P], lengths[Q, V],
+  coords[Q, V, P, 3], segments[Q, V], valid[Q, V], keys[Q]) -> int32[Q, V,
+  max_new]`, jitted once (each new (Q, V, P) compiles once)."""
+  return common.with_slot(make_query_fn(graphdef, max_new, temperature))
+
+
+def _make(cfg: common.DecodeConfig, weights, mesh,
+          spec: common.DecodeSpec) -> common.Decoder:
+  program = make_program(weights.graphdef, cfg.max_new, cfg.temperature)
+
+  def decode(queries, slots, adapters) -> common.Decoded:
+    if not queries:
+      return common.Decoded([])
+    rows = common.prompt_rows(queries, slots, common.each_view, spec, mesh)
+    args, keys = common.put(rows, (), spec, mesh)
+    out = sharding.gather(program(weights.base, adapters, *args, keys))
+    predictions = [tuple(views.to_original(v, tokens.decode_grid(out[i, j]))
+                         for j, v in enumerate(q.views))
+                   for i, q in enumerate(queries)]
+    return common.Decoded(predictions,
+                          int((out[:len(queries)] != tokens.PAD).sum()),
+                          rows.prompt_tokens)
+
+  return common.Decoder(decode, empty_slots=False,
+                        programs={"decode": program})
+
+
+def _greedy_validate(cfg: common.DecodeConfig) -> None:
+  common.single_answer(cfg)
+  if cfg.samples > 1:
+    raise ValueError("decode.samples > 1 needs decode.method='sample' "
+                     "(greedy copies are identical) or 'vgb'")
+
+
+def _sample_validate(cfg: common.DecodeConfig) -> None:
+  if cfg.temperature <= 0:
+    raise ValueError("decode.method='sample' needs decode.temperature > 0")
+
+
+GREEDY = common.Method(
+    per_view=lambda cfg: 1, views_of=common.each_view,
+    validate=_greedy_validate, describe=lambda cfg: "greedy", make=_make)
+
+SAMPLE = common.Method(
+    per_view=lambda cfg: cfg.samples, views_of=common.each_view,
+    validate=_sample_validate,
+    describe=lambda cfg: (f"sampled (T={cfg.temperature}, {cfg.samples} per "
+                          "view)"),
+    make=_make)

