@@ -12,6 +12,14 @@ Positions: `rope='1d'` rotates by the 1-D position; `rope='3d'` splits each
 head's rotary pairs into three groups rotated by the (row, column, segment)
 coordinates from `ttt.tokens`.
 
+The architecture fields of `ModelConfig` also cover the pretrained language
+models `ttt.pretrained` loads (Llama, Mistral, Qwen2, Qwen3): grouped-query
+attention (`num_kv_heads`), an explicit head width (`head_dim_override`), q/k/v
+biases (`qkv_bias`), RMSNorm of each query and key head before RoPE
+(`qk_norm`), an output head tied to the embedding (`tie_embeddings`) and
+Llama-3 RoPE scaling (`rope_scaling`). At their defaults the model is the
+project's own, parameter for parameter and bit for bit.
+
 Adapters live inside the modules as `nnx.LoRAParam` variables, so
 `nnx.split(model, nnx.LoRAParam, ...)` separates them from the frozen base
 (`ttt.lora`): LoRA factors `lora_a` (random) and `lora_b` (zero) on the
@@ -21,7 +29,7 @@ visible to every position). A fresh adapter leaves the outputs unchanged for
 LoRA (B = 0); a prefix changes them by construction.
 
 This module computes logits; training loops live in `ttt.inner_loop` and
-`ttt.pretrain`, decoding in `ttt.decode`.
+`ttt.pretrain`, decoding in `ttt.decoders`.
 """
 
 from __future__ import annotations
@@ -40,31 +48,64 @@ LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """The transformer's shape (fields mirror `config.model`)."""
+  """The transformer's shape (fields mirror `config.model`).
+
+  The defaults of the fields after `norm_eps` give the project's own model;
+  a checkpoint whose stored config lacks them loads unchanged.
+  """
 
   vocab_size: int = 16  # ttt.tokens.VOCAB_SIZE
   num_layers: int = 2  # transformer blocks
   d_model: int = 64  # residual width
-  num_heads: int = 4  # attention heads (head dim = d_model // num_heads)
+  num_heads: int = 4  # query heads
   mlp_dim: int = 128  # SwiGLU hidden width
   rope: str = "3d"  # '1d' (1-D positions) or '3d' (row, column, segment)
-  rope_base: float = 10000.0  # RoPE wavelength base
+  rope_base: float = 10000.0  # RoPE wavelength base (HF `rope_theta`)
   dtype: str = "auto"  # compute dtype: 'auto' (f32 on CPU, bf16 on
   # GPU/TPU), 'bfloat16' or 'float32' (exact tests)
   norm_eps: float = 1e-6  # RMSNorm epsilon
+  num_kv_heads: int = 0  # key/value heads (grouped-query attention; a
+  #   divisor of num_heads); 0: num_heads
+  head_dim_override: int = 0  # per-head width; 0: d_model // num_heads
+  qkv_bias: bool = False  # biases on the q, k, v projections (Qwen2)
+  qk_norm: bool = False  # RMSNorm over head_dim of q and k before RoPE
+  #   (Qwen3)
+  tie_embeddings: bool = False  # output head = embedding transposed (no
+  #   separate head parameter)
+  rope_scaling: tuple[float, ...] = ()  # Llama-3 RoPE scaling: (factor,
+  #   low_freq_factor, high_freq_factor, original_max_position_embeddings);
+  #   () for none
 
   def validate(self) -> None:
-    if self.d_model % self.num_heads:
-      raise ValueError("d_model must be a multiple of num_heads")
-    head = self.d_model // self.num_heads
+    if not self.head_dim_override and self.d_model % self.num_heads:
+      raise ValueError("d_model must be a multiple of num_heads (or set "
+                       "head_dim_override)")
+    head = self.head_dim
     if head % 2 or (self.rope == "3d" and head < 6):
       raise ValueError(f"head dim {head} too small/odd for rope={self.rope}")
     if self.rope not in ("1d", "3d"):
       raise ValueError(f"rope must be '1d' or '3d', got {self.rope!r}")
+    if self.num_kv_heads < 0 or self.num_heads % self.kv_heads:
+      raise ValueError(f"num_kv_heads {self.num_kv_heads} must divide "
+                       f"num_heads {self.num_heads}")
+    if self.rope_scaling:
+      if len(self.rope_scaling) != 4 or self.rope != "1d":
+        raise ValueError("rope_scaling is (factor, low_freq_factor, "
+                         "high_freq_factor, original_max_position_embeddings)"
+                         f" with rope='1d', got {self.rope_scaling!r} with "
+                         f"rope={self.rope!r}")
+      factor, low, high, _ = self.rope_scaling
+      if factor <= 0 or high <= low:
+        raise ValueError(f"rope_scaling {self.rope_scaling!r} needs factor "
+                         "> 0 and high_freq_factor > low_freq_factor")
 
   @property
   def head_dim(self) -> int:
-    return self.d_model // self.num_heads
+    return self.head_dim_override or self.d_model // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,16 +153,21 @@ def _dtype(name: str):
 
 
 class Linear(nnx.Module):
-  """y = x W (+ (alpha / r) x A B when a LoRA rank is given). No bias.
+  """y = x W (+ b) (+ (alpha / r) x A B when a LoRA rank is given).
 
-  Shapes: x [..., din] -> y [..., dout]. W float32 [din, dout]; A [din, r]
-  drawn like PEFT's (uniform, bound 1/sqrt(din)) and B [r, dout] zero.
+  Shapes: x [..., din] -> y [..., dout]. W float32 [din, dout]; b float32
+  [dout] (zero-initialised) only with `bias=True`; A [din, r] drawn like
+  PEFT's (uniform, bound 1/sqrt(din)) and B [r, dout] zero.
   """
 
   def __init__(self, din: int, dout: int, *, rank: int = 0,
-               alpha: float = 1.0, dtype=jnp.float32, rngs: nnx.Rngs):
+               alpha: float = 1.0, bias: bool = False, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal")
     self.kernel = nnx.Param(init(rngs.params(), (din, dout), jnp.float32))
+    self.use_bias = bias
+    if bias:
+      self.bias = nnx.Param(jnp.zeros((dout,), jnp.float32))
     self.rank = rank
     self.scale = alpha / rank if rank else 0.0
     self.dtype = dtype
@@ -134,6 +180,8 @@ class Linear(nnx.Module):
   def __call__(self, x):
     x = x.astype(self.dtype)
     y = x @ self.kernel[...].astype(self.dtype)
+    if self.use_bias:
+      y = y + self.bias[...].astype(self.dtype)
     if self.rank:
       low = x @ self.lora_a[...].astype(self.dtype)
       y = y + (low @ self.lora_b[...].astype(self.dtype)) * self.scale
@@ -149,7 +197,13 @@ def rope_angles(config: ModelConfig, positions, coords):
   """
   pairs = config.head_dim // 2
   if config.rope == "1d":
-    inv = config.rope_base ** (-jnp.arange(pairs) / pairs)
+    # 1 / base^(2i / D) in float32, the way Hugging Face computes it: at
+    # positions in the thousands one ulp of a frequency shows in the logits.
+    d = 2 * pairs
+    inv = 1.0 / (config.rope_base ** (jnp.arange(0, d, 2, dtype=jnp.float32)
+                                      / d))
+    if config.rope_scaling:
+      inv = llama3_scaled(inv, *config.rope_scaling)
     return positions[..., None].astype(jnp.float32) * inv
   sizes = [pairs // 3 + (1 if n < pairs % 3 else 0) for n in range(3)]
   parts = []
@@ -157,6 +211,26 @@ def rope_angles(config: ModelConfig, positions, coords):
     inv = config.rope_base ** (-jnp.arange(n) / n)
     parts.append(coords[..., axis, None].astype(jnp.float32) * inv)
   return jnp.concatenate(parts, axis=-1)
+
+
+def llama3_scaled(inv, factor, low_freq_factor, high_freq_factor,
+                  original_max_positions):
+  """Llama-3 RoPE scaling of inverse frequencies float32[D / 2].
+
+  Wavelengths 2 pi / inv shorter than original_max_positions /
+  high_freq_factor are kept, those longer than original_max_positions /
+  low_freq_factor divided by `factor`, and those between interpolated
+  linearly in original_max_positions / wavelength.
+  """
+  wavelen = 2 * math.pi / inv
+  smooth = ((original_max_positions / wavelen - low_freq_factor)
+            / (high_freq_factor - low_freq_factor))
+  mixed = (1 - smooth) * inv / factor + smooth * inv
+  out = jnp.where(wavelen > original_max_positions / low_freq_factor,
+                  inv / factor, inv)
+  medium = ((wavelen >= original_max_positions / high_freq_factor)
+            & (wavelen <= original_max_positions / low_freq_factor))
+  return jnp.where(medium, mixed, out)
 
 
 def apply_rope(x, angles):
@@ -168,29 +242,49 @@ def apply_rope(x, angles):
 
 
 class Attention(nnx.Module):
-  """Multi-head causal self-attention with RoPE."""
+  """Causal self-attention with RoPE: H query heads, K key/value heads.
+
+  K = `config.kv_heads` divides H; each group of H / K query heads shares
+  one key/value head (grouped-query attention; K = H is multi-head).
+  """
 
   def __init__(self, config: ModelConfig, adapter: AdapterConfig,
                rngs: nnx.Rngs):
     d, dt = config.d_model, _dtype(config.dtype)
+    width = config.num_heads * config.head_dim
+    kv_width = config.kv_heads * config.head_dim
 
-    def lin(name):
+    def lin(name, din, dout, bias=False):
       rank = adapter.lora_rank if name in adapter.targets else 0
-      return Linear(d, d, rank=rank, alpha=adapter.alpha, dtype=dt, rngs=rngs)
+      return Linear(din, dout, rank=rank, alpha=adapter.alpha, bias=bias,
+                    dtype=dt, rngs=rngs)
 
-    self.q, self.k, self.v, self.o = lin("q"), lin("k"), lin("v"), lin("o")
+    self.q = lin("q", d, width, config.qkv_bias)
+    self.k = lin("k", d, kv_width, config.qkv_bias)
+    self.v = lin("v", d, kv_width, config.qkv_bias)
+    self.o = lin("o", width, d)
+    self.qk_norm = config.qk_norm
+    if config.qk_norm:
+      self.q_norm = nnx.RMSNorm(config.head_dim, epsilon=config.norm_eps,
+                                dtype=dt, rngs=rngs)
+      self.k_norm = nnx.RMSNorm(config.head_dim, epsilon=config.norm_eps,
+                                dtype=dt, rngs=rngs)
     self.num_heads = config.num_heads
+    self.num_kv_heads = config.kv_heads
     self.head_dim = config.head_dim
 
   def _qkv(self, x, angles):
+    """q [B, L, H, D]; k, v [B, L, K, D] (q and k rotated)."""
     b, length, _ = x.shape
-    shape = (b, length, self.num_heads, self.head_dim)
-    q = apply_rope(self.q(x).reshape(shape), angles)
-    k = apply_rope(self.k(x).reshape(shape), angles)
-    return q, k, self.v(x).reshape(shape)
+    q = self.q(x).reshape(b, length, self.num_heads, self.head_dim)
+    k = self.k(x).reshape(b, length, self.num_kv_heads, self.head_dim)
+    v = self.v(x).reshape(b, length, self.num_kv_heads, self.head_dim)
+    if self.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    return apply_rope(q, angles), apply_rope(k, angles), v
 
   def __call__(self, x, angles, kv_valid=None):
-    """Full causal attention; returns (out [B, L, d], (k, v) [B, L, H, D])."""
+    """Full causal attention; returns (out [B, L, d], (k, v) [B, L, K, D])."""
     b, length, _ = x.shape
     q, k, v = self._qkv(x, angles)
     mask = None if kv_valid is None else kv_valid[:, None, None, :]
@@ -202,7 +296,7 @@ class Attention(nnx.Module):
 
     Args:
       x: [B, 1, d]; angles: [B, 1, D / 2].
-      cache: (k, v) [B, C, H, D]; index: int32[B], where row b's new key
+      cache: (k, v) [B, C, K, D]; index: int32[B], where row b's new key
         goes (keys at positions <= index are attended to).
 
     Returns:
@@ -272,7 +366,8 @@ class Transformer(nnx.Module):
     coords: int32[B, L, 3] (needed for rope='3d'); kv_valid: optional
     bool[B, L], False for key positions no query may attend to (padding).
   Returns float32[B, L, vocab_size] logits, and with `return_cache` also
-  the KV cache: a tuple over layers of (k, v) [B, P + L, H, D] (P =
+  the KV cache: a tuple over layers of (k, v) [B, P + L, K, D] (K =
+  `config.kv_heads` key/value heads, P =
   `num_prefix` learned prefix positions first). `step` continues from it.
   """
 
@@ -288,7 +383,9 @@ class Transformer(nnx.Module):
                             for _ in range(config.num_layers)])
     self.norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
                             dtype=dt, rngs=rngs)
-    self.head = Linear(config.d_model, config.vocab_size, dtype=dt, rngs=rngs)
+    if not config.tie_embeddings:
+      self.head = Linear(config.d_model, config.vocab_size, dtype=dt,
+                         rngs=rngs)
     self.num_prefix = adapter.num_prefix
     if self.num_prefix:
       self.prefix = PrefixParam(0.02 * jax.random.normal(
@@ -322,7 +419,7 @@ class Transformer(nnx.Module):
     for block in self.blocks:
       x, kv = block(x, angles, kv_valid)
       cache.append(kv)
-    logits = self.head(self.norm(x)).astype(jnp.float32)
+    logits = self._logits(self.norm(x))
     logits = logits[:, p:] if p else logits
     return (logits, tuple(cache)) if return_cache else logits
 
@@ -348,8 +445,14 @@ class Transformer(nnx.Module):
     for block, kv in zip(self.blocks, cache, strict=True):
       x, kv = block.step(x, angles, kv, index + p)
       new_cache.append(kv)
-    logits = self.head(self.norm(x)).astype(jnp.float32)[:, 0]
+    logits = self._logits(self.norm(x))[:, 0]
     return logits, tuple(new_cache)
+
+  def _logits(self, x):
+    """float32 logits [..., vocab_size] of normalised states x [..., d]."""
+    if self.config.tie_embeddings:
+      return self.embed.attend(x).astype(jnp.float32)
+    return self.head(x).astype(jnp.float32)
 
 
 def make_model(config, adapter=None, key: jax.Array | None = None

