@@ -105,7 +105,7 @@ def _rows_for_setting(config, ttt_on: bool, methods, votes, log) -> list:
     for vote_method in votes:  # each rule as the main one, on one pool
       order = {vote_method: attempts[vote_method],
                **{m: a for m, a in attempts.items() if m != vote_method}}
-      records = pipeline.chunk_records(dplan, chunk, cd.slots, queries,
+      records = evaluate.chunk_records(dplan, chunk, cd.slots, queries,
                                   decoded.predictions, order, ttt_m,
                                   ds.decoder.empty_slots)
       s = evaluate.score(records)

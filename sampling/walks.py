@@ -20,7 +20,7 @@ and `moves` (non-idle transitions). Spec: `../shared/docs/METHOD_SAMPLING.md`.
   states never idle, leaves hold Geom(2 / (1 + λ)), λ ≥ 1; read-out at T*
   uniform on ⌊T/2⌋..T.
 * `vgb` (§2e): form 'sj' is the SJ walk (the exact reduction μ̂ = π_ref V̂;
-  `ttt.decode.make_vgb_decoder` runs the same rule, `sj_move`, over an
+  `ttt.decoders.vgb` runs the same rule, `sj_move`, over an
   answer's token tree with a language model);
   form 'mh' the Metropolis–Hastings walk for large action spaces (one
   proposal from π_ref per step, one query).
@@ -177,7 +177,7 @@ def sj_move(key_hold, key_move, leaf, log_parent, log_children,
             log_holds):
   """One jump of the lazy SJ chain (§2c) at a node -- the transition rule
   every SJ-type walk here uses (the tree walks below and the VGB decoder of
-  `ttt.decode`).
+  `ttt.decoders`).
 
   Args:
     key_hold, key_move: PRNG keys (holding time, move).

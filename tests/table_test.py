@@ -52,10 +52,11 @@ def test_committed_task_lists_follow_the_rule():
   assert set(cfg.table.rows) <= set(table.ROWS)
   # the run keeps the list's order, so its chunks go shortest first (and
   # the per-chunk length buckets pad little)
-  from ttt import pipeline
+  from ttt import job as job_lib
+  from ttt import plan as plan_lib
 
-  job = pipeline.parse_config(cfg.job)
-  loaded = [t.id for t in pipeline.load_tasks(job.run)[0]]
+  job = job_lib.parse(cfg.job)
+  loaded = [t.id for t in plan_lib.load_tasks(job.run)[0]]
   assert loaded == list(table_config.task_ids(1)) != sorted(loaded)
   assert max(full[i] for i in table_config.task_ids(2)) <= \
       table_config.get_config("cpu,version=2").job.data.max_len

@@ -226,7 +226,8 @@ def _reorder(pairs: list, order: np.ndarray, task_id: str) -> list:
   if order.shape[-1] == 0:
     return list(pairs)
   if len(order) != len(pairs):
-    raise ValueError(f"task {task_id}: order has {len(order)} entries, the "
+    raise ValueError(f"task {arc.shown_id(task_id)}: order has {len(order)} "
+                     f"entries, the "
                      f"task has {len(pairs)} demonstrations")
   return [pairs[int(k)] for k in order]
 

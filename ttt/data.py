@@ -7,7 +7,7 @@ drops duplicates and sequences longer than `max_len`, and returns fixed-shape
 arrays `[N, L]` ready to be stacked over tasks for the compiled inner loop.
 
 This module builds data; it does not train (`ttt.inner_loop`) or pick views
-for inference (`ttt.decode`).
+for inference (`ttt.decoders`).
 """
 
 from __future__ import annotations

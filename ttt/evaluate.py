@@ -401,6 +401,42 @@ def task_record(task, tests: list[dict], ttt: dict) -> dict:
       ttt=ttt)
 
 
+def chunk_records(plan, chunk: list[int], slots: list[int], queries,
+                  predictions, attempts: dict, ttt_metrics: dict,
+                  empty_slots: bool) -> list[dict]:
+  """A chunk's task records, in chunk order (skipped tasks included).
+
+  Args:
+    plan: the run's `ttt.plan.Plan` (tasks, skips).
+    chunk: the chunk's task indices; slots: the used slots' task indices.
+    queries, predictions: per query its `Query` and decoded predictions.
+    attempts: {rule: per query [attempt_1, attempt_2]}, the main rule
+      first (the others are recorded under `also`).
+    ttt_metrics: per used slot lists `rows`, `final_loss`, `nonfinite`.
+    empty_slots: a None prediction is an unused answer slot.
+  """
+  main, *others = attempts
+  tests: dict[int, list] = {}
+  for i, (q, p) in enumerate(zip(queries, predictions, strict=True)):
+    tests.setdefault(q.task_index, []).append(query_record(
+        q, p, attempts[main][i], none_is_empty=empty_slots,
+        also={m: attempts[m][i] for m in others}))
+  records = []
+  for n in chunk:
+    task = plan.tasks[n]
+    if n in plan.too_long:
+      records.append(dict(id=task.id, skipped=plan.too_long[n],
+                          num_tests=len(task.test)))
+      continue
+    s = slots.index(n)
+    records.append(task_record(task, tests.get(n, []), {
+        k: ttt_metrics[k][s] for k in ("rows", "final_loss", "nonfinite")}))
+    if ttt_metrics["nonfinite"][s]:
+      logging.warning("task %r: TTT loss went non-finite; its adapter was "
+                      "reset to the initial one", task.id)
+  return records
+
+
 def strict(obj):
   """`obj` with every non-finite float replaced by None (strict JSON)."""
   if isinstance(obj, float):

@@ -18,7 +18,16 @@ import hashlib
 import os
 from typing import NamedTuple
 
-from ttt import ckpt, configlib, data, decoders, inner_loop, select, views
+from ttt import (
+  ckpt,
+  configlib,
+  data,
+  decoders,
+  evaluate,
+  inner_loop,
+  select,
+  views,
+)
 from ttt import model as model_lib
 
 DecodeConfig = decoders.DecodeConfig  # the `config.decode` group
@@ -161,13 +170,15 @@ def fingerprint(job: Job) -> dict:
 
 
 def describe(job: Job, model_calls: int, untrained: bool) -> str:
-  """The report's one-line description of the run (markdown)."""
+  """The report's one-line description of the run (markdown; the paths in
+  it escaped, the challenges file by its name)."""
   rc = job.run
   ttt_text = (f"TTT on ({job.ttt.steps} steps)" if job.ttt.enabled
               else "TTT off")
-  data_text = rc.challenges or f"ARC-AGI-{rc.version} {rc.split}"
-  text = (f"Model: `{job.init_from or 'UNTRAINED'}`; adapter "
-          f"{job.adapter.mode}; {ttt_text}; decode "
+  data_text = (evaluate.md_code(os.path.basename(rc.challenges))
+               if rc.challenges else f"ARC-AGI-{rc.version} {rc.split}")
+  text = (f"Model: {evaluate.md_code(job.init_from or 'UNTRAINED')}; "
+          f"adapter {job.adapter.mode}; {ttt_text}; decode "
           f"{decoders.method(job.decode).describe(job.decode)} "
           f"({model_calls} model calls); vote {job.vote.method}; data "
           f"{data_text}.")

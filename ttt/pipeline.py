@@ -25,11 +25,8 @@ per-chunk calls take data only, and `job` goes no deeper than `run`:
 
 Chunks are padded to the plan's capacities with validity masks, so every
 program compiles once per run (with `run.fixed_shapes`; else once per
-length bucket).
-
-Model: `init_from` names a checkpoint written by `ttt.ckpt.save_weights`
-(its model config wins over `config.model`); an empty `init_from` runs an
-UNTRAINED model, said loudly in the log and the report.
+length bucket). An empty `init_from` runs an UNTRAINED model, said loudly
+in the log and the report.
 """
 
 from __future__ import annotations
@@ -78,28 +75,21 @@ def make_stages(job: job_lib.Job, plan: plan_lib.Plan, weights, mesh,
     predictor: a test double `(task, test_index, view) -> grid` decoding
       instead of the model.
   """
-  caps = plan.caps
-  spec = decoders.DecodeSpec(
-      rows=caps.queries, views=caps.decode_views, prompt_len=caps.prompt_len,
-      length_bucket=job.run.length_bucket, max_len=job.data.max_len,
-      seed=job.run.seed)
+  caps, rc = plan.caps, job.run
+  spec = decoders.DecodeSpec(caps.queries, caps.decode_views, caps.prompt_len,
+                             rc.length_bucket, job.data.max_len, rc.seed)
+  vote_spec = select.SelectSpec(caps.queries, caps.groups, caps.per_group,
+                                plan.per_view, job.data.max_len,
+                                rc.length_bucket)
   return Stages(
       adapt=adapt.make_adapt(
           ttt=job.ttt, adapter=job.adapter, model=job.model,
-          data_cfg=job.data, seed=job.run.seed,
-          length_bucket=job.run.length_bucket, weights=weights, mesh=mesh,
-          caps=caps),
+          data_cfg=job.data, seed=rc.seed, length_bucket=rc.length_bucket,
+          weights=weights, mesh=mesh, caps=caps),
       decoder=(decoders.make(job.decode, weights, mesh, spec)
                if predictor is None
                else decoders.predictor_decoder(predictor)),
-      selection=select.make_selection(job.vote, weights, mesh,
-                                      select.SelectSpec(
-                                          queries=caps.queries,
-                                          groups=caps.groups,
-                                          per_group=caps.per_group,
-                                          per_view=plan.per_view,
-                                          max_len=job.data.max_len,
-                                          length_bucket=job.run.length_bucket)))
+      selection=select.make_selection(job.vote, weights, mesh, vote_spec))
 
 
 def run_chunk(stages: Stages, plan: plan_lib.Plan, chunk: list[int]
@@ -122,40 +112,14 @@ def run_chunk(stages: Stages, plan: plan_lib.Plan, chunk: list[int]
   attempts, vote_times = stages.selection.select(
       queries, slots, decoded.predictions, adapters)
   clock.tick("voting")
-  records = chunk_records(plan, chunk, cd.slots, queries,
-                          decoded.predictions, attempts, ttt_metrics,
-                          stages.decoder.empty_slots)
+  records = evaluate.chunk_records(plan, chunk, cd.slots, queries,
+                                   decoded.predictions, attempts, ttt_metrics,
+                                   stages.decoder.empty_slots)
   counts = dict(stages.adapt.tokens(cd),
                 prompt_real=float(decoded.prompt_tokens[0]),
                 prompt_computed=float(decoded.prompt_tokens[1]),
                 decode_calls=float(decoded.model_calls))
   return records, dict(clock.times, **vote_times), counts
-
-
-def chunk_records(plan, chunk, slots, queries, predictions, attempts: dict,
-             ttt_metrics: dict, empty_slots: bool) -> list[dict]:
-  """The chunk's task records, in chunk order (skipped tasks included):
-  the main rule's attempts, and every other rule's under `also`."""
-  main, *others = attempts
-  tests: dict[int, list] = {}
-  for i, (q, p) in enumerate(zip(queries, predictions, strict=True)):
-    tests.setdefault(q.task_index, []).append(evaluate.query_record(
-        q, p, attempts[main][i], none_is_empty=empty_slots,
-        also={m: attempts[m][i] for m in others}))
-  records = []
-  for n in chunk:
-    task = plan.tasks[n]
-    if n in plan.too_long:
-      records.append(dict(id=task.id, skipped=plan.too_long[n],
-                          num_tests=len(task.test)))
-      continue
-    s = slots.index(n)
-    records.append(evaluate.task_record(task, tests.get(n, []), {
-        k: ttt_metrics[k][s] for k in ("rows", "final_loss", "nonfinite")}))
-    if ttt_metrics["nonfinite"][s]:
-      logging.warning("task %r: TTT loss went non-finite; its adapter was "
-                      "reset to the initial one", task.id)
-  return records
 
 
 class _Clock:
@@ -315,10 +279,17 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock,
                         dict(summary=summary, tasks=results))
     header = job_lib.describe(job, summary["decode"]["model_calls"],
                               summary["untrained_model"])
-    evaluate.write_report(wd.path, results, summary,
-                          {t.id: t for t in tasks}, timings, header,
-                          job.run.num_renderings)
+    try:  # results.json and submission.json are already complete
+      evaluate.write_report(wd.path, results, summary,
+                            {t.id: t for t in tasks}, timings, header,
+                            job.run.num_renderings)
+    except Exception:  # noqa: BLE001 (logged in full; the run's files stay)
+      logging.exception("report.md could not be written (results.json and "
+                        "submission.json are complete)")
     writer.write(len(plan.chunks), final=True, **summary)
+  if summary.get("no_answer_inputs"):
+    logging.warning(evaluate.NO_ANSWER.format(
+        n=summary["no_answer_inputs"], of=summary["run_inputs"]))
   logging.info("done: pass@2 %d/%d tasks (%.1f%%), coverage %.1f%%, "
                "written to %s; time %s", summary["pass2_tasks"],
                summary["scored_tasks"], 100 * summary["pass2"],

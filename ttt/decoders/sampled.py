@@ -85,7 +85,8 @@ def _make(cfg: common.DecodeConfig, weights, mesh,
   def decode(queries, slots, adapters) -> common.Decoded:
     if not queries:
       return common.Decoded([])
-    rows = common.prompt_rows(queries, slots, common.each_view, spec, mesh)
+    rows = common.prompt_rows(queries, slots, lambda q: list(q.views), spec,
+                              mesh)
     args, keys = common.put(rows, (), spec, mesh)
     out = sharding.gather(program(weights.base, adapters, *args, keys))
     predictions = [tuple(views.to_original(v, tokens.decode_grid(out[i, j]))
