@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ttt import lora
+from configs import common
+from ttt import configlib, lora
 from ttt import model as M
 
 TINY = dict(num_layers=2, d_model=64, num_heads=4, mlp_dim=128,
@@ -25,12 +26,19 @@ def _inputs(b=2, length=12, seed=0):
   return toks, coords
 
 
+# parameter counts the presets' comments in configs/common.py state
+PRESET_PARAMS = {"tiny": (0.7e6, 1e6), "small": (4e6, 6e6),
+                 "base": (25e6, 30e6)}
+
+
 def test_presets_sizes():
   tiny = nnx.eval_shape(lambda: M.make_model(TINY))
   assert M.count_params(nnx.state(tiny)) < 1_000_000
-  base = nnx.eval_shape(lambda: M.make_model(dict(
-      num_layers=8, d_model=512, num_heads=8, mlp_dim=1536)))
-  assert 25e6 < M.count_params(nnx.state(base)) < 30e6
+  assert set(common.MODEL_PRESETS) == set(PRESET_PARAMS)
+  for name, (low, high) in PRESET_PARAMS.items():
+    model = nnx.eval_shape(lambda n=name: M.make_model(
+        common.model_config(n)))
+    assert low < M.count_params(nnx.state(model)) < high, name
 
 
 @pytest.mark.parametrize("rope", ["1d", "3d"])
@@ -127,3 +135,106 @@ def test_prefix_and_full_modes():
     M.make_model(TINY, dict(mode="qlora"))
   with pytest.raises(ValueError, match="unknown LoRA targets"):
     M.make_model(TINY, dict(targets=("q", "x")))
+
+
+# grouped-query attention (2 kv heads for 4), explicit head dim, q/k/v
+# biases, q/k norm, tied head, Llama-3 RoPE scaling: every new field on
+LLM = dict(TINY, rope="1d", num_kv_heads=2, head_dim_override=24,
+           qkv_bias=True, qk_norm=True, tie_embeddings=True,
+           rope_scaling=(8.0, 1.0, 4.0, 64.0))
+
+
+def _randomised(model, seed=0):
+  """The model with every parameter random (biases and norms are 0 and 1
+  at init, which would hide them)."""
+  graphdef, state = nnx.split(model)
+  leaves, tree = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  leaves = [0.3 * jax.random.normal(k, x.shape, x.dtype) + (x.ndim == 1)
+            for k, x in zip(keys, leaves, strict=True)]
+  return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+
+
+def test_default_fields_keep_the_parameter_tree():
+  m = nnx.eval_shape(lambda: M.make_model(TINY))
+  names = {p for p, _ in nnx.to_flat_state(nnx.state(m))}
+  assert ("head", "kernel") in names
+  assert not any(p[-1] == "bias" or "q_norm" in p for p in names)
+  assert m.blocks[0].attn.k.kernel.shape == (64, 64)
+
+
+def test_llm_fields_shapes():
+  m = nnx.eval_shape(lambda: M.make_model(
+      LLM, dict(mode="lora", rank=4, targets=("q", "k", "v"))))
+  attn = m.blocks[0].attn
+  assert attn.q.kernel.shape == (64, 4 * 24)
+  assert attn.k.kernel.shape == (64, 2 * 24)
+  assert attn.k.lora_b.shape == (4, 2 * 24)  # LoRA on k: kv width
+  assert attn.v.bias.shape == (2 * 24,)
+  assert attn.q_norm.scale.shape == (24,)
+  assert attn.o.kernel.shape == (4 * 24, 64)
+  assert not hasattr(m, "head")  # tied: the embedding is the head
+
+
+def test_gqa_kv_cache_step_equals_forward():
+  graphdef, state = nnx.split(_randomised(M.make_model(LLM)))
+  forward = jax.jit(lambda s, *a, **k: nnx.merge(graphdef, s)(*a, **k),
+                    static_argnames="return_cache")
+  step = jax.jit(lambda s, *a: nnx.merge(graphdef, s).step(*a))
+  toks, _ = _inputs(length=10)
+  positions = 3000 + jnp.broadcast_to(jnp.arange(10), toks.shape)
+  full = forward(state, toks, positions)
+  n = 6
+  _, cache = forward(state, toks[:, :n], positions[:, :n], return_cache=True)
+  assert cache[0][0].shape == (2, n, 2, 24)  # [B, L, Hkv, D]
+  cache = jax.tree.map(lambda c: jnp.pad(c, ((0, 0), (0, 4), (0, 0), (0, 0))),
+                       cache)
+  coords = jnp.zeros((2, 3), jnp.int32)
+  for t in range(n, 10):
+    index = jnp.full((2,), t)
+    logits, cache = step(state, toks[:, t], positions[:, t], coords, cache,
+                         index)
+    np.testing.assert_allclose(logits, full[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_gqa_equals_repeated_kv_heads():
+  """K kv heads == multi-head attention with each kv head repeated."""
+  cfg = dict(LLM, tie_embeddings=False)
+  gqa = _randomised(M.make_model(cfg))
+  mha = M.make_model(dict(cfg, num_kv_heads=0))
+  state = nnx.state(gqa)
+  for block in state["blocks"].values():
+    for name in ("k", "v"):
+      for leaf in ("kernel", "bias"):
+        x = block["attn"][name][leaf][...]
+        x = x.reshape(x.shape[:-1] + (2, 24))
+        block["attn"][name][leaf] = nnx.Param(
+            jnp.repeat(x, 2, axis=-2).reshape(x.shape[:-2] + (96,)))
+  nnx.update(mha, state)
+  toks, _ = _inputs()
+  np.testing.assert_allclose(gqa(toks), mha(toks), atol=1e-5)
+
+
+def test_llama3_rope_scaling():
+  inv = 1.0 / 10000.0 ** (jnp.arange(0, 24, 2, dtype=jnp.float32) / 24)
+  scaled = M.llama3_scaled(inv, 8.0, 1.0, 4.0, 64.0)
+  wavelen = 2 * np.pi / np.asarray(inv)
+  np.testing.assert_array_equal(scaled[wavelen < 16], inv[wavelen < 16])
+  np.testing.assert_allclose(scaled[wavelen > 64], inv[wavelen > 64] / 8.0)
+  mid = (wavelen >= 16) & (wavelen <= 64)
+  assert mid.any() and (scaled[mid] < inv[mid]).all()
+  assert (scaled[mid] > inv[mid] / 8).all()
+
+
+def test_invalid_llm_fields():
+  def check(**fields):
+    configlib.from_config(M.ModelConfig, dict(TINY, **fields))
+
+  with pytest.raises(ValueError, match="must divide"):
+    check(num_kv_heads=3)
+  with pytest.raises(ValueError, match="rope_scaling"):
+    check(rope_scaling=(8.0, 1.0, 4.0, 64.0))  # with the 3-D rope
+  with pytest.raises(ValueError, match="multiple of num_heads"):
+    check(d_model=66)
+  check(d_model=66, head_dim_override=16)
+  check(**LLM)
