@@ -2,6 +2,8 @@
 
 import setuptools
 
+LLM = ["safetensors>=0.4", "tokenizers>=0.15", "gguf>=0.10"]
+
 setuptools.setup(
     name="ttt-jax",
     version="0.1.0",
@@ -41,10 +43,18 @@ setuptools.setup(
         # matplotlib: PNG plots of the sampling experiments (optional; the
         # experiments run and report without it)
         "plots": ["matplotlib>=3.7"],
+        # pretrained language models as the base (ttt.pretrained):
+        # safetensors reads Hugging Face snapshots (bfloat16 included),
+        # tokenizers their tokenizer.json, gguf llama.cpp files
+        "llm": LLM,
         # nbclient, nbformat, ipykernel: CI executes every notebook;
-        # pytest-xdist: the suite runs on 2 workers (pytest.ini)
+        # pytest-xdist: the suite runs on 2 workers (pytest.ini);
+        # transformers + torch: the reference the pretrained loader is
+        # tested against (torch pinned exactly: its CPU build; an unpinned
+        # torch resolves a multi-GB CUDA build); the llm extra's packages
         "test": ["pytest>=8.0", "ruff>=0.6", "matplotlib>=3.7",
                  "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
-                 "pytest-xdist>=3.5"],
+                 "pytest-xdist>=3.5", "transformers>=5.0", "torch==2.13.0",
+                 *LLM],
     },
 )
