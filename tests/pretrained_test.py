@@ -331,8 +331,11 @@ def test_smollm_perplexity_and_unpermute(smollm):
     nnx.update(model, original)
 
 
-def test_smollm_token_map_and_cut(smollm):
+def test_smollm_token_map_and_cut(smollm, capsys):
   path, model = smollm
+  assert pretrained.is_pretrained(path)
+  assert pretrained.main(["ttt.pretrained", "info", path]) == 0
+  assert "num_kv_heads = 3" in capsys.readouterr().out
   ids = pretrained.token_map(path)
   # '0'..'9' are 32..41, '\n' 198 ('Ċ'), 'I' 57, 'O' 63, bos 1, eos 2; the
   # pad (2, = eos) falls back to the highest unused special token
