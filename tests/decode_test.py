@@ -374,8 +374,9 @@ def test_vgb_output_law_is_the_exact_walk_law():
   cfg.init_from = os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), "checkpoints", "tiny")
   job = job_lib.parse(cfg)
-  (graphdef, adapters, base), _ = weights_lib.load(
-      job.init_from, job.model, job.adapter, job.run.seed)
+  w, _ = weights_lib.load(job.init_from, job.model, job.adapter,
+                          job.run.seed)
+  graphdef, adapters, base = w.graphdef, w.template, w.base
   rng = np.random.default_rng(0)
 
   def pair():

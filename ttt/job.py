@@ -19,7 +19,6 @@ import os
 from typing import NamedTuple
 
 from ttt import (
-  ckpt,
   configlib,
   data,
   decoders,
@@ -27,6 +26,7 @@ from ttt import (
   inner_loop,
   select,
   views,
+  weights,
 )
 from ttt import model as model_lib
 
@@ -150,15 +150,13 @@ def file_digest(path: str) -> str:
 def fingerprint(job: Job) -> dict:
   """The fields of `job` that determine the results, flattened.
 
-  The base model is known by its content (`ckpt.digest`), not its path: a
+  The base model is known by its content (`weights.digest`), not its path: a
   moved checkout resumes, a checkpoint replaced in place does not; the
   challenges and solutions files likewise by the hash of their bytes, so
   a file edited in place and the same command rerun starts afresh
   instead of reusing predictions and scores of the old content.
   """
-  out = {"init_from": (ckpt.digest(job.init_from)
-                       if job.init_from and os.path.isdir(job.init_from)
-                       else job.init_from)}
+  out = {"init_from": weights.digest(job.init_from)}
   for group, value in job._asdict().items():
     if dataclasses.is_dataclass(value):
       for k, v in dataclasses.asdict(value).items():

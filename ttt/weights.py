@@ -1,23 +1,34 @@
-"""Base models: loading a checkpoint into a named `Weights`, placing it.
+"""Base models: loading one into a named `Weights`, placing it.
 
 `load(init_from, model, adapter, seed) -> (Weights, ModelConfig)` builds
-the transformer from a checkpoint written by `ttt.ckpt.save_weights` (its
-stored shape wins over `model`; the compute dtype stays the config's) or,
-with an empty `init_from`, an UNTRAINED one (said loudly in the log).
+the transformer from
+
+* a checkpoint written by `ttt.ckpt.save_weights` (the project's own);
+* a pretrained language model (`ttt.pretrained`): a Hugging Face snapshot
+  directory of Llama, Mistral, Qwen2 or Qwen3 architecture, or a GGUF file
+  of Llama architecture, cut to the project's 16 tokens (one token per
+  cell: the embedding and head rows of '0'-'9', newline, 'I', 'O' and the
+  model's BOS / EOS / pad) with 1-D positions;
+* nothing (an empty `init_from`): an UNTRAINED model, said loudly.
+
+The stored shape wins over `model`; the compute dtype stays the config's.
 `place(weights, mesh)` copies the weights onto every device of the mesh,
-once per run. Nothing downstream knows where a base came from.
+once per run; `digest(init_from)` is the base's content hash (what a
+resumed run must match). Nothing downstream knows where a base came from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any, NamedTuple
 
 import jax
 from absl import logging
+from flax import nnx
 
-from ttt import ckpt, lora, sharding
+from ttt import ckpt, configlib, lora, pretrained, sharding
 from ttt import model as model_lib
 
 
@@ -29,11 +40,14 @@ class Weights(NamedTuple):
     template: one task's fresh adapter (LoRA / prefix factors) or, in
       'full' mode, the loaded weights themselves (every task's start).
     base: the frozen, shared weights (in 'full' mode what is not adapted).
+    source: what the base is, in words (for the log and the report; a
+      pretrained model's token mapping included).
   """
 
   graphdef: Any
   template: Any
   base: Any
+  source: str = ""
 
 
 def load(init_from: str, model: model_lib.ModelConfig,
@@ -52,13 +66,16 @@ def load(init_from: str, model: model_lib.ModelConfig,
     FileNotFoundError: `init_from` names no directory (with what to do).
   """
   fields = dataclasses.asdict(model)
+  if init_from and pretrained.is_pretrained(init_from):
+    return _load_pretrained(init_from, fields, adapter, seed)
   if init_from:
     if not os.path.isdir(init_from):
       raise FileNotFoundError(
           f"no model checkpoint at {init_from}: train one first (python -m "
           "launch.pretrain --config=configs/pretrain.py:<preset> and point "
-          "init_from at its exported model), or run the shipped one "
-          "(--config.init_from=checkpoints/tiny with the tiny model)")
+          "init_from at its exported model), run the shipped one "
+          "(--config.init_from=checkpoints/tiny with the tiny model), or "
+          "name a Hugging Face snapshot directory or a .gguf file")
     stored = ckpt.load_weights_config(init_from)["model"]
     names = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
     fields.update({k: v for k, v in stored.items()
@@ -73,7 +90,52 @@ def load(init_from: str, model: model_lib.ModelConfig,
   else:
     logging.warning("init_from is empty: this run uses an UNTRAINED base "
                     "model; expect 0%% accuracy")
-  return Weights(graphdef, template, base), net.config
+  source = "a ttt-jax checkpoint" if init_from else "UNTRAINED"
+  return Weights(graphdef, template, base, source), net.config
+
+
+def _load_pretrained(path: str, fields: dict, adapter, seed: int):
+  """A pretrained LM cut to the cell vocabulary, built without ever
+  holding random base weights: the model is abstract until each tensor is
+  read (one at a time) into its place."""
+  fields.update(pretrained.model_config(path, "cell"))
+  config = configlib.from_config(model_lib.ModelConfig, fields)
+  key = jax.random.key(seed)
+  graphdef, template, base = lora.split(nnx.eval_shape(
+      lambda: model_lib.make_model(config, adapter, key)))
+  if adapter.mode == "full":
+    template = pretrained.load_base(path, template, "cell")
+  else:  # fresh adapters (jit drops the base's random init)
+    template = jax.jit(lambda: lora.split(model_lib.make_model(
+        config, adapter, key))[1])()
+  base = pretrained.load_base(path, base, "cell")
+  ids = pretrained.token_map(path)
+  names = [repr(c) for c in pretrained.CELL_STRINGS] + ["BOS", "EOS", "PAD"]
+  pairs = ", ".join(f"{n}={i}" for n, i in zip(names, ids, strict=True))
+  source = (f"pretrained {pretrained.format_of(path)} model, vocabulary cut "
+            f"to 16 tokens (project token = model id: {pairs})")
+  logging.info("base: %s", source)
+  return Weights(graphdef, template, base, source), config
+
+
+def digest(init_from: str) -> str:
+  """The base's content hash: 'sha256:...' of a project checkpoint's
+  files (`ckpt.digest`) or of a pretrained model's files (read in blocks),
+  the path itself when it names nothing, '' for none."""
+  if not init_from:
+    return ""
+  if pretrained.is_pretrained(init_from):
+    files = ([init_from] if os.path.isfile(init_from) else sorted(
+        os.path.join(init_from, n) for n in os.listdir(init_from)
+        if n.endswith((".json", ".safetensors", ".gguf"))))
+    h = hashlib.sha256()
+    for f in files:
+      h.update(os.path.basename(f).encode() + b"\0")
+      with open(f, "rb") as fh:
+        for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
+          h.update(block)
+    return "sha256:" + h.hexdigest()
+  return ckpt.digest(init_from) if os.path.isdir(init_from) else init_from
 
 
 def place(weights: Weights, mesh) -> Weights:
