@@ -77,6 +77,18 @@ class ModelConfig:
   #   () for none
 
   def validate(self) -> None:
+    names = ("auto", "float32", "bfloat16", "float16")
+    if self.dtype not in names:
+      raise ValueError(f"model.dtype must be one of {names}, got "
+                       f"{self.dtype!r}")
+    for name in ("rope_base", "norm_eps"):
+      v = getattr(self, name)
+      if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"model.{name} must be a finite number > 0, got "
+                         f"{v!r}")
+    if not all(math.isfinite(v) for v in self.rope_scaling):
+      raise ValueError("model.rope_scaling must hold finite numbers, got "
+                       f"{self.rope_scaling!r}")
     if not self.head_dim_override and self.d_model % self.num_heads:
       raise ValueError("d_model must be a multiple of num_heads (or set "
                        "head_dim_override)")
@@ -128,6 +140,9 @@ class AdapterConfig:
                        f"{LORA_TARGETS}")
     if "lora" in self.mode and self.rank < 1:
       raise ValueError("LoRA rank must be >= 1")
+    if not math.isfinite(self.alpha) or self.alpha <= 0:
+      raise ValueError(f"adapter.alpha must be a finite number > 0, got "
+                       f"{self.alpha!r}")
     if "prefix" in self.mode and self.prefix_len < 1:
       raise ValueError("prefix_len must be >= 1 in a prefix mode")
 
