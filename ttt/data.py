@@ -93,6 +93,9 @@ class DataConfig:
         raise ValueError(f"unknown extra augmenter {name!r}")
     if self.num_sequences < 1 or self.max_len < 8:
       raise ValueError("num_sequences must be >= 1 and max_len >= 8")
+    if not math.isfinite(self.oversample) or self.oversample < 1:
+      raise ValueError("data.oversample must be a finite number >= 1, got "
+                       f"{self.oversample!r}")
 
 
 class TTTDataset(NamedTuple):

@@ -53,10 +53,25 @@ class TTTConfig:
   shared_adapter: bool = False  # one adapter per chunk, steps x tasks
 
   def validate(self) -> None:
+    import math  # (local: this method is the only code that needs it)
+
     if self.steps < 1 or self.batch_size < 1:
       raise ValueError("ttt.steps and ttt.batch_size must be >= 1")
-    if self.lr <= 0 or not 0 <= self.warmup_frac < 1:
-      raise ValueError("ttt.lr must be > 0 and 0 <= ttt.warmup_frac < 1")
+    if not 0 <= self.warmup_frac < 1:  # NaN fails too
+      raise ValueError("ttt.warmup_frac must be in [0, 1), got "
+                       f"{self.warmup_frac!r}")
+    if not math.isfinite(self.lr) or self.lr <= 0:
+      raise ValueError(f"ttt.lr must be a finite number > 0, got "
+                       f"{self.lr!r}")
+    for name in ("weight_decay", "clip_norm"):
+      v = getattr(self, name)
+      if not math.isfinite(v) or v < 0:
+        raise ValueError(f"ttt.{name} must be a finite number >= 0, got "
+                         f"{v!r}")
+    for name in ("b1", "b2"):
+      v = getattr(self, name)
+      if not 0 <= v < 1:  # NaN fails too
+        raise ValueError(f"ttt.{name} must be in [0, 1), got {v!r}")
 
 
 def make_schedule(cfg: TTTConfig) -> optax.Schedule:

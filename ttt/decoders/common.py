@@ -53,13 +53,18 @@ class DecodeConfig:
   def validate(self) -> None:
     from ttt import decoders  # the registry (imports this module)
 
-    if self.temperature < 0 or self.samples < 1:
-      raise ValueError("decode.temperature must be >= 0 and decode.samples "
-                       ">= 1")
+    for name in ("temperature", "leaf_loop"):
+      v = getattr(self, name)
+      if not np.isfinite(v) or v < 0:
+        raise ValueError(f"decode.{name} must be a finite number >= 0, got "
+                         f"{v!r}")
+    if self.samples < 1:
+      raise ValueError(f"decode.samples must be >= 1, got {self.samples!r}")
     if self.max_new_tokens < 1:
       raise ValueError("decode.max_new_tokens must be >= 1")
     if not 0 < self.min_prob <= 1:
-      raise ValueError("decode.min_prob must be in (0, 1]")
+      raise ValueError(f"decode.min_prob must be in (0, 1], got "
+                       f"{self.min_prob!r}")
     if self.max_candidates < 1 or self.max_steps < 0:
       raise ValueError("decode.max_candidates must be >= 1 and "
                        "decode.max_steps >= 0")
