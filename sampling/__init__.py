@@ -105,7 +105,9 @@ def check_params(method: str, params: dict) -> None:
 def exact_output_law(instance: Instance, method: str, **params
                      ) -> np.ndarray:
   """The exact output law float64[S^n] of `method` (see
-  `sampling.exact.exact_output_law`), its parameters checked first."""
+  `sampling.exact.exact_output_law`), its parameters checked first; a
+  ValueError, never an array that does not sum to 1, when there is none
+  (e.g. a walk with fewer steps than the depth)."""
   if method == "sir":
     raise ValueError("sir has no exact law here (sample it)")
   check_params(method, params)

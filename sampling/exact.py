@@ -331,9 +331,33 @@ def exact_output_law(inst: trees.Instance, method: str, steps: int = 256,
       `sampling.bounded.eliminate`).
 
   For walks the law is conditioned on the read-out landing on a leaf.
+
+  Raises:
+    ValueError: when the method has no law to give: a walk whose horizon
+      is shorter than the depth (it never reaches a leaf), or any output
+      that is not a probability vector (it is never returned).
   """
   del unused
-  table = node_table(inst)
+  if method in ("js", "vgb", "lifted") and steps < inst.n:
+    raise ValueError(
+        f"{method} with steps={steps} never reaches a leaf of a depth-"
+        f"{inst.n} tree (a walk moves one level per step), so it has no "
+        f"output law: give steps >= {inst.n} (the depth)")
+  law = _output_law(inst, node_table(inst), method, steps, leaf_loop,
+                    alpha, form, family, delta, internal)
+  total = float(np.sum(law))
+  if not (np.all(np.isfinite(law)) and np.all(law >= 0)
+          and abs(total - 1) <= 1e-6):
+    raise ValueError(
+        f"{method}'s output on this instance is not a law (it sums to "
+        f"{total:.6g}, not 1): it never outputs a leaf with these "
+        f"parameters (steps={steps}, leaf_loop={leaf_loop}, alpha={alpha})")
+  return law
+
+
+def _output_law(inst, table, method, steps, leaf_loop, alpha, form, family,
+                delta, internal) -> np.ndarray:
+  """`exact_output_law` before its check that the result is a law."""
   if method == "top_down":
     return topdown_law(table)
   if method == "rejection":

@@ -37,6 +37,7 @@ bad instances raise `InstanceError` naming the problem.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -52,6 +53,16 @@ PATTERNS = ("exact", "depth", "slow", "sibling", "combo", "random",
 AUTOMATA = ("dyck", "parity", "at_least", "avoid")
 MAX_DEPTH = 64
 MAX_TABLE_LEAVES = 1 << 22
+MAX_SEED = (1 << 32) - 1  # seeds are hashed as uint32
+# The parameters each target takes (`make_instance(**params)`, the JSON
+# target object besides "kind").
+TARGET_PARAMS = {"uniform": (), "product": ("p",),
+                 "ar": ("beta", "target_seed"),
+                 "dfa": ("automaton", "m", "avoid", "p"),
+                 "table": ("log_weights",)}
+INSTANCE_KEYS = ("alphabet_size", "depth", "target", "oracle")
+PATTERN_ORACLE_KEYS = ("pattern", "alpha", "seed")
+TABLE_ORACLE_KEYS = ("kind", "log_mu_hat", "alpha")
 
 
 # |log μ̂| above this is not a log mass (float32 walks overflow on it).
@@ -59,7 +70,81 @@ MAX_LOG_MASS = 1e6
 
 
 class InstanceError(ValueError):
-  """An instance that cannot be used, with what is wrong."""
+  """An instance that cannot be used, with what is wrong (an input error:
+  the launches print it as one line)."""
+
+
+# --- strict field checks (bool is not an int, 1.7 is not a seed) ------------
+
+
+def _what(v) -> str:
+  """The JSON name of a value's type, for messages."""
+  if v is None:
+    return "null"
+  for t, name in ((bool, "a boolean"), (str, "a string"),
+                  ((int, np.integer), "an integer"),
+                  ((float, np.floating), "a number"),
+                  ((list, tuple), "a list"), (dict, "an object")):
+    if isinstance(v, t):
+      return name
+  return type(v).__name__
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool,
+                                                                 np.bool_))
+
+
+def _is_real(v) -> bool:
+  return _is_int(v) or isinstance(v, (float, np.floating))
+
+
+def _integer(name: str, v, low: int, high: int | None = None) -> int:
+  """`v` as an int, refused unless it is an integer in low..high."""
+  span = f" >= {low}" if high is None else f" in {low}..{high}"
+  if not _is_int(v):
+    raise InstanceError(f"{name} must be an integer{span}, got {v!r} "
+                        f"({_what(v)})")
+  if v < low or (high is not None and v > high):
+    raise InstanceError(f"{name} must be an integer{span}, got {v!r}")
+  return int(v)
+
+
+def _real(name: str, v, low: float | None = None) -> float:
+  """`v` as a float, refused unless it is a finite number >= low."""
+  span = "" if low is None else f" >= {low:g}"
+  if not _is_real(v):
+    raise InstanceError(f"{name} must be a finite number{span}, got {v!r} "
+                        f"({_what(v)})")
+  if not math.isfinite(v) or (low is not None and v < low):
+    raise InstanceError(f"{name} must be a finite number{span}, got {v!r}")
+  return float(v)
+
+
+def _name(what: str, v, known) -> str:
+  """`v`, refused unless it is one of the strings `known`."""
+  if not isinstance(v, str):
+    raise InstanceError(f"{what} must be a string, one of {tuple(known)}, "
+                        f"got {v!r} ({_what(v)})")
+  if v not in known:
+    raise InstanceError(f"unknown {what} {v!r}{_did_you_mean(v, known)}; "
+                        f"known: {tuple(known)}")
+  return v
+
+
+def _did_you_mean(key, known) -> str:
+  close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+  return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _no_unknown(what: str, keys, known) -> None:
+  """Refuses the first key not in `known`, with a did-you-mean."""
+  unknown = sorted((k for k in keys if k not in known), key=str)
+  if unknown:
+    k = unknown[0]
+    raise InstanceError(
+        f"unknown {what} {k!r}{_did_you_mean(k, known)}; known: "
+        f"{', '.join(map(str, known)) or 'none'}")
 
 
 # --- hashing -----------------------------------------------------------------
@@ -187,7 +272,8 @@ def _dfa(name: str, S: int, m: int, avoid: int):
     trans[0, avoid] = 1
     trans[1] = 1
     return trans, np.array([True, False]), 0
-  raise InstanceError(f"unknown automaton {name!r}; known: {AUTOMATA}")
+  hint = _did_you_mean(name, AUTOMATA)
+  raise InstanceError(f"unknown automaton {name!r}{hint}; known: {AUTOMATA}")
 
 
 def _log_p(S: int, p) -> np.ndarray:
@@ -195,13 +281,17 @@ def _log_p(S: int, p) -> np.ndarray:
   else a list of S numbers summing to 1)."""
   if p is None:
     probs = np.full(S, 1.0 / S)
-  elif np.ndim(p) == 0:
+  elif _is_real(p):
     if S != 2:
       raise InstanceError("a scalar p needs alphabet_size 2 (else give S "
                           "probabilities)")
     probs = np.array([1.0 - float(p), float(p)])
-  else:
+  elif isinstance(p, (list, tuple, np.ndarray)) and all(
+      _is_real(x) for x in np.asarray(p, object).ravel()):
     probs = np.asarray(p, np.float64)
+  else:
+    raise InstanceError(f"target p must be a number (alphabet_size 2) or a "
+                        f"list of {S} numbers, got {p!r} ({_what(p)})")
   if probs.shape != (S,) or not np.isfinite(probs).all() or (
       probs <= 0).any() or abs(probs.sum() - 1) > 1e-6:
     raise InstanceError(f"p must give {S} positive probabilities summing "
@@ -226,30 +316,27 @@ def make_instance(S: int = 2, n: int = 8, target: str = "uniform",
   Raises:
     InstanceError: naming what is wrong.
   """
-  if not isinstance(S, (int, np.integer)) or S < 2:
-    raise InstanceError(f"alphabet_size must be an integer >= 2, got {S!r}")
-  if not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_DEPTH:
-    raise InstanceError(f"depth must be an integer in 1..{MAX_DEPTH}, got "
-                        f"{n!r}")
-  S, n = int(S), int(n)
-  if target not in TARGETS:
-    raise InstanceError(f"unknown target {target!r}; known: {TARGETS}")
-  alpha = float(alpha)
-  if not math.isfinite(alpha) or alpha < 1:
-    raise InstanceError(f"alpha must be a finite number >= 1, got {alpha}")
+  S = _integer("alphabet_size", S, 2)
+  n = _integer("depth", n, 1, MAX_DEPTH)
+  target = _name("target", target, TARGETS)
+  alpha = _real("oracle alpha", alpha, 1.0)
+  seed = _integer("oracle seed", seed, 0, MAX_SEED)
+  log_mu_hat = params.pop("log_mu_hat", None)
+  _no_unknown(f"target {target!r} parameter", params,
+              TARGET_PARAMS[target])
   arrays: dict[str, Any] = {}
   kept: dict[str, Any] = {}
-  log_mu_hat = params.pop("log_mu_hat", None)
   if target == "product":
     arrays["log_p"] = _log_p(S, params.get("p", 0.3 if S == 2 else None))
     kept["p"] = params.pop("p", 0.3 if S == 2 else None)
   elif target == "ar":
-    kept["beta"] = float(params.pop("beta", 1.0))
-    kept["target_seed"] = int(params.pop("target_seed", 0))
+    kept["beta"] = _real("target beta", params.pop("beta", 1.0))
+    kept["target_seed"] = _integer("target target_seed",
+                                   params.pop("target_seed", 0), 0, MAX_SEED)
   elif target == "dfa":
-    name = params.pop("automaton", "dyck")
-    m = int(params.pop("m", max(1, n // 2)))
-    avoid = int(params.pop("avoid", S - 1))
+    name = _name("automaton", params.pop("automaton", "dyck"), AUTOMATA)
+    m = _integer("target m", params.pop("m", max(1, n // 2)), 0)
+    avoid = _integer("target avoid", params.pop("avoid", S - 1), 0)
     if not 0 <= avoid < S:
       raise InstanceError(f"avoid must be a symbol in 0..{S - 1}")
     p = params.pop("p", None)
@@ -267,7 +354,8 @@ def make_instance(S: int = 2, n: int = 8, target: str = "uniform",
     arrays.update(trans=trans, logv=logv, log_p=log_p,
                   start=np.int32(start))
   elif target == "table":
-    lw = np.asarray(params.pop("log_weights", None), dtype=np.float64)
+    lw = _parse_floats(params.pop("log_weights", None),
+                       "target log_weights")
     if lw.ndim != 1 or lw.shape[0] != S ** n:
       raise InstanceError(f"target log_weights must have S^n = {S ** n} "
                           f"entries, got {lw.shape}")
@@ -280,14 +368,11 @@ def make_instance(S: int = 2, n: int = 8, target: str = "uniform",
       raise InstanceError("target log_weights are all -inf: no mass")
     arrays["leaf_logw"] = lw
     arrays["node_logm"] = _subtree_logm(lw, S, n)
-  if params:
-    raise InstanceError(f"unknown target parameters {sorted(params)} for "
-                        f"target {target!r}")
   if pattern == "table" or log_mu_hat is not None:
     pattern = "table"
     if S ** n > MAX_TABLE_LEAVES:
       raise InstanceError("table oracles are for small trees")
-    lm = np.asarray(log_mu_hat, dtype=np.float64)
+    lm = _parse_floats(log_mu_hat, "oracle log_mu_hat")
     internal = num_nodes(S, n) - S ** n
     if lm.ndim != 1 or lm.shape[0] != internal:
       raise InstanceError(f"oracle log_mu_hat must have (S^n - 1)/(S - 1) "
@@ -301,10 +386,9 @@ def make_instance(S: int = 2, n: int = 8, target: str = "uniform",
           f"oracle log_mu_hat[{k}] = {lm[k]:g} is out of range: log masses "
           f"must lie within +-{MAX_LOG_MASS:g} (float32 walks; null for 0)")
     arrays["oracle_internal"] = lm
-  elif pattern not in PATTERNS:
-    raise InstanceError(f"unknown error pattern {pattern!r}; known: "
-                        f"{PATTERNS + ('table',)}")
-  inst = Instance(S, n, target, kept, pattern, alpha, int(seed), arrays)
+  else:
+    _name("error pattern", pattern, PATTERNS + ("table",))
+  inst = Instance(S, n, target, kept, pattern, alpha, seed, arrays)
   if pattern == "table":
     _check_table_oracle(inst)
   return inst
@@ -367,27 +451,43 @@ def instance_from_json(obj: dict) -> Instance:
 
   `{"alphabet_size": S, "depth": n, "target": {"kind": ..., params},
   "oracle": {"kind": "table", "log_mu_hat": [...]} | {"pattern": name,
-  "alpha": α, "seed": k}}`; `null` or "-inf" stand for -inf.
+  "alpha": α, "seed": k}}`; `null` or "-inf" stand for -inf. The schema is
+  strict: exact types (a boolean is not an integer, 1.7 is not a seed, "8"
+  is not a depth) and no unknown key (a typo gets a did-you-mean).
   """
   if not isinstance(obj, dict):
-    raise InstanceError("an instance must be a JSON object")
+    raise InstanceError(f"an instance must be a JSON object, got "
+                        f"{_what(obj)}")
+  _no_unknown("instance key", obj, INSTANCE_KEYS)
   for key in ("alphabet_size", "depth", "target"):
     if key not in obj:
       raise InstanceError(f"instance JSON lacks {key!r}")
+  if not isinstance(obj["target"], dict):
+    raise InstanceError("target must be a JSON object {\"kind\": ...}, got "
+                        f"{_what(obj['target'])}")
   target = dict(obj["target"])
-  kind = target.pop("kind", None)
-  if kind is None:
-    raise InstanceError("target lacks 'kind'")
-  if "log_weights" in target:
-    target["log_weights"] = _parse_floats(target["log_weights"],
-                                          "target log_weights")
-  oracle = dict(obj.get("oracle", {"pattern": "exact"}))
+  if "kind" not in target:
+    raise InstanceError(f"target lacks 'kind' (one of {TARGETS})")
+  kind = _name("target", target.pop("kind"), TARGETS)
+  _no_unknown(f"target {kind!r} key", target, TARGET_PARAMS[kind])
+  oracle = obj.get("oracle", {"pattern": "exact"})
+  if not isinstance(oracle, dict):
+    raise InstanceError("oracle must be a JSON object, got "
+                        f"{_what(oracle)}")
   kw: dict[str, Any] = {}
-  if oracle.get("kind") == "table":
-    kw["log_mu_hat"] = _parse_floats(oracle.get("log_mu_hat"),
-                                     "oracle log_mu_hat")
-    pattern, alpha, seed = "table", float(oracle.get("alpha", 1.0)), 0
+  if "kind" in oracle:
+    if oracle["kind"] != "table":
+      raise InstanceError(
+          f"oracle kind must be 'table' (a table of log mu_hat), got "
+          f"{oracle['kind']!r}; an error-pattern oracle gives 'pattern' "
+          "and no 'kind'")
+    _no_unknown("table-oracle key", oracle, TABLE_ORACLE_KEYS)
+    if "log_mu_hat" not in oracle:
+      raise InstanceError("a table oracle lacks 'log_mu_hat'")
+    kw["log_mu_hat"] = oracle["log_mu_hat"]
+    pattern, alpha, seed = "table", oracle.get("alpha", 1.0), 0
   else:
+    _no_unknown("oracle key", oracle, PATTERN_ORACLE_KEYS)
     pattern = oracle.get("pattern", "exact")
     alpha = oracle.get("alpha", 1.0)
     seed = oracle.get("seed", 0)
@@ -396,13 +496,18 @@ def instance_from_json(obj: dict) -> Instance:
 
 
 def _parse_floats(values, what) -> np.ndarray:
-  if not isinstance(values, (list, tuple)):
-    raise InstanceError(f"{what} must be a list of numbers")
+  """float64[k] from a list of numbers (null or "-inf" for -inf) or a real
+  numpy array."""
+  if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+    return values.astype(np.float64)
+  if not isinstance(values, (list, tuple, np.ndarray)):
+    raise InstanceError(f"{what} must be a list of numbers, got "
+                        f"{_what(values)}")
   out = np.empty(len(values))
   for i, v in enumerate(values):
     if v is None or v == "-inf":
       out[i] = -np.inf
-    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+    elif _is_real(v):
       out[i] = float(v)
     else:
       raise InstanceError(f"{what}[{i}] is not a number: {v!r}")
@@ -415,14 +520,18 @@ def load_instance(path_or_dict) -> Instance:
     return instance_from_json(path_or_dict)
   if isinstance(path_or_dict, str) and not os.path.exists(path_or_dict) \
       and path_or_dict.lstrip().startswith("{"):
-    return instance_from_json(json.loads(path_or_dict))
+    try:
+      obj = json.loads(path_or_dict)
+    except json.JSONDecodeError as e:
+      raise InstanceError(f"the instance string is not JSON: {e}") from e
+    return instance_from_json(obj)
   try:
     with open(path_or_dict, encoding="utf-8") as f:
       obj = json.load(f)
   except OSError as e:
     raise InstanceError(f"cannot read instance file {path_or_dict}: {e}"
                         ) from e
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise InstanceError(f"instance file {path_or_dict} is not JSON: {e}"
                         ) from e
   return instance_from_json(obj)

@@ -389,6 +389,49 @@ def test_json_round_trip_and_user_tables(tmp_path):
                                                 0.0, 0.0])),
      "reachable and has mu_hat = 0"),
     (dict(target=dict(kind="product", p=1.5)), "p must give"),
+    # strict schema: exact types (a boolean is not an integer), no
+    # unknown key (a typo gets a did-you-mean), strings named
+    (dict(depth=True), r"depth must be an integer in 1\.\.64, got True "
+     r"\(a boolean\)"),
+    (dict(alphabet_size=2.0), r"alphabet_size must be an integer >= 2, got "
+     r"2\.0 \(a number\)"),
+    (dict(depth="3"), r"depth must be an integer .*got '3' \(a string\)"),
+    (dict(oracle=dict(pattern="combo", alpha=2.0, seed=1.7)),
+     r"oracle seed must be an integer in 0\.\.4294967295, got 1\.7"),
+    (dict(oracle=dict(pattern="combo", alpha=2.0, seed=True)),
+     "oracle seed must be an integer"),
+    (dict(oracle=dict(pattern="combo", alpha="2")),
+     r"oracle alpha must be a finite number >= 1, got '2' \(a string\)"),
+    (dict(orcale=dict(pattern="combo")),
+     r"unknown instance key 'orcale' \(did you mean 'oracle'\?\)"),
+    (dict(oracle=dict(pattern="combo", alpah=2.0)),
+     r"unknown oracle key 'alpah' \(did you mean 'alpha'\?\)"),
+    (dict(oracle=dict(kind="table", log_mu_hat=[0.0] * 7, seed=3)),
+     "unknown table-oracle key 'seed'"),
+    (dict(oracle=dict(kind="tabel")), "oracle kind must be 'table'"),
+    (dict(oracle="combo"), "oracle must be a JSON object, got a string"),
+    (dict(oracle=dict(pattern="comb")),
+     r"unknown error pattern 'comb' \(did you mean 'combo'\?\)"),
+    (dict(target=dict(kind="unifrom")),
+     r"unknown target 'unifrom' \(did you mean 'uniform'\?\)"),
+    (dict(target="uniform"), "target must be a JSON object"),
+    (dict(target=dict(kind="ar", bta=1.0)),
+     r"unknown target 'ar' key 'bta' \(did you mean 'beta'\?\)"),
+    (dict(target=dict(kind="uniform", p=0.3)),
+     "unknown target 'uniform' key 'p'"),
+    (dict(target=dict(kind="ar", beta="1.0")),
+     r"target beta must be a finite number, got '1\.0' \(a string\)"),
+    (dict(target=dict(kind="ar", target_seed=2.5)),
+     "target target_seed must be an integer"),
+    (dict(target=dict(kind="product", p="0.3")),
+     "target p must be a number .* got '0.3' \\(a string\\)"),
+    (dict(target=dict(kind="product", p=True)), "target p must be a number"),
+    (dict(target=dict(kind="dfa", automaton="parity", m=True)),
+     "target m must be an integer"),
+    (dict(target=dict(kind="dfa", automaton="dyk")),
+     r"unknown automaton 'dyk' \(did you mean 'dyck'\?\)"),
+    (dict(target=dict(kind="table", log_weights="0 0 0")),
+     "target log_weights must be a list of numbers, got a string"),
 ])
 def test_bad_instances_get_clear_errors(change, match):
   base = dict(alphabet_size=2, depth=3,
@@ -399,6 +442,52 @@ def test_bad_instances_get_clear_errors(change, match):
     sampling.load_instance(base)
   with pytest.raises(ValueError):
     trees.make_instance(2, 4, "table", log_weights=[float("nan")] * 16)
+
+
+def test_make_instance_takes_exact_types_too():
+  with pytest.raises(sampling.InstanceError, match="depth must be an "
+                     "integer"):
+    trees.make_instance(2, True)
+  with pytest.raises(sampling.InstanceError, match="oracle seed must be"):
+    trees.make_instance(2, 4, "uniform", "random", 1.5, seed=1.7)
+  with pytest.raises(sampling.InstanceError, match="oracle alpha must be"):
+    trees.make_instance(2, 4, "uniform", "combo", "2")
+  with pytest.raises(sampling.InstanceError, match="did you mean 'beta'"):
+    trees.make_instance(2, 4, "ar", bta=1.0)
+  # numpy scalars are numbers; a numpy array is a table
+  inst = trees.make_instance(np.int64(2), np.int32(3), "table",
+                             alpha=np.float32(1.5), seed=np.uint8(3),
+                             log_weights=np.zeros(8))
+  assert (inst.S, inst.n, inst.seed) == (2, 3, 3)
+  assert isinstance(inst.seed, int) and isinstance(inst.alpha, float)
+
+
+@pytest.mark.parametrize("method,params", [
+    ("js", dict(steps=3, leaf_loop=0.0)), ("lifted", dict(steps=3)),
+    ("vgb", dict(steps=2, form="mh")), ("js", dict(steps=1))])
+def test_a_walk_shorter_than_the_depth_has_no_law(method, params):
+  """It never reaches a leaf: refused by name, never an all-zero "law"."""
+  inst = trees.make_instance(2, 4, "uniform", "combo", 2.0)
+  with pytest.raises(ValueError, match=rf"{method} with steps="
+                     rf"{params['steps']} never reaches a leaf of a "
+                     r"depth-4 tree .*give steps >= 4"):
+    sampling.exact_output_law(inst, method, **params)
+  law = sampling.exact_output_law(inst, method, **dict(params, steps=4))
+  assert abs(law.sum() - 1) < 1e-9 and (law >= 0).all()
+
+
+def test_every_exact_law_sums_to_one_or_is_refused(monkeypatch):
+  inst = trees.make_instance(2, 3, "uniform", "combo", 2.0)
+  for method in sampling.METHODS:
+    if method not in NO_EXACT_LAW:
+      law = sampling.exact_output_law(inst, method,
+                                      **VARIANTS.get(method, [{}])[0])
+      assert abs(law.sum() - 1) < 1e-9, method
+  # a method whose output is no law (here forced) is refused by name
+  monkeypatch.setattr(exact, "topdown_law", lambda table: np.zeros(8))
+  with pytest.raises(ValueError, match=r"top_down's output on this "
+                     r"instance is not a law \(it sums to 0, not 1\)"):
+    sampling.exact_output_law(inst, "top_down")
 
 
 def test_launch_sample_smoke_reports_the_expected_slopes(tmp_path):
