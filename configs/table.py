@@ -20,6 +20,10 @@ rerun the same command to resume a killed table):
   # GPU: the same rows with the `gpu` job (a trained base model required)
   python -m launch.table --config=configs/table.py:gpu \
       --config.job.init_from=/path/to/model --workdir=/tmp/table_gpu
+  # A pretrained language model as the base (the `llm` job; a GPU/TPU for
+  # anything past SmolLM2-135M): the same rows and tasks
+  python -m launch.table --config=configs/table.py:llm \
+      --config.job.init_from=/path/to/snapshot_or.gguf --workdir=/tmp/tllm
 
 Task lists (committed, `configs/table_tasks/`): the 100 ARC-AGI-1
 evaluation tasks with the shortest full sequence (every demonstration, the
@@ -59,11 +63,12 @@ def task_ids(version: int) -> tuple[str, ...]:
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, preset="cpu", version=1)
-  if a.preset not in ("cpu", "gpu"):
-    raise ValueError(f"unknown preset {a.preset!r}; known: ['cpu', 'gpu']")
+  if a.preset not in ("cpu", "gpu", "llm"):
+    raise ValueError(f"unknown preset {a.preset!r}; known: ['cpu', 'gpu', "
+                     "'llm']")
   if a.version not in TASK_FILES:
     raise ValueError(f"version must be 1 or 2, got {a.version}")
-  job = arc_ttt.get_config("tiny" if a.preset == "cpu" else "gpu")
+  job = arc_ttt.get_config({"cpu": "tiny"}.get(a.preset, a.preset))
   job.run.version = a.version
   job.run.task_ids = task_ids(a.version)
   job.run.num_tasks = 0

@@ -167,9 +167,11 @@ def fingerprint(job: Job) -> dict:
   return out
 
 
-def describe(job: Job, model_calls: int, untrained: bool) -> str:
+def describe(job: Job, model_calls: int, untrained: bool,
+             base: str = "") -> str:
   """The report's one-line description of the run (markdown; the paths in
-  it escaped, the challenges file by its name)."""
+  it escaped, the challenges file by its name; `base`: what the base model
+  is, e.g. a pretrained LM's token mapping)."""
   rc = job.run
   ttt_text = (f"TTT on ({job.ttt.steps} steps)" if job.ttt.enabled
               else "TTT off")
@@ -180,6 +182,8 @@ def describe(job: Job, model_calls: int, untrained: bool) -> str:
           f"{decoders.method(job.decode).describe(job.decode)} "
           f"({model_calls} model calls); vote {job.vote.method}; data "
           f"{data_text}.")
+  if base:  # what the base is (a pretrained LM's token mapping)
+    text += f" Base: {evaluate.md_text(base)}."
   if untrained:
     text += " **The base model is untrained: accuracy is meaningless.**"
   return text

@@ -171,15 +171,13 @@ def run(config, workdir: str, predictor: Callable | None = None,
       if hasattr(config, "to_json_best_effort")
       else json.dumps(job._asdict(), default=str, indent=2))
   try:
-    return _run(job, wd, predictor, stop_after_chunks, compile_clock,
-                t_start)
+    return _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start)
   finally:
     wd.close()
     compile_clock.close()
 
 
-def _run(job, wd, predictor, stop_after_chunks, compile_clock,
-         t_start) -> dict:
+def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
   # --- tasks and plan ---------------------------------------------------------
   writer = metrics.MetricsWriter(wd.file("metrics.jsonl"))
   tasks, skipped = plan_lib.load_tasks(job.run)  # (arc.py logs each skip)
@@ -278,7 +276,8 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock,
     evaluate.write_json(wd.file("results.json"),
                         dict(summary=summary, tasks=results))
     header = job_lib.describe(job, summary["decode"]["model_calls"],
-                              summary["untrained_model"])
+                              summary["untrained_model"],
+                              weights.source if weights else "")
     try:  # results.json and submission.json are already complete
       evaluate.write_report(wd.path, results, summary,
                             {t.id: t for t in tasks}, timings, header,

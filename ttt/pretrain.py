@@ -55,6 +55,7 @@ from ttt import (
   inner_loop,
   metrics,
   optim,
+  pretrained,
   sharding,
   tokens,
 )
@@ -104,7 +105,9 @@ class PretrainConfig:
   prefetch: int = 4  # batches built ahead by the host thread
   stop_after_steps: int = 0  # stop (and checkpoint) after this many steps
   time_limit_s: float = 0.0  # stop (and checkpoint) after this wall time
-  init_from: str = ""  # weights to start from (ckpt.save_weights format)
+  # weights to start from: a ckpt.save_weights checkpoint, or a pretrained
+  # LM (HF snapshot folder / .gguf, cut to the 16 tokens: ttt.pretrained)
+  init_from: str = ""
   export_dir: str = ""  # where the final bf16 weights go ('' = workdir/model)
 
   def validate(self) -> None:
@@ -239,6 +242,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_batches = heldout_batches(heldout, cfg.max_len,
                                  max(mesh.size, cfg.batch_size))
 
+  if cfg.init_from and pretrained.is_pretrained(cfg.init_from):
+    # continued training of a pretrained LM: its shape (cut to the 16
+    # project tokens, 1-D positions) replaces config.model's
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.model.update(pretrained.model_config(cfg.init_from, "cell"))
   graphdef, state, optimizer = model_and_state(config, cfg, mesh)
   checkpointer = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    max_to_keep=cfg.keep_checkpoints)
@@ -247,7 +256,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("resumed from %s at step %d", checkpointer.directory,
                  int(state.step))
   elif cfg.init_from:
-    params = ckpt.load_weights(cfg.init_from, state.params)
+    params = (pretrained.load_base(cfg.init_from, state.params, "cell")
+              if pretrained.is_pretrained(cfg.init_from)
+              else ckpt.load_weights(cfg.init_from, state.params))
     state = state._replace(params=sharding.replicate(params, mesh))
     logging.info("initialised weights from %s (fresh optimizer)",
                  cfg.init_from)

@@ -1,0 +1,200 @@
+"""A pretrained language model as the base of the main job, the TTT inner
+loop, continued training, and the programs' export lowering.
+
+A tiny random Llama snapshot (grouped-query attention, tied head, Llama-3
+RoPE scaling) is written with `transformers` (skipped without it); the
+model-level equivalence with Hugging Face is `tests/pretrained_test.py`'s.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import arc_ttt
+from ttt import (
+  ckpt,
+  data,
+  inner_loop,
+  lora,
+  metrics,
+  pipeline,
+  pretrain,
+  tokens,
+)
+from ttt import model as M
+from ttt import weights as weights_lib
+from ttt.pretrained import cell_tokens as pretrained_cells
+
+# The LLM-only architecture fields at a tiny size (no checkpoint needed).
+LLM_TINY = dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,
+                mlp_dim=96, rope="1d", rope_base=500000.0,
+                tie_embeddings=True, qkv_bias=True, qk_norm=True,
+                rope_scaling=(8.0, 1.0, 4.0, 64.0), norm_eps=1e-5)
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from pretrained_test import _build  # the suite's tiny-snapshot builder
+
+  return _build(tmp_path_factory.mktemp("llama") / "snap", "Llama", dict(
+      tie_word_embeddings=True, rope_parameters=dict(
+          rope_type="llama3", rope_theta=500000.0, factor=8.0,
+          low_freq_factor=1.0, high_freq_factor=4.0,
+          original_max_position_embeddings=64)))
+
+
+def _job_config(path, **run):
+  c = arc_ttt.get_config("llm")
+  c.init_from = path
+  c.model.dtype = "float32"
+  c.run.num_tasks = 2
+  c.run.chunk_size = 1
+  c.run.update(run)
+  c.ttt.steps = 2
+  c.data.num_sequences = 4
+  c.data.max_len = 512
+  c.decode.method = "greedy"
+  c.decode.max_new_tokens = 16
+  c.views.orders = 0
+  c.views.transforms = ("transpose",)
+  return c
+
+
+def test_the_main_job_runs_on_a_pretrained_snapshot_compiling_once(
+    snapshot, tmp_path):
+  """Two chunks on an HF snapshot: loaded through the vocabulary cut, each
+  stage's programs compiled once, records written, the base's token
+  mapping in the report, and a resume from the same files."""
+  import logging
+
+  from pipeline_test import _CompileLog, _stage_programs
+
+  c = _job_config(snapshot)
+  names = _stage_programs(c)
+  log = _CompileLog()
+  logger = logging.getLogger("jax")
+  logger.addHandler(log)
+  jax.config.update("jax_log_compiles", True)
+  try:
+    s = pipeline.run(c, str(tmp_path))
+  finally:
+    jax.config.update("jax_log_compiles", False)
+    logger.removeHandler(log)
+  assert s["tasks"] == 2 and s["decode"]["model_calls"] > 0
+  counts = log.names()
+  for stage, program in names.items():
+    assert counts[f"jit({program})"] == 1, (stage, program, counts)
+  res = json.loads((tmp_path / "results.json").read_text())
+  assert all(np.isfinite(t["ttt"]["final_loss"]) for t in res["tasks"])
+  report = (tmp_path / "report.md").read_text()
+  assert "vocabulary cut to 16 tokens" in report
+  assert pipeline.run(c, str(tmp_path))["tasks"] == 2  # resumed, same files
+  assert json.loads((tmp_path / "results.json").read_text())["tasks"] == \
+      res["tasks"]
+
+
+def test_vmapped_ttt_equals_looped_on_an_llm_shape():
+  cfg = ml_collections.ConfigDict(dict(
+      model=dict(LLM_TINY, vocab_size=tokens.VOCAB_SIZE, dtype="float32"),
+      adapter=dict(mode="lora", rank=4, alpha=8.0),
+      ttt=dict(steps=3, batch_size=2, lr=1e-2)))
+  graphdef, _, base = lora.split(M.make_model(cfg.model, cfg.adapter,
+                                              jax.random.key(0)))
+  t, n, length = 3, 4, 48
+  rng = np.random.default_rng(0)
+  toks = rng.integers(0, 13, (t, n, length)).astype(np.int32)
+  mask = np.zeros_like(toks)
+  mask[..., length // 2:] = 1
+  pos = np.broadcast_to(np.arange(length, dtype=np.int32), toks.shape)
+  ds = data.TTTDataset(toks, mask, np.array(pos),
+                       np.zeros(toks.shape + (3,), np.int32),
+                       np.ones((t, n), bool))
+  adapters = lora.init_adapters(cfg, jax.random.key(1), t)
+  keys = jax.random.split(jax.random.key(2), t)
+  out, m = inner_loop.make_inner_loop(cfg, graphdef)(base, adapters, ds, keys)
+  one = jax.jit(inner_loop.make_train_task(cfg, graphdef))
+  for k in range(t):
+    ad, mk = one(base, jax.tree.map(lambda x, k=k: x[k], adapters),
+                 jax.tree.map(lambda x, k=k: x[k], ds), keys[k])
+    for a, b in zip(jax.tree.leaves(ad), jax.tree.leaves(
+        jax.tree.map(lambda x, k=k: x[k], out)), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5,
+                                 atol=1e-6)
+    np.testing.assert_allclose(mk["loss"], m["loss"][k], rtol=1e-5)
+  assert m["loss"][0, -1] < m["loss"][0, 0]  # it trains
+
+
+def test_llm_programs_lower_for_gpu_and_tpu():
+  from export_test import _lowers
+
+  from ttt import select
+  from ttt.decoders import dfs, sampled
+
+  cfg = ml_collections.ConfigDict(dict(
+      model=dict(LLM_TINY, vocab_size=tokens.VOCAB_SIZE, dtype="bfloat16"),
+      adapter=dict(mode="lora", rank=4, alpha=8.0),
+      ttt=dict(steps=2, batch_size=2)))
+  key = jax.random.key(0)
+  graphdef, _, base = lora.split(M.make_model(cfg.model, cfg.adapter, key))
+  t, n, length = 2, 4, 32
+  adapters = jax.jit(lora.make_init(cfg, key))(None, jnp.arange(t))
+  row = tokens.Encoded(np.full(length, tokens.PAD, np.int32),
+                       np.zeros(length, np.int32),
+                       np.arange(length, dtype=np.int32),
+                       np.zeros((length, 3), np.int32), 1)
+  ds = data.stack([data.stack_rows([row] * n, n, length)] * t)
+  _lowers(inner_loop.make_inner_loop(cfg, graphdef), base, adapters, ds,
+          jax.random.split(key, t))
+  q, v, p = 2, 2, 16
+  prompt_args = (jnp.zeros(q, jnp.int32), jnp.zeros((q, v, p), jnp.int32),
+                 jnp.ones((q, v), jnp.int32),
+                 jnp.zeros((q, v, p, 3), jnp.int32),
+                 jnp.ones((q, v), jnp.int32), jnp.ones((q, v), bool))
+  _lowers(sampled.make_program(graphdef, 8), base, adapters, *prompt_args,
+          jax.random.split(key, q))
+  _lowers(dfs.make_program(graphdef, 8, 0.1, 4), base, adapters,
+          *prompt_args)
+  _lowers(select.make_row_scorer(graphdef), base, adapters,
+          jnp.zeros(2, jnp.int32), data.stack_rows([row] * 2, 2, length))
+
+
+def test_continued_pretraining_from_a_snapshot_exports_a_loadable_model(
+    snapshot, tmp_path):
+  config = ml_collections.ConfigDict(dict(
+      model=dict(num_layers=1, d_model=32, num_heads=2, mlp_dim=64,
+                 dtype="float32"),  # replaced by the snapshot's shape
+      pretrain=dict(steps=2, batch_size=8, max_len=256, lr=1e-4,
+                    warmup_steps=1, eval_every=2, checkpoint_every=2,
+                    log_every=1, heldout_tasks=4, prefetch=2,
+                    init_from=snapshot)))
+  last = pretrain.train_and_evaluate(config, str(tmp_path))
+  assert last["stopped_at"] == 2
+  losses = [r["loss"] for r in metrics.read(str(tmp_path / "metrics.jsonl"))
+            if "loss" in r]
+  assert len(losses) == 2 and np.isfinite(losses).all()
+  exported = str(tmp_path / "model")
+  stored = ckpt.load_weights_config(exported)["model"]
+  assert stored["rope"] == "1d" and stored["num_kv_heads"] == 2
+  assert stored["tie_embeddings"] and stored["vocab_size"] == 16
+  # the export is a ttt-jax checkpoint the main job loads, and it is the
+  # snapshot moved a little (2 steps at lr 1e-4), not a fresh model
+  job = _job_config(exported)
+  from ttt import job as job_lib
+
+  j = job_lib.parse(job)
+  w, model_cfg = weights_lib.load(j.init_from, j.model, j.adapter, 0)
+  assert model_cfg.num_kv_heads == 2 and w.source == "a ttt-jax checkpoint"
+  fresh, _ = weights_lib.load(snapshot, j.model, j.adapter, 0)
+  x = jnp.asarray([pretrained_cells("I\n0123\n4567\nO\n")])
+  a = lora.merge(w.graphdef, w.template, w.base)(x)
+  b = lora.merge(fresh.graphdef, fresh.template, fresh.base)(x)
+  diff = float(jnp.abs(a - b).max())
+  assert 0 < diff < 0.1 * float(jnp.abs(b).max()), diff
+  assert os.path.isdir(os.path.join(exported, "weights"))
