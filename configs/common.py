@@ -91,6 +91,10 @@ LLM_SHAPES = {
                       num_kv_heads=8, mlp_dim=8192, rope="1d",
                       rope_base=500000.0, tie_embeddings=True,
                       rope_scaling=(32.0, 1.0, 4.0, 8192.0), norm_eps=1e-5),
+    # Llama-3-8B (MARC's base): ~7.0B parameters cut (32 layers, d 4096)
+    "llama3_8b": dict(num_layers=32, d_model=4096, num_heads=32,
+                      num_kv_heads=8, mlp_dim=14336, rope="1d",
+                      rope_base=500000.0, norm_eps=1e-5),
 }
 
 

@@ -202,7 +202,8 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
     weights, model_cfg = weights_lib.load(job.init_from, job.model,
                                           job.adapter, job.run.seed)
     job = job._replace(model=model_cfg)  # the checkpoint's shape wins
-    weights = weights_lib.place(weights, mesh)
+    weights = weights_lib.place(weights, mesh,
+                                weights_lib.compute_dtype(model_cfg))
     logging.info("model: %s, %d base parameters, adapter %s",
                  job.init_from or "UNTRAINED",
                  weights_lib.count_base(weights, job.adapter),

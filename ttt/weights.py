@@ -25,6 +25,7 @@ import os
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
@@ -142,12 +143,31 @@ def digest(init_from: str) -> str:
   return ckpt.digest(init_from) if os.path.isdir(init_from) else init_from
 
 
-def place(weights: Weights, mesh) -> Weights:
+def place(weights: Weights, mesh, dtype=None) -> Weights:
   """`weights` with template and base copied onto every device of the
   mesh. Restored weights sit on one device, which a multi-device program
-  refuses (the 'full' mode's template is every task's starting point)."""
+  refuses (the 'full' mode's template is every task's starting point).
+
+  Args:
+    weights: the loaded weights (float32).
+    mesh: the task mesh.
+    dtype: the compute dtype; when it is 16-bit the frozen base is stored
+      in it (half the memory; the model casts every weight to it anyway,
+      so results are the same), while the template -- what TTT updates --
+      keeps float32 master weights.
+  """
+  base = weights.base
+  if dtype is not None and jnp.dtype(dtype).itemsize == 2:
+    base = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(
+        x.dtype, jnp.floating) else x, base)
   return weights._replace(template=sharding.replicate(weights.template, mesh),
-                          base=sharding.replicate(weights.base, mesh))
+                          base=sharding.replicate(base, mesh))
+
+
+def compute_dtype(config: model_lib.ModelConfig):
+  """The dtype the model computes in ('auto': float32 on CPU, bfloat16 on
+  GPU/TPU)."""
+  return model_lib._dtype(config.dtype)  # noqa: SLF001 (the one resolver)
 
 
 def count_base(weights: Weights, adapter: model_lib.AdapterConfig) -> int:
