@@ -144,13 +144,13 @@ LLM = dict(TINY, rope="1d", num_kv_heads=2, head_dim_override=24,
            rope_scaling=(8.0, 1.0, 4.0, 64.0))
 
 
-def _randomised(model, seed=0):
+def _randomised(model, seed=0, scale=0.3):
   """The model with every parameter random (biases and norms are 0 and 1
-  at init, which would hide them)."""
+  at init, which would hide them): N(0, scale^2), + 1 for vectors."""
   graphdef, state = nnx.split(model)
   leaves, tree = jax.tree.flatten(state)
   keys = jax.random.split(jax.random.key(seed), len(leaves))
-  leaves = [0.3 * jax.random.normal(k, x.shape, x.dtype) + (x.ndim == 1)
+  leaves = [scale * jax.random.normal(k, x.shape, x.dtype) + (x.ndim == 1)
             for k, x in zip(keys, leaves, strict=True)]
   return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
 
@@ -238,3 +238,185 @@ def test_invalid_llm_fields():
     check(d_model=66)
   check(d_model=66, head_dim_override=16)
   check(**LLM)
+
+
+# --- scan_layers: the blocks stacked on a layer axis, run by lax.scan -------
+
+LORA = dict(mode="lora", rank=4)  # every projection
+# Tolerances: float32, atol 1e-5 plus rtol 1e-5 (the two layouts compile
+# to different programs: sums in another order).
+
+
+def _stacked(state, num_layers):
+  """A per-layer state (`blocks` 0..N-1) in the stacked layout."""
+  out = nnx.State({k: v for k, v in state.items() if k != "blocks"})
+  out["blocks"] = jax.tree.map(
+      lambda *xs: jnp.stack(xs),
+      *[state["blocks"][i] for i in range(num_layers)])
+  return out
+
+
+def _both_layouts(config, adapter=LORA, seed=0):
+  """(loop model, scan model) with the same random weights, LoRA B != 0
+  (std 0.1: activations of order 1, float32 differences of a few ulps)."""
+  loop = _randomised(M.make_model(config, adapter), seed, scale=0.1)
+  scan = M.make_model(dict(config, scan_layers=True), adapter)
+  nnx.update(scan, _stacked(nnx.state(loop), config["num_layers"]))
+  return loop, scan
+
+
+def test_scan_layers_parameter_layout():
+  cfg = dict(LLM, num_layers=3)
+  loop = nnx.eval_shape(lambda: M.make_model(cfg, LORA))
+  scan = nnx.eval_shape(lambda: M.make_model(dict(cfg, scan_layers=True),
+                                             LORA))
+  flat = dict(nnx.to_flat_state(nnx.state(scan)))
+  assert flat[("blocks", "attn", "q", "kernel")].shape == (3, 64, 96)
+  assert flat[("blocks", "attn", "k", "lora_b")].shape == (3, 4, 48)
+  assert flat[("blocks", "attn", "q_norm", "scale")].shape == (3, 24)
+  assert isinstance(flat[("blocks", "mlp", "up", "lora_a")], nnx.LoRAParam)
+  assert (M.count_params(nnx.state(scan))
+          == M.count_params(nnx.state(loop)))
+  _, adapters, base = lora.split(scan)
+  assert {p[-1] for p, _ in nnx.to_flat_state(adapters)} == {"lora_a",
+                                                             "lora_b"}
+  assert all(v.shape[0] == 3 for _, v in nnx.to_flat_state(adapters))
+  assert not any(isinstance(v, nnx.LoRAParam)
+                 for _, v in nnx.to_flat_state(base))
+  assert (M.count_params(adapters)
+          == M.count_params(lora.split(loop)[1]))
+  # per-task adapters [T, N, ...]: A random per task and per layer, B zero
+  a = lora.init_adapters(Cfg(dict(cfg, scan_layers=True), LORA),
+                         jax.random.key(0), 2)
+  for path, v in nnx.to_flat_state(a):
+    x = np.asarray(v[...])
+    assert x.shape[:2] == (2, 3)
+    if path[-1] == "lora_b":
+      assert not x.any()
+    else:
+      assert not np.allclose(x[0], x[1]) and not np.allclose(x[0, 0],
+                                                             x[0, 1])
+
+
+def test_scan_layers_equals_loop_forward_and_kv_cache():
+  """Logits, the prefill cache and `step` agree across layouts (GQA, every
+  architecture field, LoRA with B != 0, masked keys, a padded cache)."""
+  from ttt.decoders import common as decoding
+
+  cfg = dict(LLM, num_layers=3)
+  loop, scan = _both_layouts(cfg)
+  toks, _ = _inputs(length=10)
+  coords = jnp.zeros(toks.shape + (3,), jnp.int32)
+  positions = 3000 + jnp.broadcast_to(jnp.arange(10), toks.shape)
+  valid = jnp.ones(toks.shape, bool).at[:, 2].set(False)
+  np.testing.assert_allclose(scan(toks, positions, kv_valid=valid),
+                             loop(toks, positions, kv_valid=valid),
+                             atol=1e-5, rtol=1e-5)
+  n, lengths = 6, jnp.asarray([5, 6])
+  caches, lasts = [], []
+  for m in (loop, scan):
+    graphdef, state = nnx.split(m)
+    prefill = jax.jit(lambda s, *a, g=graphdef: decoding.prefill(
+        nnx.merge(g, s), *a, 4))
+    last, cache = prefill(state, toks[:, :n], lengths, coords[:, :n])
+    lasts.append(last)
+    caches.append((graphdef, state, cache))
+  np.testing.assert_allclose(lasts[1], lasts[0], atol=1e-5, rtol=1e-5)
+  (g0, s0, c0), (g1, s1, c1) = caches
+  assert c0[0][0].shape == (2, n + 4, 2, 24)  # tuple of [B, C, Hkv, D]
+  assert c1[0].shape == (3, 2, n + 4, 2, 24)  # [N, B, C, Hkv, D]
+
+  def same_cache(c0, c1):
+    for i, kv in enumerate(c0):
+      for j in range(2):
+        np.testing.assert_allclose(c1[j][i], kv[j], atol=1e-5, rtol=1e-5)
+
+  same_cache(c0, c1)
+  steps = [jax.jit(lambda s, *a, g=g: nnx.merge(g, s).step(*a))
+           for g in (g0, g1)]
+  index = lengths
+  full = loop(toks, positions - 3000)
+  for _ in range(4):
+    tok = toks[jnp.arange(2), index]
+    l0, c0 = steps[0](s0, tok, index, coords[:, 0], c0, index)
+    l1, c1 = steps[1](s1, tok, index, coords[:, 0], c1, index)
+    np.testing.assert_allclose(l1, l0, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(l1, full[jnp.arange(2), index], atol=1e-5,
+                               rtol=1e-5)
+    same_cache(c0, c1)
+    index = index + 1
+
+
+class _Batch:
+  """What `target_logprobs` reads: tokens, mask, 1-D positions, coords."""
+
+  def __init__(self, tokens, mask):
+    self.tokens, self.mask = tokens, mask
+    self.positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]),
+                                      tokens.shape)
+    self.coords = jnp.zeros(tokens.shape + (3,), jnp.int32)
+
+
+def test_scan_layers_lora_gradients_equal():
+  cfg = dict(LLM, num_layers=3)
+  loop, scan = _both_layouts(cfg)
+  toks, _ = _inputs(length=10)
+  mask = jnp.ones_like(toks)
+
+  def grads(m):
+    graphdef, adapters, base = lora.split(m)
+
+    def loss(adapters):
+      batch = _Batch(toks, mask)
+      ll, w = M.target_logprobs(lora.merge(graphdef, adapters, base), batch)
+      return -(ll * w).sum() / w.sum()
+
+    return jax.jit(jax.value_and_grad(loss))(adapters)
+
+  (v0, g0), (v1, g1) = grads(loop), grads(scan)
+  np.testing.assert_allclose(v1, v0, atol=1e-5, rtol=1e-5)
+  want = _stacked(nnx.State({"blocks": g0["blocks"]}), 3)
+  got = dict(nnx.to_flat_state(g1))
+  for path, v in nnx.to_flat_state(want):
+    np.testing.assert_allclose(got[path][...], v[...], atol=1e-5, rtol=1e-5)
+  assert len(got) == len(dict(nnx.to_flat_state(want)))
+
+
+def test_scan_layers_decoders_agree():
+  """Greedy, DFS and VGB decoding (which treat the cache as an opaque
+  pytree: padded, tiled over chains, stepped) give the same answers."""
+  from ttt import arc, views
+  from ttt.decoders import dfs as dfs_lib
+  from ttt.decoders import sampled
+  from ttt.decoders import vgb as vgb_lib
+
+  loop, scan = _both_layouts(dict(TINY, num_kv_heads=2), seed=1)
+  rng = np.random.default_rng(0)
+  grid = lambda: rng.integers(0, 10, (2, 3)).astype(np.int8)  # noqa: E731
+  task = arc.Task("t", [(grid(), grid()) for _ in range(2)],
+                  [(grid(), grid())])
+  vs = views.make_views(2, dict(orders=1))[:2]
+  enc = [views.prompt(task, 0, v, 96) for v in vs]
+  p = np.stack([e.tokens for e in enc])
+  lengths = np.array([e.length for e in enc], np.int32)
+  coords = np.stack([e.coords for e in enc])
+  segs = np.full(len(vs), 5, np.int32)
+  valid = np.ones(len(vs), bool)
+  tmaps = np.tile(np.arange(16, dtype=np.int32), (len(vs), 1))
+  key = jax.random.key(0)
+  out = []
+  for m in (loop, scan):
+    graphdef, adapters, base = lora.split(m)
+    greedy = jax.jit(sampled.make_query_fn(graphdef, 6, 0.0))
+    dfs = jax.jit(dfs_lib.make_query_fn(graphdef, 6, 0.05, 8, 64))
+    vgb = jax.jit(vgb_lib.make_query_fn(graphdef, 6, 4, 8, 1.0, "greedy"))
+    out.append(jax.device_get((
+        greedy(base, adapters, p, lengths, coords, segs, valid, key),
+        dfs(base, adapters, p, lengths, coords, segs, valid),
+        vgb(base, adapters, p, lengths, coords, segs, valid, tmaps, key))))
+  (greedy0, dfs0, vgb0), (greedy1, dfs1, vgb1) = out
+  np.testing.assert_array_equal(greedy1, greedy0)
+  np.testing.assert_array_equal(dfs1[0], dfs0[0])
+  np.testing.assert_allclose(dfs1[1], dfs0[1], atol=1e-5)
+  for a, b in zip(vgb1, vgb0, strict=True):
+    np.testing.assert_array_equal(a, b)

@@ -157,6 +157,25 @@ def test_logits_equal_transformers(snapshots, name):
       rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3"])
+def test_scan_layers_logits_equal_transformers(snapshots, name):
+  """The layer-stacked model (`scan_layers`, what configs/arc_ttt.py:llm
+  runs) filled by `load_base`: the same logits (sharded, bfloat16, q/k
+  norm files)."""
+  path = snapshots[name]
+  cells, ids = _ids(path)
+  positions = OFFSET + np.arange(ids.shape[1])[None]
+  want = _hf_logits(path, ids, positions)
+  scan = _ours(path, "full", scan_layers=True)
+  assert scan.blocks.attn.q.kernel.shape[0] == 2  # [layers, d, width]
+  got = np.asarray(scan(jnp.asarray(ids), jnp.asarray(positions)))
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+  cut = np.asarray(_ours(path, "cell", scan_layers=True)(
+      jnp.asarray(cells), jnp.asarray(positions)))
+  np.testing.assert_allclose(cut, got[..., pretrained.token_map(path)],
+                             atol=1e-6, rtol=1e-6)
+
+
 def test_architecture_read(snapshots):
   cfg = {n: pretrained.model_config(p, "full") for n, p in snapshots.items()}
   assert cfg["llama3"]["rope_scaling"] == (8.0, 1.0, 4.0, 64.0)
@@ -190,9 +209,10 @@ def test_rope_scaling_matters_here(snapshots):
   assert np.abs(wrong - want).max() > 1e-3
 
 
-def test_kv_cache_decode_equals_forward(snapshots):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_kv_cache_decode_equals_forward(snapshots, scan_layers):
   """The decoders' prefill + `step`, grouped-query attention."""
-  model = _ours(snapshots["llama"], "cell")
+  model = _ours(snapshots["llama"], "cell", scan_layers=scan_layers)
   cells, _ = _ids(snapshots["llama"])
   seq = jnp.asarray(np.concatenate([cells, cells[:, ::-1]]))  # [2, L]
   full = model(seq)
@@ -204,7 +224,10 @@ def test_kv_cache_decode_equals_forward(snapshots):
       nnx.merge(graphdef, state), *a, length))
   step = jax.jit(lambda state, *a: nnx.merge(graphdef, state).step(*a))
   last, cache = prefill(state, seq, lengths, coords)
-  assert cache[0][0].shape == (2, 2 * length, 2, 16)  # [B, C, Hkv, D]
+  if scan_layers:
+    assert cache[0].shape == (2, 2, 2 * length, 2, 16)  # [N, B, C, Hkv, D]
+  else:
+    assert cache[0][0].shape == (2, 2 * length, 2, 16)  # [B, C, Hkv, D]
   np.testing.assert_allclose(last, full[jnp.arange(2), lengths - 1],
                              atol=1e-5)
   index = lengths
@@ -329,6 +352,17 @@ def test_smollm_perplexity_and_unpermute(smollm):
     assert _perplexity(model, ids) > 2 * good  # measured 11.18
   finally:
     nnx.update(model, original)
+
+
+def test_smollm_scan_layers_perplexity(smollm):
+  """The 30 layers stacked and scanned (the main job's layout), each
+  stacked tensor filled layer by layer: the loop layout's numbers."""
+  path, model = smollm
+  scan = _ours(path, "full", scan_layers=True)
+  assert scan.blocks.mlp.down.kernel.shape == (30, 1536, 576)
+  ids = pretrained.tokenizer(path).encode(SENTENCE).ids
+  np.testing.assert_allclose(_perplexity(scan, ids), _perplexity(model, ids),
+                             rtol=1e-5)
 
 
 def test_smollm_token_map_and_cut(smollm, capsys):

@@ -20,6 +20,18 @@ biases (`qkv_bias`), RMSNorm of each query and key head before RoPE
 Llama-3 RoPE scaling (`rope_scaling`). At their defaults the model is the
 project's own, parameter for parameter and bit for bit.
 
+Layers: by default `blocks` is an `nnx.List` of `Block`s run in a Python
+loop (every jitted program unrolls them). With `scan_layers=True` it is ONE
+`Block` whose every variable carries a leading layer axis (`kernel`
+[num_layers, din, dout], `lora_a` [num_layers, din, r], ...: still
+`nnx.Param` / `nnx.LoRAParam`, so `ttt.lora` splits it the same way), and
+`__call__` / `step` run the layers with `jax.lax.scan` over that axis: one
+layer is compiled however deep the model is. The KV cache is then (k, v)
+stacked as [num_layers, B, C, K, D] instead of a tuple over layers of (k, v)
+[B, C, K, D]; in both layouts the length axis is -3 and the batch axis -4.
+The two layouts compute the same numbers; their parameter trees differ (a
+checkpoint is read in the layout it was written in).
+
 Adapters live inside the modules as `nnx.LoRAParam` variables, so
 `nnx.split(model, nnx.LoRAParam, ...)` separates them from the frozen base
 (`ttt.lora`): LoRA factors `lora_a` (random) and `lora_b` (zero) on the
@@ -75,6 +87,9 @@ class ModelConfig:
   rope_scaling: tuple[float, ...] = ()  # Llama-3 RoPE scaling: (factor,
   #   low_freq_factor, high_freq_factor, original_max_position_embeddings);
   #   () for none
+  scan_layers: bool = False  # blocks stacked on a leading layer axis and
+  #   run by lax.scan (compiles one layer, not num_layers); another
+  #   parameter tree and KV-cache layout (see the module docstring)
 
   def validate(self) -> None:
     names = ("auto", "float32", "bfloat16", "float16")
@@ -306,25 +321,32 @@ class Attention(nnx.Module):
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
     return self.o(out.reshape(b, length, -1)), (k, v)
 
-  def step(self, x, angles, cache, index):
+  def step(self, x, angles, cache, index, layer=None):
     """One new position per row against a KV cache.
 
     Args:
       x: [B, 1, d]; angles: [B, 1, D / 2].
-      cache: (k, v) [B, C, K, D]; index: int32[B], where row b's new key
-        goes (keys at positions <= index are attended to).
+      cache: (k, v) [B, C, K, D]; or, with `layer`, every layer's (k, v)
+        stacked [N, B, C, K, D] (only layer `layer` is read and written).
+      index: int32[B], where row b's new key goes (keys at positions <=
+        index are attended to).
+      layer: None, or an int32 scalar: this layer's index in a stacked
+        cache.
 
     Returns:
-      (out [B, 1, d], updated cache).
+      (out [B, 1, d], updated cache of the same layout).
     """
     b = x.shape[0]
     q, k, v = self._qkv(x, angles)
     rows = jnp.arange(b)
-    k_cache = cache[0].at[rows, index].set(k[:, 0].astype(cache[0].dtype))
-    v_cache = cache[1].at[rows, index].set(v[:, 0].astype(cache[1].dtype))
-    visible = jnp.arange(k_cache.shape[1])[None, :] <= index[:, None]
+    at = (rows, index) if layer is None else (layer, rows, index)
+    k_cache = cache[0].at[at].set(k[:, 0].astype(cache[0].dtype))
+    v_cache = cache[1].at[at].set(v[:, 0].astype(cache[1].dtype))
+    keys, values = ((k_cache, v_cache) if layer is None
+                    else (k_cache[layer], v_cache[layer]))
+    visible = jnp.arange(keys.shape[1])[None, :] <= index[:, None]
     out = jax.nn.dot_product_attention(
-        q, k_cache.astype(q.dtype), v_cache.astype(q.dtype),
+        q, keys.astype(q.dtype), values.astype(q.dtype),
         mask=visible[:, None, None, :])
     return self.o(out.reshape(b, 1, -1)), (k_cache, v_cache)
 
@@ -366,10 +388,85 @@ class Block(nnx.Module):
     x = x + a.astype(x.dtype)
     return x + self.mlp(self.norm2(x)).astype(x.dtype), kv
 
-  def step(self, x, angles, cache, index):
-    a, cache = self.attn.step(self.norm1(x), angles, cache, index)
+  def step(self, x, angles, cache, index, layer=None):
+    """`Attention.step` of the block (same arguments)."""
+    a, cache = self.attn.step(self.norm1(x), angles, cache, index, layer)
     x = x + a.astype(x.dtype)
     return x + self.mlp(self.norm2(x)).astype(x.dtype), cache
+
+
+def stack_blocks(config: ModelConfig, adapter: AdapterConfig,
+                 rngs: nnx.Rngs) -> Block:
+  """`config.num_layers` blocks as ONE `Block` of stacked variables.
+
+  Layer l is initialised from the l-th of `num_layers` keys split from one
+  `params` and one `lora` draw of `rngs` (so the random init differs from
+  the unstacked layout's; the distributions are the same).
+
+  Returns:
+    A `Block` whose every variable has a leading layer axis [num_layers,
+    ...] (same variable types as one block's: `nnx.Param`,
+    `nnx.LoRAParam`). Call it only through `run_stacked` / `step_stacked`.
+  """
+  n = config.num_layers
+  params = jax.random.split(rngs.params(), n)
+  loras = jax.random.split(rngs.lora(), n)
+
+  def one(params, lora):
+    return nnx.state(Block(config, adapter, nnx.Rngs(params=params,
+                                                      lora=lora)))
+
+  graphdef = nnx.graphdef(nnx.eval_shape(
+      lambda: Block(config, adapter, nnx.Rngs(params=0, lora=1))))
+  return nnx.merge(graphdef, jax.vmap(one)(params, loras))
+
+
+def run_stacked(blocks: Block, x, angles, kv_valid=None,
+                return_cache: bool = False):
+  """Stacked blocks (`stack_blocks`) applied in order by `lax.scan`.
+
+  Args:
+    blocks: a `Block` of variables stacked [N, ...].
+    x: float32[B, L, d]; angles: [B, L, D / 2]; kv_valid: None or bool[B, L].
+    return_cache: also return every layer's keys and values.
+
+  Returns:
+    x after the N blocks, and with `return_cache` the cache (k, v), each
+    [N, B, L, K, D] (else None).
+  """
+  graphdef, stacked = nnx.split(blocks)
+
+  def layer(x, state):
+    x, kv = nnx.merge(graphdef, state)(x, angles, kv_valid)
+    return x, kv if return_cache else None
+
+  return jax.lax.scan(layer, x, stacked)
+
+
+def step_stacked(blocks: Block, x, angles, cache, index):
+  """`Block.step` of stacked blocks in order by `lax.scan`.
+
+  The stacked cache is carried through the scan and each layer writes its
+  new key and value in place (no per-step copy of the cache).
+
+  Args:
+    blocks: a `Block` of variables stacked [N, ...].
+    x: float32[B, 1, d]; angles: [B, 1, D / 2].
+    cache: (k, v) [N, B, C, K, D]; index: int32[B] the position written.
+
+  Returns:
+    (x after the N blocks, the updated cache).
+  """
+  graphdef, stacked = nnx.split(blocks)
+
+  def layer(carry, xs):
+    x, cache = carry
+    state, i = xs
+    return nnx.merge(graphdef, state).step(x, angles, cache, index, i), None
+
+  layers = jnp.arange(jax.tree.leaves(stacked)[0].shape[0], dtype=jnp.int32)
+  (x, cache), _ = jax.lax.scan(layer, (x, cache), (stacked, layers))
+  return x, cache
 
 
 class Transformer(nnx.Module):
@@ -382,8 +479,9 @@ class Transformer(nnx.Module):
     bool[B, L], False for key positions no query may attend to (padding).
   Returns float32[B, L, vocab_size] logits, and with `return_cache` also
   the KV cache: a tuple over layers of (k, v) [B, P + L, K, D] (K =
-  `config.kv_heads` key/value heads, P =
-  `num_prefix` learned prefix positions first). `step` continues from it.
+  `config.kv_heads` key/value heads, P = `num_prefix` learned prefix
+  positions first); with `config.scan_layers` one (k, v) stacked [N, B,
+  P + L, K, D] over the N layers. `step` continues from it.
   """
 
   def __init__(self, config: ModelConfig, adapter: AdapterConfig | None = None,
@@ -394,8 +492,11 @@ class Transformer(nnx.Module):
     dt = _dtype(config.dtype)
     self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dt,
                            rngs=rngs)
-    self.blocks = nnx.List([Block(config, adapter, rngs)
-                            for _ in range(config.num_layers)])
+    if config.scan_layers:  # one Block of variables [num_layers, ...]
+      self.blocks = stack_blocks(config, adapter, rngs)
+    else:
+      self.blocks = nnx.List([Block(config, adapter, rngs)
+                              for _ in range(config.num_layers)])
     self.norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
                             dtype=dt, rngs=rngs)
     if not config.tie_embeddings:
@@ -430,13 +531,17 @@ class Transformer(nnx.Module):
       if kv_valid is not None:
         kv_valid = jnp.concatenate([jnp.ones((b, p), bool), kv_valid], axis=1)
     angles = rope_angles(self.config, positions, coords)
-    cache = []
-    for block in self.blocks:
-      x, kv = block(x, angles, kv_valid)
-      cache.append(kv)
+    if self.config.scan_layers:
+      x, cache = run_stacked(self.blocks, x, angles, kv_valid, return_cache)
+    else:
+      kvs = []
+      for block in self.blocks:
+        x, kv = block(x, angles, kv_valid)
+        kvs.append(kv)
+      cache = tuple(kvs)
     logits = self._logits(self.norm(x))
     logits = logits[:, p:] if p else logits
-    return (logits, tuple(cache)) if return_cache else logits
+    return (logits, cache) if return_cache else logits
 
   def step(self, tokens, positions, coords, cache, index):
     """Logits for one new token per row, given the KV cache.
@@ -456,12 +561,16 @@ class Transformer(nnx.Module):
     x = self.embed(tokens[:, None]).astype(jnp.float32)
     angles = rope_angles(self.config, (positions + p)[:, None],
                          coords[:, None, :])
-    new_cache = []
-    for block, kv in zip(self.blocks, cache, strict=True):
-      x, kv = block.step(x, angles, kv, index + p)
-      new_cache.append(kv)
+    if self.config.scan_layers:
+      x, new_cache = step_stacked(self.blocks, x, angles, cache, index + p)
+    else:
+      kvs = []
+      for block, kv in zip(self.blocks, cache, strict=True):
+        x, kv = block.step(x, angles, kv, index + p)
+        kvs.append(kv)
+      new_cache = tuple(kvs)
     logits = self._logits(self.norm(x))[:, 0]
-    return logits, tuple(new_cache)
+    return logits, new_cache
 
   def _logits(self, x):
     """float32 logits [..., vocab_size] of normalised states x [..., d]."""

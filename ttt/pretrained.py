@@ -12,13 +12,15 @@ Public functions (paths are either form):
 
 * `is_pretrained(path) -> bool`;
 * `model_config(path, vocab) -> dict` of `ttt.model.ModelConfig` fields
-  (no `dtype`: the compute dtype stays the caller's);
+  (the architecture only: no `dtype` or `scan_layers`, which stay the
+  caller's);
 * `token_map(path) -> list[int]`: for each of the 16 project tokens
   (`ttt.tokens`: colours 0-9, ROW_END, INPUT, OUTPUT, BOS, EOS, PAD) its id
   in the language model's vocabulary;
 * `load_base(path, template, vocab) -> state`: a template state (any part
-  of the model's parameters, e.g. `ttt.lora.split(model)[2]`) filled with
-  the pretrained weights;
+  of the model's parameters, e.g. `ttt.lora.split(model)[2]`, in either
+  layout of the blocks: per layer or stacked, `ModelConfig.scan_layers`)
+  filled with the pretrained weights;
 * `tokenizer(path) -> tokenizers.Tokenizer`.
 
 Vocabulary: `vocab='cell'` keeps only the 16 rows of the embedding and the
@@ -32,9 +34,11 @@ Tensors are read one at a time (safetensors opened lazily with
 `framework="flax"`, which reads bfloat16; GGUF tensors memory-mapped and
 dequantised one by one, the embedding only at the kept rows) and converted
 to the template's dtype (float32 master weights; the model casts to its
-compute dtype). llama.cpp stores the q and k projections with the rows of
-each head permuted for its interleaved RoPE; loading undoes that for this
-model's rotate-half RoPE (`unpermute=False` keeps them as stored, for
+compute dtype). A layer-stacked parameter is filled layer by layer into one
+host array (the host holds it and one layer, never the model twice).
+llama.cpp stores the q and k projections with the rows of each head
+permuted for its interleaved RoPE; loading undoes that for this model's
+rotate-half RoPE (`unpermute=False` keeps them as stored, for
 tests).
 
 Not handled: sliding-window attention (Mistral v0.1's 4096-token window:
@@ -475,7 +479,10 @@ def model_config(path: str, vocab: str = "cell") -> dict:
     vocab: 'cell' (vocab_size 16, the project's tokens) or 'full'.
 
   Returns:
-    A dict of every architecture field (rope='1d'; no `dtype`).
+    A dict of every architecture field (rope='1d'). Not `dtype` nor
+    `scan_layers` (how the layers run, not what they are): those stay the
+    caller's, so `ttt.weights`, which updates the config's fields with
+    these, keeps the config's choice (configs/arc_ttt.py:llm scans).
   """
   _check_vocab(vocab)
   fields = dict(open_source(path).arch)
@@ -606,7 +613,10 @@ def load_base(path: str, template, vocab: str = "cell", *,
       `ttt.model.Transformer` built from `model_config(path, vocab)` --
       e.g. `ttt.lora.split(model)[2]` (the frozen base), `split(...)[1]` in
       'full' mode, or `nnx.state(model, nnx.Param)`; leaves are arrays or
-      `jax.ShapeDtypeStruct`s. Its shapes are checked.
+      `jax.ShapeDtypeStruct`s. Its shapes are checked. Either layout of
+      the blocks: per layer (`('blocks', l, ...)`) or stacked on a leading
+      layer axis (`scan_layers`: `('blocks', ...)` [num_layers, ...], whose
+      layers are read one at a time into one host array).
     vocab: 'cell' (the 16 rows `token_map` names, in the project's token
       order) or 'full'.
     unpermute: GGUF only: undo llama.cpp's q/k row permutation (False only
@@ -621,8 +631,8 @@ def load_base(path: str, template, vocab: str = "cell", *,
   source = open_source(path)
   rows = _token_map(source) if vocab == "cell" else None
 
-  def fill(key_path, leaf):
-    keys = tuple(_key_name(k) for k in key_path if _key_name(k) != "value")
+  def read(keys, shape):
+    """One per-layer (or top-level) tensor, checked to be [shape]."""
     name, transpose = hf_tensor_name(keys)
     if name == "lm_head.weight" and not source.has(name):
       name = "model.embed_tokens.weight"  # tied
@@ -630,11 +640,23 @@ def load_base(path: str, template, vocab: str = "cell", *,
                                   "model.embed_tokens.weight") else None
     x = source.tensor(name, vocab_rows, unpermute=unpermute)
     x = x.T if transpose else x
-    if tuple(x.shape) != tuple(leaf.shape):
+    if tuple(x.shape) != tuple(shape):
       raise ValueError(f"{path}: {name} has shape {tuple(x.shape)}; the "
-                       f"model expects {tuple(leaf.shape)} at "
+                       f"model expects {tuple(shape)} at "
                        f"{'.'.join(map(str, keys))} (a config of another "
                        "size or vocab?)")
+    return x
+
+  def fill(key_path, leaf):
+    keys = tuple(_key_name(k) for k in key_path if _key_name(k) != "value")
+    if len(keys) > 1 and keys[0] == "blocks" and not isinstance(keys[1], int):
+      # stacked layers: the host holds this leaf once, plus one layer
+      x = np.empty(leaf.shape, leaf.dtype)
+      for layer in range(leaf.shape[0]):
+        x[layer] = np.asarray(read(("blocks", layer, *keys[1:]),
+                                   leaf.shape[1:]), leaf.dtype)
+    else:
+      x = read(keys, leaf.shape)
     x = jnp.asarray(x, leaf.dtype)
     sharding = getattr(leaf, "sharding", None)
     return x if sharding is None else jax.device_put(x, sharding)
