@@ -9,11 +9,18 @@ the checkpoints with Orbax.
 from absl import flags, logging
 
 from launch import common
-from ttt import pretrain
+from ttt import configlib, pretrain
+from ttt import model as model_lib
 
 _CONFIG = common.define_config("pretrain.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/ttt_pretrain",
                                "Checkpoints, metrics and final weights.")
+
+
+def parse(config) -> None:
+  """The model and pretrain groups, before anything starts."""
+  configlib.from_config(model_lib.ModelConfig, config.model)
+  configlib.from_config(pretrain.PretrainConfig, config.pretrain)
 
 
 def main(argv):
@@ -25,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, parse=parse)

@@ -8,12 +8,25 @@ Several hosts: add `--multihost` (see `launch/common.py`).
 from absl import flags
 
 from launch import common
-from sampling import experiments
+from sampling import configlib, experiments, trees
 from ttt import sharding
 
 _CONFIG = common.define_config("sampling/scaling.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir_sampling",
                                "Outputs: results.json, report.md, plots.")
+
+
+def parse(config) -> None:
+  """The sweep's fields and the instances it builds (target, pattern,
+  alpha, seed, p at every depth), before the first sweep starts."""
+  cfg = configlib.from_config(experiments.ExperimentConfig, config.sampling)
+  for n in sorted({*cfg.ns_tree, *cfg.mc_ns}):
+    try:
+      trees.make_instance(2, n, cfg.target, cfg.pattern, cfg.alpha,
+                          seed=cfg.seed, p=cfg.p)
+    except trees.InstanceError as e:
+      raise trees.InstanceError(f"config.sampling (the depth-{n} instance): "
+                                f"{e}") from e
 
 
 def main(argv):
@@ -29,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, parse=parse)

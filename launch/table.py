@@ -9,7 +9,7 @@ running in another process).
 from absl import flags
 
 from launch import common
-from ttt import sharding, table
+from ttt import job, sharding, table
 
 _CONFIG = common.define_config("table.py:cpu")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir_table",
@@ -17,6 +17,14 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir_table",
 _RENDER_ONLY = flags.DEFINE_bool(
     "render_only", False, "Only rewrite table.md / table.json / "
     "ttt_steps.png from the rows finished in --workdir; run nothing.")
+
+
+def parse(config) -> None:
+  """The table's fields and every row's main-job config, before any row
+  runs (a bad value fails now, not after the rows before it)."""
+  table.check_table_config(config.table)
+  for name in config.table.rows:
+    job.parse(table.row_config(config.job, table.ROWS[name][1]))
 
 
 def main(argv):
@@ -32,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, parse=parse)

@@ -8,7 +8,7 @@ Several hosts: add `--multihost` (see `launch/common.py`).
 from absl import flags, logging
 
 from launch import common
-from ttt import pipeline, sharding
+from ttt import job, pipeline, sharding
 
 _CONFIG = common.define_config("arc_ttt.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir_ttt",
@@ -28,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, parse=job.parse)

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from ttt import errors
+
 MAX_SIDE = 30  # largest grid height/width in ARC
 NUM_COLOURS = 10  # cell values are 0..9
 GRID_DTYPE = np.int8
@@ -73,7 +75,7 @@ def shown_id(task_id: Any) -> str:
   return repr(task_id)
 
 
-class TaskError(ValueError):
+class TaskError(errors.InputError):
   """A task that cannot be used, with the task id and what is wrong.
 
   Attributes:

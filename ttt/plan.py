@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from absl import logging
 
-from ttt import arc, data, decoders, sharding, tokens, views
+from ttt import arc, data, decoders, errors, sharding, tokens, views
 
 
 def load_tasks(run) -> tuple[list[arc.Task], list[dict]]:
@@ -26,23 +26,30 @@ def load_tasks(run) -> tuple[list[arc.Task], list[dict]]:
     run: the run group (`ttt.job.RunConfig`).
 
   Raises:
-    ValueError: a `run.task_ids` entry names no task of the data.
+    ttt.errors.InputError: a `run.task_ids` entry names no task of the
+      data; `run.solutions` without `run.challenges` (the solutions of the
+      bundled data are its own).
   """
-  errors: list[arc.TaskError] = []
+  if run.solutions and not run.challenges:
+    raise errors.InputError(
+        f"run.solutions={run.solutions!r} needs run.challenges (the "
+        "challenges file those solutions answer); the bundled data "
+        f"(run.version={run.version}, run.split={run.split!r}) is scored "
+        "with its own solutions")
+  bad: list[arc.TaskError] = []
   if run.challenges:
-    tasks = arc.load_json(run.challenges, run.solutions or None,
-                          errors=errors)
+    tasks = arc.load_json(run.challenges, run.solutions or None, errors=bad)
   else:
-    tasks = arc.load_arc(run.version, run.split, errors=errors)
+    tasks = arc.load_arc(run.version, run.split, errors=bad)
   skipped = [dict(id=str(e.task_id), skipped=e.problem,
-                  num_tests=getattr(e, "num_tests", 1)) for e in errors]
+                  num_tests=getattr(e, "num_tests", 1)) for e in bad]
   if run.challenges and run.solutions:
     _check_solution_ids(run)
   if run.task_ids:
     wanted = set(run.task_ids)
     missing = wanted - {t.id for t in tasks} - {s["id"] for s in skipped}
     if missing:
-      raise ValueError(f"run.task_ids not found: {sorted(missing)}")
+      raise errors.InputError(f"run.task_ids not found: {sorted(missing)}")
     order = {i: n for n, i in enumerate(run.task_ids)}
     tasks = sorted((t for t in tasks if t.id in wanted),
                    key=lambda t: order[t.id])  # the list's order

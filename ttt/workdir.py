@@ -21,10 +21,10 @@ from typing import NamedTuple
 import numpy as np
 from absl import logging
 
-from ttt import evaluate, sharding
+from ttt import errors, evaluate, sharding
 
 
-class WorkdirError(ValueError):
+class WorkdirError(errors.InputError):
   """The workdir cannot be used as asked (names the workdir and why)."""
 
 
