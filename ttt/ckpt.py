@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
+from ttt.errors import InputError
+
 
 @contextlib.contextmanager
 def _quiet():
@@ -91,7 +93,7 @@ class Checkpointer:
         return out["state"], dict(out["meta"] or {})
       except Exception as e:  # noqa: BLE001 -- reported, then the next one
         if step is not None or n == len(steps) - 1:
-          raise ValueError(f"checkpoint step {s} in {self.directory} cannot "
+          raise InputError(f"checkpoint step {s} in {self.directory} cannot "
                            f"be read: {type(e).__name__}: "
                            f"{str(e).splitlines()[0][:300]}") from e
         logging.warning("checkpoint step %d in %s cannot be read (%s: %s); "
@@ -173,10 +175,10 @@ def load_weights_config(path: str) -> dict:
     with open(file, encoding="utf-8") as f:
       out = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"model checkpoint {path}: {file} is not valid JSON "
+    raise InputError(f"model checkpoint {path}: {file} is not valid JSON "
                      f"({e})") from e
   if not isinstance(out, dict) or not isinstance(out.get("model"), dict):
-    raise ValueError(f"model checkpoint {path}: {file} has no 'model' "
+    raise InputError(f"model checkpoint {path}: {file} has no 'model' "
                      "config object")
   return out
 
@@ -198,7 +200,7 @@ def load_weights(path: str, abstract_params: Any) -> Any:
       loaded = ocp.StandardCheckpointer().restore(
           os.path.join(path, WEIGHTS_DIR), abstract)
   except Exception as e:  # noqa: BLE001 -- one line naming file and problem
-    raise ValueError(
+    raise InputError(
         f"model checkpoint {path}: the weights in "
         f"{os.path.join(path, WEIGHTS_DIR)} cannot be read into this model "
         f"(missing, truncated or of another shape: {type(e).__name__}: "

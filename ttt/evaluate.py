@@ -43,6 +43,8 @@ from collections.abc import Iterable
 import numpy as np
 from absl import logging
 
+from ttt.errors import InputError
+
 FALLBACK = [[0]]
 
 # ARC's usual colour palette (RGB), index = colour.
@@ -607,6 +609,6 @@ def check_num_renderings(num_renderings) -> int:
   if (isinstance(num_renderings, bool)
       or not isinstance(num_renderings, (int, np.integer))
       or num_renderings < 0):
-    raise ValueError("run.num_renderings must be an integer >= 0 (tasks "
+    raise InputError("run.num_renderings must be an integer >= 0 (tasks "
                      f"drawn in report.md), got {num_renderings!r}")
   return int(num_renderings)

@@ -60,6 +60,7 @@ from ttt import (
   tokens,
 )
 from ttt import model as model_lib
+from ttt.errors import InputError
 from ttt.pretrain_data import (  # noqa: F401 -- this module's public names
   Prefetcher,
   Source,
@@ -228,7 +229,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       f.write(config.to_json_best_effort(indent=2))
   mesh = sharding.make_mesh(axis=sharding.DATA_AXIS)
   if cfg.batch_size % mesh.size:
-    raise ValueError(f"pretrain.batch_size={cfg.batch_size} must be a "
+    raise InputError(f"pretrain.batch_size={cfg.batch_size} must be a "
                      f"multiple of the {mesh.size} devices")
   errors = []
   t0 = time.perf_counter()

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ttt import arc, augment, data, tokens
+from ttt.errors import InputError
 
 
 class Source(NamedTuple):
@@ -153,7 +154,7 @@ def load_pool(cfg, errors: list | None = None
     if not re_arc:
       shown = "; ".join(skipped[:5]) or "every file is a held-out task"
       more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
-      raise ValueError(f"pretrain.re_arc_dir {cfg.re_arc_dir}: no usable "
+      raise InputError(f"pretrain.re_arc_dir {cfg.re_arc_dir}: no usable "
                        f"re-ARC file: {shown}{more}")
     sources += re_arc
   heldout = []
@@ -164,7 +165,7 @@ def load_pool(cfg, errors: list | None = None
       elif cfg.arc_training:
         sources.append(Source(f"arc1/{t.id}", list(t.train) + list(t.test)))
   if not sources:
-    raise ValueError("no training data: set pretrain.re_arc_dir and/or "
+    raise InputError("no training data: set pretrain.re_arc_dir and/or "
                      "pretrain.arc_training")
   return sources, heldout
 

@@ -34,6 +34,7 @@ import numpy as np
 from ttt import data, lora, sharding, tokens, views, vote
 from ttt import model as model_lib
 from ttt.decoders import common
+from ttt.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +317,7 @@ def make_selection(cfg: VoteConfig, weights, mesh,
   scorer = None
   if rescores(cfg):
     if weights is None:
-      raise ValueError(f"{sorted(m for m in chosen if RULES[m].rescored)} "
+      raise InputError(f"{sorted(m for m in chosen if RULES[m].rescored)} "
                        "needs the model (no predictor)")
     scorer = programs["score"] = make_row_scorer(weights.graphdef)
 

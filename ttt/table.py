@@ -40,6 +40,7 @@ import numpy as np
 from absl import logging
 
 from ttt import evaluate
+from ttt.errors import InputError
 
 # name -> (what it is, overrides of the job config as {dotted field: value})
 _NO_VIEWS = {"views.orders": 0, "views.transforms": (),
@@ -103,7 +104,7 @@ def bootstrap_ci(x, samples: int = 2000, seed: int = 0,
     ValueError: `samples` < 1.
   """
   if isinstance(samples, bool) or int(samples) != samples or samples < 1:
-    raise ValueError(f"bootstrap samples must be an integer >= 1, got "
+    raise InputError(f"bootstrap samples must be an integer >= 1, got "
                      f"{samples!r}")
   x = np.asarray(x, np.float64)
   if x.size == 0:
@@ -204,14 +205,14 @@ def check_table_config(tc) -> None:
     if key not in TABLE_FIELDS:
       near = difflib.get_close_matches(key, TABLE_FIELDS, n=1)
       hint = f"; did you mean table.{near[0]}?" if near else ""
-      raise ValueError(f"table.{key}: unknown field{hint} (known: "
+      raise InputError(f"table.{key}: unknown field{hint} (known: "
                        f"{', '.join(TABLE_FIELDS)})")
   for key, (required, what) in TABLE_FIELDS.items():
     if required and key not in keys:
-      raise ValueError(f"table.{key} is missing: it must be {what}")
+      raise InputError(f"table.{key} is missing: it must be {what}")
 
   def fail(key, value):
-    raise ValueError(f"table.{key} must be {TABLE_FIELDS[key][1]}, got "
+    raise InputError(f"table.{key} must be {TABLE_FIELDS[key][1]}, got "
                      f"{value!r}")
 
   rows = tc["rows"]
@@ -227,11 +228,11 @@ def check_table_config(tc) -> None:
     fail("derived", tc["derived"])
   unknown = [r for r in rows if r not in ROWS]
   if unknown:
-    raise ValueError(f"table.rows: unknown rows {unknown}; known: "
+    raise InputError(f"table.rows: unknown rows {unknown}; known: "
                      f"{list(ROWS)}")
   repeated = sorted({r for r in rows if list(rows).count(r) > 1})
   if repeated:
-    raise ValueError(f"table.rows: rows {repeated} appear more than once")
+    raise InputError(f"table.rows: rows {repeated} appear more than once")
 
 
 def _plan(tc) -> tuple[list[str], dict, list[str]]:
@@ -284,11 +285,11 @@ def _read_results(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
       res = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path} is unreadable ({e}); {remedy}") from e
+    raise InputError(f"{path} is unreadable ({e}); {remedy}") from e
   if (not isinstance(res, dict) or not isinstance(res.get("summary"), dict)
       or not isinstance(res.get("tasks"), list)
       or not all(isinstance(t, dict) and "id" in t for t in res["tasks"])):
-    raise ValueError(f"{path} is not a run's results (an object with "
+    raise InputError(f"{path} is not a run's results (an object with "
                      f"'summary' and a list of task records); {remedy}")
   return res
 
