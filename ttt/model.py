@@ -410,7 +410,8 @@ def stack_blocks(config: ModelConfig, adapter: AdapterConfig,
   """
   n = config.num_layers
   params = jax.random.split(rngs.params(), n)
-  loras = jax.random.split(rngs.lora(), n)
+  # a model without LoRA draws no `lora` key (its rngs may have no stream)
+  loras = jax.random.split(rngs.lora(), n) if adapter.lora_rank else params
 
   def one(params, lora):
     return nnx.state(Block(config, adapter, nnx.Rngs(params=params,
