@@ -249,3 +249,25 @@ def test_a_new_decoder_is_one_file_and_one_registry_line(tmp_path,
       assert all(set(x["views"]) <= {q["views"][0]}
                  for x in q["candidates"])
   assert "first view only" in (tmp_path / "report.md").read_text()
+
+
+def test_tasks_skipped_at_load_are_not_reported_as_unsolved(tmp_path, caplog):
+  import logging
+
+  good = {"train": [{"input": [[1]], "output": [[2]]}],
+          "test": [{"input": [[1]]}]}
+  bad = {"train": [{"input": [[1, 2], [3]], "output": [[1]]}],
+         "test": [{"input": [[1]]}]}
+  chal, sols = tmp_path / "c.json", tmp_path / "s.json"
+  chal.write_text(json.dumps({"good": good, "bad": bad}))
+  sols.write_text(json.dumps({"good": [[[2]]]}))
+  run = job_lib.parse(_config(challenges=str(chal), solutions=str(sols),
+                              num_tasks=0)).run
+  with caplog.at_level(logging.WARNING):
+    tasks, skipped = plan_lib.load_tasks(run)
+  assert [t.id for t in tasks] == ["good"] and skipped[0]["id"] == "bad"
+  assert "have no solution" not in caplog.text  # 'bad' is a skip, not this
+  sols.write_text(json.dumps({}))
+  with caplog.at_level(logging.WARNING):
+    plan_lib.load_tasks(run)
+  assert "nothing will be scored" in caplog.text

@@ -355,6 +355,13 @@ def _read_json(source: Any, what: str) -> Any:
   return data
 
 
+def read_json(source: Any, what: str) -> Any:
+  """The JSON of file `source` (a mapping passes through), with one-line
+  `InputError`s naming the file: unreadable, not JSON, repeated task ids.
+  `what` names the file's role in the messages ('solutions', ...)."""
+  return _read_json(source, what)
+
+
 def _collect(tasks: Iterable, build, on_error: str | None,
              errors: list | None) -> list[Task]:
   """Builds tasks one by one, skipping (and reporting) failures if asked."""

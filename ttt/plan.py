@@ -11,7 +11,6 @@ a method by name.
 
 from __future__ import annotations
 
-import json
 from typing import NamedTuple
 
 from absl import logging
@@ -44,7 +43,7 @@ def load_tasks(run) -> tuple[list[arc.Task], list[dict]]:
   skipped = [dict(id=str(e.task_id), skipped=e.problem,
                   num_tests=getattr(e, "num_tests", 1)) for e in bad]
   if run.challenges and run.solutions:
-    _check_solution_ids(run)
+    _check_solution_ids(run, {s["id"] for s in skipped})
   if run.task_ids:
     wanted = set(run.task_ids)
     missing = wanted - {t.id for t in tasks} - {s["id"] for s in skipped}
@@ -63,18 +62,20 @@ def load_tasks(run) -> tuple[list[arc.Task], list[dict]]:
   return tasks, skipped
 
 
-def _check_solution_ids(run) -> None:
+def _check_solution_ids(run, skipped: set[str]) -> None:
   """Warns, naming them, about tasks without a solution and solutions
-  without a task (ids that match none of the challenges score nothing)."""
+  without a task (ids that match none of the challenges score nothing);
+  tasks skipped at load are reported as skipped, not here."""
   tasks = set(arc.test_counts(run.challenges))
-  with open(run.solutions, encoding="utf-8") as f:
-    sols = set(json.load(f))
+  sols = arc.read_json(run.solutions, "solutions")
+  sols = set(sols) if isinstance(sols, dict) else set()
+  tasks_run = tasks - skipped
   if not tasks & sols:
     logging.warning("no task id of %s is in the solutions file %s: nothing "
                     "will be scored", run.challenges, run.solutions)
-  elif tasks - sols:
+  elif tasks_run - sols:
     logging.warning("%d tasks have no solution (predicted, left unscored): "
-                    "%r", len(tasks - sols), sorted(tasks - sols)[:10])
+                    "%r", len(tasks_run - sols), sorted(tasks_run - sols)[:10])
   if sols - tasks:
     logging.warning("%d solutions match no task: %r", len(sols - tasks),
                     sorted(sols - tasks)[:10])
