@@ -15,7 +15,7 @@ Command (CPU, a few minutes; the 8B shape compiles like the others when
 `model.scan_layers` is on, the default of the `llm` preset):
 
   python benchmarks/llm_memory.py [--shapes smollm2_135m,llama3_1b,llama3_8b]
-      [--tasks 1,4] [--seq_len 2048] [--batch 2] [--rank 32]
+      [--tasks 1,4] [--seq_len 2048] [--batch 2] [--rank 32] [--remat 1]
 
 Prints one JSON line: per (shape, T) the GB of each part and the compile
 seconds, with the versions and the command.
@@ -45,7 +45,7 @@ def measure(shape: str, tasks: int, args) -> dict:
   from ttt import model as model_lib
 
   model = dict(common.model_config(shape, dtype=args.dtype).to_dict(),
-               scan_layers=bool(args.scan_layers))
+               scan_layers=bool(args.scan_layers), remat=bool(args.remat))
   cfg = ml_collections.ConfigDict(dict(
       model=model, adapter=dict(mode="lora", rank=args.rank,
                                 alpha=float(args.rank)),
@@ -94,6 +94,8 @@ def main(argv=None) -> dict:
   p.add_argument("--rank", type=int, default=32)
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--scan_layers", type=int, default=1)
+  p.add_argument("--remat", type=int, default=0,
+                 help="1: recompute each block in the backward pass")
   args = p.parse_args(argv)
   import jax
 
@@ -104,6 +106,7 @@ def main(argv=None) -> dict:
   out = dict(benchmark="llm_memory", rows=rows, seq_len=args.seq_len,
              rows_per_task=args.rows, batch=args.batch, rank=args.rank,
              dtype=args.dtype, scan_layers=bool(args.scan_layers),
+             remat=bool(args.remat),
              device=jax.devices()[0].device_kind, jax=jax.__version__,
              python=platform.python_version(),
              command=" ".join(["python", "benchmarks/llm_memory.py",

@@ -122,7 +122,10 @@ def _llm_config() -> ml_collections.ConfigDict:
   # compute dtype stays this one ('auto': bfloat16 on GPU/TPU), and so does
   # scan_layers: the blocks run by lax.scan, so every program compiles one
   # layer, not 30 (SmolLM2; --config.model.scan_layers=False unrolls them)
-  c.model = common.model_config("tiny", rope="1d", scan_layers=True)
+  # remat: each scanned block is recomputed in the backward pass, ~10x
+  # less memory for TTT rows of 2048 tokens (benchmarks/llm_memory.py)
+  c.model = common.model_config("tiny", rope="1d", scan_layers=True,
+                                remat=True)
   c.run = configlib.group(job.RunConfig, num_tasks=10, select="shortest",
                           chunk_size=8, chunk_order="length")
   # per-task LoRA on every projection, the ARChitects' TTT recipe (rank

@@ -90,8 +90,14 @@ class ModelConfig:
   scan_layers: bool = False  # blocks stacked on a leading layer axis and
   #   run by lax.scan (compiles one layer, not num_layers); another
   #   parameter tree and KV-cache layout (see the module docstring)
+  remat: bool = False  # with scan_layers: recompute each block in the
+  #   backward pass (jax.checkpoint), holding one layer's activations
+  #   instead of every layer's (long TTT rows on a large base)
 
   def validate(self) -> None:
+    if self.remat and not self.scan_layers:
+      raise ValueError("model.remat needs model.scan_layers=True (it "
+                       "recomputes the scanned block)")
     names = ("auto", "float32", "bfloat16", "float16")
     if self.dtype not in names:
       raise ValueError(f"model.dtype must be one of {names}, got "
@@ -423,13 +429,15 @@ def stack_blocks(config: ModelConfig, adapter: AdapterConfig,
 
 
 def run_stacked(blocks: Block, x, angles, kv_valid=None,
-                return_cache: bool = False):
+                return_cache: bool = False, remat: bool = False):
   """Stacked blocks (`stack_blocks`) applied in order by `lax.scan`.
 
   Args:
     blocks: a `Block` of variables stacked [N, ...].
     x: float32[B, L, d]; angles: [B, L, D / 2]; kv_valid: None or bool[B, L].
     return_cache: also return every layer's keys and values.
+    remat: recompute each layer in the backward pass (`jax.checkpoint`):
+      the same values, one layer's activations held at a time.
 
   Returns:
     x after the N blocks, and with `return_cache` the cache (k, v), each
@@ -441,7 +449,7 @@ def run_stacked(blocks: Block, x, angles, kv_valid=None,
     x, kv = nnx.merge(graphdef, state)(x, angles, kv_valid)
     return x, kv if return_cache else None
 
-  return jax.lax.scan(layer, x, stacked)
+  return jax.lax.scan(jax.checkpoint(layer) if remat else layer, x, stacked)
 
 
 def step_stacked(blocks: Block, x, angles, cache, index):
@@ -533,7 +541,8 @@ class Transformer(nnx.Module):
         kv_valid = jnp.concatenate([jnp.ones((b, p), bool), kv_valid], axis=1)
     angles = rope_angles(self.config, positions, coords)
     if self.config.scan_layers:
-      x, cache = run_stacked(self.blocks, x, angles, kv_valid, return_cache)
+      x, cache = run_stacked(self.blocks, x, angles, kv_valid, return_cache,
+                             self.config.remat)
     else:
       kvs = []
       for block in self.blocks:
