@@ -57,7 +57,7 @@ def test_config_errors_are_one_line_and_status_2(module, args, first_line):
   out = _launch(module, *args)
   assert out.returncode == 2, out.stderr[-3000:]
   lines = [ln for ln in out.stderr.splitlines()
-           if not ln[:1] in ("W", "I") or ln.startswith("error")]
+           if ln[:1] not in ("W", "I") or ln.startswith("error")]
   assert lines[0] == first_line, out.stderr[-3000:]
   assert "Traceback" not in out.stderr and "FATAL" not in out.stderr
 
