@@ -1,24 +1,12 @@
 """The TTT side's one mesh helper: a `task` axis over devices, hosts.
 
 Every per-task input (adapters, datasets, keys) goes through `shard_tasks`,
-which places its leading axis on the mesh's `task` axis; shared inputs (the
-base weights) go through `replicate`. Task counts that do not divide the
-device count are padded by `pad_tasks`, which returns a validity mask:
-padding tasks get no data (so they never train) and must never report.
-
-Several hosts (JAX's multi-controller runtime): `initialize_distributed()`
-starts it (a no-op unless asked for); every host runs the same program and
-builds the same mesh from all devices. A host builds only the rows of a
-task-sharded array that its own devices hold (`local_rows`) and `put_rows`
-assembles the global array with `jax.make_array_from_process_local_data`;
-`shard_tasks` does the same from a full host array. `gather` brings a
-global array back to every host; `is_main()` says who writes files;
-`barrier` keeps hosts together. With one process all of it reduces to the
-single-host behaviour.
-
-The helpers themselves live in `sampling.mesh` (a leaf module of jax and
-numpy, which the samplers use too: `sampling/` imports nothing of `ttt/`);
-this module re-exports them and adds the runtime start.
+shared inputs (the base weights) through `replicate`; `pad_tasks` pads a
+task count to the mesh with a validity mask; `local_rows` / `put_rows` /
+`gather` / `is_main` / `barrier` are the several-hosts side (see
+`sampling.mesh`, where these helpers live: a leaf module of jax and numpy
+that the samplers use too, so `sampling/` imports nothing of `ttt/`). This
+module re-exports them and adds `initialize_distributed`, the runtime start.
 """
 
 from __future__ import annotations
