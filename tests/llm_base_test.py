@@ -72,23 +72,12 @@ def test_the_main_job_runs_on_a_pretrained_snapshot_compiling_once(
   """Two chunks on an HF snapshot: loaded through the vocabulary cut, each
   stage's programs compiled once, records written, the base's token
   mapping in the report, and a resume from the same files."""
-  import logging
-
-  from pipeline_test import _CompileLog, _stage_programs
+  from pipeline_test import _run_counting_compiles, _stage_programs
 
   c = _job_config(snapshot)
   names = _stage_programs(c)
-  log = _CompileLog()
-  logger = logging.getLogger("jax")
-  logger.addHandler(log)
-  jax.config.update("jax_log_compiles", True)
-  try:
-    s = pipeline.run(c, str(tmp_path))
-  finally:
-    jax.config.update("jax_log_compiles", False)
-    logger.removeHandler(log)
+  s, counts = _run_counting_compiles(c, str(tmp_path))
   assert s["tasks"] == 2 and s["decode"]["model_calls"] > 0
-  counts = log.names()
   for stage, program in names.items():
     assert counts[f"jit({program})"] == 1, (stage, program, counts)
   res = json.loads((tmp_path / "results.json").read_text())

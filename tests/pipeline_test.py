@@ -131,29 +131,34 @@ def _stage_programs(c, predictor=None) -> dict:
   return {k: p.__name__ for k, p in stages.programs().items()}
 
 
-def test_three_chunks_compile_each_program_once(tmp_path):
-  """A 3-chunk run builds every program once: no program is lowered twice
-  for the same shapes, and each stage's programs exactly once."""
+def _run_counting_compiles(c, workdir) -> tuple[dict, collections.Counter]:
+  """(summary, compiles per jit name) of `pipeline.run(c, workdir)`."""
   import jax
 
-  c = _config(num_tasks=6, chunk_size=2)
-  c.vote.also = ("flat", "identity")
-  programs = _stage_programs(c)
-  # every stage of this run has its programs: TTT, decoding, the votes
-  assert {k.split(".")[0] for k in programs} == {"adapt", "decode", "select"}
   log = _CompileLog()
   logger = logging.getLogger("jax")
   logger.addHandler(log)
   jax.config.update("jax_log_compiles", True)
   try:
-    s = pipeline.run(c, str(tmp_path))
+    s = pipeline.run(c, workdir)
   finally:
     jax.config.update("jax_log_compiles", False)
     logger.removeHandler(log)
+  return s, log.names()
+
+
+def test_three_chunks_compile_each_program_once(tmp_path):
+  """A 3-chunk run builds every program once: no program is lowered twice
+  for the same shapes, and each stage's programs exactly once."""
+  c = _config(num_tasks=6, chunk_size=2)
+  c.vote.also = ("flat", "identity")
+  programs = _stage_programs(c)
+  # every stage of this run has its programs: TTT, decoding, the votes
+  assert {k.split(".")[0] for k in programs} == {"adapt", "decode", "select"}
+  s, names = _run_counting_compiles(c, str(tmp_path))
   assert s["tasks"] == 6
   # (eager jax.random ops log the same argument shapes for different static
   # shapes, so only the pipeline's own programs are compared here)
-  names = log.names()
   for stage, program in programs.items():
     assert names[f"jit({program})"] == 1, (stage, program, names)
   assert sum(names.values()) < 40  # no per-chunk rebuilds of small ops
