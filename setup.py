@@ -2,7 +2,7 @@
 
 import setuptools
 
-LLM = ["safetensors>=0.4", "tokenizers>=0.15", "gguf>=0.10"]
+LLM = ["safetensors>=0.4", "tokenizers>=0.15", "gguf>=0.10", "jinja2>=3.1"]
 
 setuptools.setup(
     name="ttt-jax",
@@ -45,7 +45,8 @@ setuptools.setup(
         "plots": ["matplotlib>=3.7"],
         # pretrained language models as the base (ttt.pretrained):
         # safetensors reads Hugging Face snapshots (bfloat16 included),
-        # tokenizers their tokenizer.json, gguf llama.cpp files
+        # tokenizers their tokenizer.json, gguf llama.cpp files, jinja2
+        # the chat template of tokenizer_config.json (MARC's text codec)
         "llm": LLM,
         # nbclient, nbformat, ipykernel: CI executes every notebook;
         # pytest-xdist: the suite runs on 2 workers (pytest.ini);

@@ -46,6 +46,23 @@ Presets:
         epoch of the 32 augmented leave-one-out rows: the ARChitects'
         recipe), DFS decoding; chunks of 8 tasks by length. Measured: see
         the README, "Your own base model".
+  marc  MARC's released checkpoints (Llama-3 8B, Llama-3.2 1B/3B fine-tuned
+        on ARC text) in MARC's own format: data.codec='text' (ttt.text:
+        numpy-printed grids, ' -> ', the '#' footer, the model's chat
+        template, the full vocabulary) and MARC's settings as they ran
+        (docs: METHOD_TTT_ARC.md, appendix "MARC's text format"): LoRA
+        rank 128, alpha 16 on q, v and the MLP; AdamW lr 1e-4 (MARC's
+        README says 5e-5, its command never passes it), weight decay 0.01,
+        cosine with 10% warm-up; 2 epochs at batch 2 over <= 250 rows (250
+        steps); leave-one-out rows with MARC's loss (the assistant turn
+        and demonstration outputs 2..K) and its geometric augmenters
+        (mirrors, 2x upscales, tilings; rotations and flips are the
+        group); rows of 8192 tokens or more dropped; MARC's inference
+        queries (identity + 2 orders, leave-one-out subsets, transpose /
+        flips / rot90 / rot180), greedy decoding stopping at <|eot_id|> or
+        the footer, MARC's exact vote. --config.init_from=<snapshot folder>
+        is required (the README: "Reproducing MARC with its released
+        checkpoints").
 
 Every group is built from its dataclass (`ttt.configlib.group`): the
 dataclass declares each field with its default and a comment; a preset
@@ -68,10 +85,20 @@ config.json, report.md (+ renderings/), chunks/ (resume state).
 import ml_collections
 
 from configs import common
-from ttt import configlib, data, decoders, inner_loop, job, select, views
+from ttt import (
+  augment,
+  configlib,
+  data,
+  decoders,
+  inner_loop,
+  job,
+  select,
+  text,
+  views,
+)
 from ttt import model as model_lib
 
-PRESETS = ("tiny", "gpu", "llm")
+PRESETS = ("tiny", "gpu", "llm", "marc")
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -80,6 +107,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown preset {a.preset!r}; known: {PRESETS}")
   if a.preset == "llm":
     return _llm_config()
+  if a.preset == "marc":
+    return _marc_config()
   gpu = a.preset == "gpu"
   c = ml_collections.ConfigDict()
   # Weights written by ttt.ckpt.save_weights; '' = untrained (said loudly).
@@ -108,6 +137,33 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                              max_new_tokens=931 if gpu else 320,
                              method="dfs", min_prob=0.1, max_candidates=8)
   c.vote = configlib.group(select.VoteConfig)
+  return c
+
+
+def _marc_config() -> ml_collections.ConfigDict:
+  """MARC's checkpoints in MARC's format (see the module docstring)."""
+  c = ml_collections.ConfigDict()
+  # MARC's released checkpoint as a Hugging Face snapshot folder (its
+  # tokenizer.json and tokenizer_config.json are read); required
+  c.init_from = ""
+  c.model = common.model_config("tiny", rope="1d", scan_layers=True,
+                                remat=True)
+  c.run = configlib.group(job.RunConfig, chunk_size=4, chunk_order="length",
+                          fixed_shapes=False, length_bucket=256)
+  # MARC's LoRA: rank 128, alpha 16 (scale 0.125) on q, v and the MLP (its
+  # 8B command also adapts the output head through a CLI quirk: not here)
+  c.adapter = configlib.group(model_lib.AdapterConfig, rank=128, alpha=16.0,
+                              targets=("q", "v", "gate", "up", "down"))
+  c.data = configlib.group(
+      data.DataConfig, codec="text", text_style="new", loss="marc",
+      max_len=8191, num_sequences=250, fill_leave_two_out=False,
+      extra_augmenters=tuple(augment.EXTRA_AUGMENTERS))
+  c.ttt = configlib.group(inner_loop.TTTConfig, steps=250, batch_size=2,
+                          lr=1e-4, warmup_frac=0.1, weight_decay=0.01)
+  c.views = configlib.group(views.ViewConfig, orders=2, leave_one_out=True)
+  c.decode = configlib.group(decoders.DecodeConfig, method="greedy",
+                             max_new_tokens=text.max_answer_tokens("new"))
+  c.vote = configlib.group(select.VoteConfig, method="reference")
   return c
 
 

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ttt import data, inner_loop, lora, sharding, tokens
+from ttt import codec as codec_lib
+from ttt import data, inner_loop, lora, sharding
 
 _PAD_INDEX = 2**31 - 1  # padding slot s gets task index _PAD_INDEX - s
 
@@ -106,7 +107,7 @@ class _Progress:
 
 def make_adapt(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
                seed: int, length_bucket: int, weights, mesh,
-               caps) -> Adapt:
+               caps, codec_=None) -> Adapt:
   """Builds the TTT stage.
 
   Args:
@@ -119,7 +120,9 @@ def make_adapt(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
       decodes: no adapters, nothing trains).
     mesh: the task mesh.
     caps: the plan's `Capacities` (task slots T, row length).
+    codec_: the run's `ttt.codec.Codec` (its rows; default the cells').
   """
+  codec_ = codec_lib.default(codec_)
   shared = ttt.shared_adapter
   steps = ttt.steps * (caps.tasks if shared else 1)
   trains = weights is not None and ttt.enabled
@@ -149,16 +152,18 @@ def make_adapt(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
     mine = (range(caps.tasks) if shared  # then every host builds every row
             else sharding.local_rows(caps.tasks, mesh))
     local = data.stack([
-        data.build_ttt_dataset(plan.tasks[slots[r]], data_cfg, keys[r])
+        codec_.build_rows(plan.tasks[slots[r]], data_cfg, keys[r])
         if r < len(slots) else
-        data.blank(data_cfg.num_sequences, data_cfg.max_len) for r in mine])
+        data.blank(data_cfg.num_sequences, data_cfg.max_len, codec_.pad)
+        for r in mine])
     # (a run-wide length needs no collective; every host takes one branch)
     length = caps.ttt_len or data.bucket_length(
-        sharding.global_max(data.real_length(local)), length_bucket,
+        sharding.global_max(data.real_length(local, codec_.pad)),
+        length_bucket,
         data_cfg.max_len)
-    local = data.trim(local, length)
+    local = data.trim(local, length, codec_.pad)
     rows = local.valid.sum(-1).astype(np.int32)
-    real = (local.tokens != tokens.PAD).sum(-1)  # [T_local, N]
+    real = (local.tokens != codec_.pad).sum(-1)  # [T_local, N]
     used = [i for i, r in enumerate(mine) if r < len(slots)]
     row_tokens = float(sum(real[i][local.valid[i]].mean() for i in used
                            if local.valid[i].any()))

@@ -2,7 +2,8 @@
 
 `leave_one_out(task)` turns K demonstrations into K tasks, each holding one
 demonstration out as its query; `build_ttt_dataset(task, config, key)` expands
-those by sampled group elements (`ttt.augment`), encodes them (`ttt.tokens`),
+those by sampled group elements (`ttt.augment`), encodes them (the codec's
+row encoder: `ttt.tokens`' cells by default, `ttt.text` for MARC's text),
 drops duplicates and sequences longer than `max_len`, and returns fixed-shape
 arrays `[N, L]` ready to be stacked over tasks for the compiled inner loop.
 
@@ -76,6 +77,11 @@ class DataConfig:
   shuffle: bool = True  # sample demonstration orders
   extra_augmenters: tuple[str, ...] = ()  # names in augment.EXTRA_AUGMENTERS
   loss: str = "outputs"  # 'outputs', 'marc' or 'query' (ttt.tokens)
+  # how tasks become tokens: 'cells' (ttt.tokens: one token per cell) or
+  # 'text' (ttt.text: MARC's text format through a pretrained model's
+  # tokenizer and chat template); a key of ttt.codec.CODECS
+  codec: str = "cells"
+  text_style: str = "new"  # codec 'text': 'new', 'default' or 'barc'
 
   @classmethod
   def make(cls, config: Any = None) -> DataConfig:
@@ -117,14 +123,15 @@ class TTTDataset(NamedTuple):
 
 
 def stack_rows(rows: list[tokens.Encoded | None], num_rows: int,
-               max_len: int) -> TTTDataset:
+               max_len: int, pad: int = tokens.PAD) -> TTTDataset:
   """One task's `TTTDataset` [num_rows, max_len] from encoded rows.
 
   `None` entries and the rows after the last are padding (`valid` False,
   empty mask); rows longer than `max_len` are cut (callers check lengths).
+  `pad` is the codec's padding id (`ttt.codec.Codec.pad`).
   """
   out = TTTDataset(
-      tokens=np.full((num_rows, max_len), tokens.PAD, np.int32),
+      tokens=np.full((num_rows, max_len), pad, np.int32),
       mask=np.zeros((num_rows, max_len), np.int32),
       positions=np.broadcast_to(np.arange(max_len, dtype=np.int32),
                                 (num_rows, max_len)).copy(),
@@ -146,9 +153,9 @@ def stack(datasets: list[TTTDataset]) -> TTTDataset:
   return jax.tree.map(lambda *x: np.stack(x), *datasets)
 
 
-def real_length(ds: TTTDataset) -> int:
+def real_length(ds: TTTDataset, pad: int = tokens.PAD) -> int:
   """1 + the last sequence position holding a real token in any row."""
-  real = (ds.tokens != tokens.PAD).any(axis=tuple(range(ds.tokens.ndim - 1)))
+  real = (ds.tokens != pad).any(axis=tuple(range(ds.tokens.ndim - 1)))
   return int(np.flatnonzero(real).max()) + 1 if real.any() else 1
 
 
@@ -157,21 +164,21 @@ def bucket_length(n: int, bucket: int, cap: int) -> int:
   return max(1, min(cap, -(-n // bucket) * bucket))
 
 
-def trim(ds: TTTDataset, length: int) -> TTTDataset:
+def trim(ds: TTTDataset, length: int, pad: int = tokens.PAD) -> TTTDataset:
   """Cuts the sequence axis of [..., N, L] datasets to `length` (padding
   costs compute, not accuracy: it is masked out of the loss and never
-  attended to by a real token)."""
-  if length < real_length(ds):
+  attended to by a real token); `pad` is the codec's padding id."""
+  if length < real_length(ds, pad):
     raise ValueError(f"trim to {length} would cut real tokens "
-                     f"(longest row {real_length(ds)})")
+                     f"(longest row {real_length(ds, pad)})")
   return TTTDataset(ds.tokens[..., :length], ds.mask[..., :length],
                     ds.positions[..., :length], ds.coords[..., :length, :],
                     ds.valid)
 
 
-def blank(num_rows: int, max_len: int) -> TTTDataset:
+def blank(num_rows: int, max_len: int, pad: int = tokens.PAD) -> TTTDataset:
   """A task with no data (padding rows of the task axis)."""
-  return stack_rows([], num_rows, max_len)
+  return stack_rows([], num_rows, max_len, pad)
 
 
 def rng_from_key(key: jax.Array) -> np.random.Generator:
@@ -182,10 +189,12 @@ def rng_from_key(key: jax.Array) -> np.random.Generator:
 
 
 class _Encoder:
-  """Encodes one base task under many group elements, caching per grid."""
+  """Encodes one base task under many group elements, caching per grid
+  (the cell codec's row encoder: `row(g) -> Encoded | None`)."""
 
-  def __init__(self, task: arc.Task):
+  def __init__(self, task: arc.Task, config: DataConfig):
     self.task = task
+    self.config = config
     self.cache = {}
 
   def segment(self, grid, d, example, is_output):
@@ -210,15 +219,33 @@ class _Encoder:
         arc.Task(self.task.id, pairs, self.task.test), 0, True,
         lambda grid, k, out: self.segment(grid, d, k, out))
 
+  def row(self, g: augment.Element) -> tokens.Encoded | None:
+    """The row of the task under `g` (None: longer than `max_len`)."""
+    segs = self.segments(g)
+    length = self.config.max_len
+    if 1 + sum(len(s.tokens) for s in segs) > length:
+      return None
+    seq = tokens.pack(segs, length, self.config.loss, self.task.id)
+    lut = np.arange(tokens.VOCAB_SIZE, dtype=np.int32)
+    lut[:arc.NUM_COLOURS] = g.colours
+    return seq._replace(tokens=lut[seq.tokens])  # colours: colour tokens
+
+
+def cell_rows(task: arc.Task, config: DataConfig):
+  """The cell codec's row encoder of one base task: `g -> Encoded | None`
+  (None: the row is longer than `config.max_len`)."""
+  return _Encoder(task, config).row
+
 
 def _candidates(base: list[arc.Task], config: DataConfig,
-                rng: np.random.Generator):
-  """Yields (encoder, element) round-robin: variant v of every base task."""
+                rng: np.random.Generator, encoder=cell_rows):
+  """Yields (row encoder, element) round-robin: variant v of every base
+  task."""
   if not base:
     return
   per_task = max(1, math.ceil(config.oversample * config.num_sequences
                               / len(base)))
-  encoders = [_Encoder(t) for t in base]
+  encoders = [encoder(t, config) for t in base]
   elements = []
   for t in base:
     k = len(t.train)
@@ -251,11 +278,13 @@ def _base_stages(task: arc.Task, config: DataConfig) -> list[list[arc.Task]]:
   return out
 
 
-def row_length_bound(task: arc.Task, config: Any = None) -> int:
+def row_length_bound(task: arc.Task, config: Any = None,
+                     sequence_length=tokens.sequence_length) -> int:
   """An upper bound on the real tokens of any row `build_ttt_dataset` can
   produce for `task` (no data built): the longest base task in either
   orientation (group elements only transpose or keep grid shapes), among
-  those that fit `max_len` (longer rows are dropped). 1 when none fits."""
+  those that fit `max_len` (longer rows are dropped). 1 when none fits.
+  `sequence_length(task)` is the codec's (`ttt.codec.Codec`)."""
   config = DataConfig.make(config)
   best = 1
   for t in [b for stage in _base_stages(task, config) for b in stage]:
@@ -263,7 +292,7 @@ def row_length_bound(task: arc.Task, config: Any = None) -> int:
       g = augment.Element(np.int32(d), np.arange(arc.NUM_COLOURS,
                                                  dtype=np.int32),
                           np.zeros(0, np.int32))
-      n = tokens.sequence_length(augment.apply_task(g, t))
+      n = sequence_length(augment.apply_task(g, t))
       if n <= config.max_len:
         best = max(best, n)
   return best
@@ -271,7 +300,8 @@ def row_length_bound(task: arc.Task, config: Any = None) -> int:
 
 def build_ttt_dataset(task: arc.Task, config: Any = None,
                       key: jax.Array | None = None,
-                      stats: dict | None = None) -> TTTDataset:
+                      stats: dict | None = None, *, encoder=cell_rows,
+                      pad: int = tokens.PAD) -> TTTDataset:
   """Builds ONE task's TTT dataset (deterministic for a given key).
 
   Leave-one-out tasks (or, with `leave_out='end_to_end'`, each pair alone),
@@ -286,6 +316,9 @@ def build_ttt_dataset(task: arc.Task, config: Any = None,
     key: PRNG key; per task use `jax.random.fold_in(key, task_index)`.
     stats: optional dict that receives counts: `candidates`, `duplicates`,
       `too_long`, `rows`.
+    encoder: `encoder(base_task, config) -> (g -> Encoded | None)`, the
+      codec's row encoder (default the cell codec's, `cell_rows`; None: too
+      long); `pad` its padding id.
 
   Returns:
     A `TTTDataset` with N rows of length L (invalid rows padded).
@@ -304,26 +337,22 @@ def build_ttt_dataset(task: arc.Task, config: Any = None,
   for base in stages:
     if len(rows) >= n_rows:
       break
-    for enc, g in _candidates(base, config, rng):
+    for row, g in _candidates(base, config, rng, encoder):
       if len(rows) >= n_rows:
         break
       counts["candidates"] += 1
-      segs = enc.segments(g)
-      if 1 + sum(len(s.tokens) for s in segs) > length:
+      seq = row(g)
+      if seq is None:
         counts["too_long"] += 1
         continue
-      seq = tokens.pack(segs, length, config.loss, task.id)
-      lut = np.arange(tokens.VOCAB_SIZE, dtype=np.int32)
-      lut[:arc.NUM_COLOURS] = g.colours
-      toks = lut[seq.tokens]  # colours act on colour tokens only
-      h = toks[:seq.length].tobytes()
+      h = seq.tokens[:seq.length].tobytes()
       if h in seen:
         counts["duplicates"] += 1
         continue
       seen.add(h)
-      rows.append(seq._replace(tokens=toks))
+      rows.append(seq)
 
-  out = stack_rows(rows, n_rows, length)
+  out = stack_rows(rows, n_rows, length, pad)
   if stats is not None:
     stats.update(counts, rows=len(rows))
   return out

@@ -19,6 +19,7 @@ import os
 from typing import NamedTuple
 
 from ttt import (
+  codec,
   configlib,
   data,
   decoders,
@@ -117,6 +118,8 @@ def parse(config) -> Job:
       vote=configlib.from_config(select.VoteConfig, get("vote")))
   decoders.method(job.decode)  # registry checks: decode.method, vote rules
   select.check(job.vote)
+  codec.check(job.data, decoders.method(job.decode).needs_grammar,
+              job.decode.method)  # data.codec, its style, the method
   return job
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from absl import logging
 
 from ttt import adapt, decoders, evaluate, metrics, select, sharding
+from ttt import codec as codec_lib
 from ttt import job as job_lib
 from ttt import plan as plan_lib
 from ttt import weights as weights_lib
@@ -64,7 +65,8 @@ class Stages(NamedTuple):
 
 
 def make_stages(job: job_lib.Job, plan: plan_lib.Plan, weights, mesh,
-                predictor: Callable | None = None) -> Stages:
+                predictor: Callable | None = None,
+                codec_: codec_lib.Codec | None = None) -> Stages:
   """Builds every stage of the run once.
 
   Args:
@@ -74,18 +76,20 @@ def make_stages(job: job_lib.Job, plan: plan_lib.Plan, weights, mesh,
     mesh: the task mesh.
     predictor: a test double `(task, test_index, view) -> grid` decoding
       instead of the model.
+    codec_: the run's `ttt.codec.Codec` (None: the cell codec).
   """
   caps, rc = plan.caps, job.run
   spec = decoders.DecodeSpec(caps.queries, caps.decode_views, caps.prompt_len,
-                             rc.length_bucket, job.data.max_len, rc.seed)
+                             rc.length_bucket, job.data.max_len, rc.seed,
+                             codec_)
   vote_spec = select.SelectSpec(caps.queries, caps.groups, caps.per_group,
                                 plan.per_view, job.data.max_len,
-                                rc.length_bucket)
+                                rc.length_bucket, codec_)
   return Stages(
       adapt=adapt.make_adapt(
           ttt=job.ttt, adapter=job.adapter, model=job.model,
           data_cfg=job.data, seed=rc.seed, length_bucket=rc.length_bucket,
-          weights=weights, mesh=mesh, caps=caps),
+          weights=weights, mesh=mesh, caps=caps, codec_=codec_),
       decoder=(decoders.make(job.decode, weights, mesh, spec)
                if predictor is None
                else decoders.predictor_decoder(predictor)),
@@ -178,7 +182,9 @@ def run(config, workdir: str, predictor: Callable | None = None,
 def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
   # --- tasks and plan ---------------------------------------------------------
   writer = metrics.MetricsWriter(wd.file("metrics.jsonl"))
-  tasks, skipped = plan_lib.load_tasks(job.run)  # (arc.py logs each skip)
+  codec = codec_lib.make(job.data, job.init_from)  # cells, or MARC's text
+  tasks, skipped = plan_lib.load_tasks(job.run, codec)  # (arc.py logs each
+  # skip)
   if any(t.test[k][1] is None for t in tasks for k in range(len(t.test))):
     logging.info("tasks without a known answer are predicted and marked "
                  "unscored (correct: null)")
@@ -186,7 +192,8 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
   with_model = predictor is None
   plan = plan_lib.plan_run(tasks, mesh, run=job.run, data_cfg=job.data,
                            views_cfg=job.views, decode=job.decode,
-                           trains=with_model and job.ttt.enabled)
+                           trains=with_model and job.ttt.enabled,
+                           codec_=codec)
   for n, why in plan.too_long.items():
     logging.warning("skipping task %r: %s", tasks[n].id, why)
   logging.info("%d tasks to run in %d chunks (%d skipped at load); "
@@ -198,7 +205,8 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
   weights = None
   if with_model:
     weights, model_cfg = weights_lib.load(job.init_from, job.model,
-                                          job.adapter, job.run.seed)
+                                          job.adapter, job.run.seed,
+                                          codec.vocab)
     job = job._replace(model=model_cfg)  # the checkpoint's shape wins
     weights = weights_lib.place(weights, mesh,
                                 weights_lib.compute_dtype(model_cfg))
@@ -208,7 +216,7 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
                  job.adapter.mode)
   timings = dict(model_load=time.perf_counter() - t0, data=0.0, ttt=0.0,
                  inference=0.0, voting=0.0)
-  stages = make_stages(job, plan, weights, mesh, predictor)
+  stages = make_stages(job, plan, weights, mesh, predictor, codec)
 
   # --- the chunks (finished ones resumed) ---------------------------------
   results: list[dict] = []

@@ -15,14 +15,17 @@ from typing import NamedTuple
 
 from absl import logging
 
-from ttt import arc, data, decoders, errors, sharding, tokens, views
+from ttt import arc, codec, data, decoders, errors, sharding, views
 
 
-def load_tasks(run) -> tuple[list[arc.Task], list[dict]]:
+def load_tasks(run, codec_: codec.Codec | None = None
+               ) -> tuple[list[arc.Task], list[dict]]:
   """(valid tasks, skipped records) as configured; bad tasks are skipped.
 
   Args:
     run: the run group (`ttt.job.RunConfig`).
+    codec_: the run's codec ('shortest' sorts by its lengths; default the
+      cells').
 
   Raises:
     ttt.errors.InputError: a `run.task_ids` entry names no task of the
@@ -55,7 +58,7 @@ def load_tasks(run) -> tuple[list[arc.Task], list[dict]]:
     skipped = [s for s in skipped if s["id"] in wanted]
   if run.select == "shortest":
     tasks = sorted(tasks, key=lambda t: max(
-        tokens.sequence_length(t, k, include_answer=False)
+        codec.default(codec_).sequence_length(t, k, include_answer=False)
         for k in range(len(t.test))))
   if run.num_tasks:
     tasks = tasks[:run.num_tasks]
@@ -148,10 +151,11 @@ class Plan(NamedTuple):
     return queries, slot_of
 
 
-def too_long(task: arc.Task, max_len: int) -> str | None:
+def too_long(task: arc.Task, max_len: int,
+             codec_: codec.Codec | None = None) -> str | None:
   """Why `task` cannot run within `max_len` tokens (None: it can)."""
   for k in range(len(task.test)):
-    n = tokens.sequence_length(task, k, include_answer=False)
+    n = codec.default(codec_).sequence_length(task, k, include_answer=False)
     if n >= max_len:
       return (f"sequence needs {n} tokens before the answer, data.max_len "
               f"is {max_len} (not truncated: skipped)")
@@ -159,7 +163,8 @@ def too_long(task: arc.Task, max_len: int) -> str | None:
 
 
 def plan_run(tasks: list[arc.Task], mesh, *, run, data_cfg, views_cfg,
-             decode, trains: bool = True) -> Plan:
+             decode, trains: bool = True,
+             codec_: codec.Codec | None = None) -> Plan:
   """Queries of every task and the run's capacities.
 
   Args:
@@ -169,6 +174,7 @@ def plan_run(tasks: list[arc.Task], mesh, *, run, data_cfg, views_cfg,
       groups.
     trains: whether TTT rows are built (their length bound then shapes
       the chunks).
+    codec_: the run's codec (lengths; default the cells').
 
   Returns:
     The `Plan`; no data is built and nothing is compiled.
@@ -178,15 +184,15 @@ def plan_run(tasks: list[arc.Task], mesh, *, run, data_cfg, views_cfg,
   max_len = data_cfg.max_len
   skipped, queries = {}, []
   for n, task in enumerate(tasks):
-    why = too_long(task, max_len)
+    why = too_long(task, max_len, codec_)
     if why:
       skipped[n] = why
       queries.append([])
       continue
     queries.append(views.make_queries(task, n, views_cfg, max_len, run.seed,
-                                      per_view))
+                                      per_view, codec_))
   # each task's longest TTT row (no data built), once for both uses
-  bounds = ({n: data.row_length_bound(t, data_cfg)
+  bounds = ({n: codec.default(codec_).row_length_bound(t, data_cfg)
              for n, t in enumerate(tasks) if n not in skipped}
             if trains and (run.fixed_shapes or run.chunk_order == "length")
             else {})

@@ -25,13 +25,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttt import data, lora, sharding, tokens, views, vote
+from ttt import codec as codec_lib
+from ttt import data, lora, sharding, views, vote
 from ttt import model as model_lib
 from ttt.decoders import common
 from ttt.errors import InputError
@@ -62,6 +63,8 @@ class SelectSpec(NamedTuple):
     per_view: answer slots per view (`Method.per_view`).
     max_len: the context (`data.max_len`): rescored rows longer are -inf.
     length_bucket: bucket of the rescored rows' length.
+    codec: the run's `ttt.codec.Codec` (how a candidate is rendered
+      under each view for rescoring; None: the cell codec).
   """
 
   queries: int
@@ -70,6 +73,7 @@ class SelectSpec(NamedTuple):
   per_view: int
   max_len: int
   length_bucket: int
+  codec: Any = None
 
 
 class Scored(NamedTuple):
@@ -241,14 +245,15 @@ def score_candidates(scorer, base, mesh, spec: SelectSpec, poe_candidates: int,
     adapters: the chunk's adapters [T].
   """
   max_len, rep = spec.max_len, spec.per_view  # views repeat
+  codec = codec_lib.default(spec.codec)  # a candidate in the codec's format
   pools, rows, row_slot = [], [], []
   for q, s, preds in zip(queries, slots, predictions, strict=True):
     pools.append(vote.distinct(preds)[:poe_candidates])
     for c, _ in pools[-1]:
       for v in q.views[::rep]:
         vt = views.view_task(q.task, q.test_index, v, answer=c)
-        fits = tokens.sequence_length(vt) <= max_len
-        rows.append(tokens.encode_task(vt, max_len, loss="query")
+        fits = codec.sequence_length(vt) <= max_len
+        rows.append(codec.encode_task(vt, max_len, loss="query")
                     if fits else None)
         row_slot.append(s)
   scores = np.zeros(0, np.float32)
@@ -263,7 +268,7 @@ def score_candidates(scorer, base, mesh, spec: SelectSpec, poe_candidates: int,
     total = sharding.padded_count(-(-len(rows) // step) * step, mesh.size)
     if total > per_call:
       total = -(-len(rows) // per_call) * per_call
-    batch = data.stack_rows(rows, total, length)
+    batch = data.stack_rows(rows, total, length, codec.pad)
     slot = np.zeros(total, np.int32)
     slot[:len(rows)] = row_slot
     call = min(total, per_call)

@@ -23,17 +23,23 @@ prediction script does (every ``#`` deleted, the text inside a code fence if
 there is one, numbers split on whitespace, rows = newlines + 1) and returns
 None for anything that is not an ARC grid.
 
-The tokenizer side (chat template, loss mask, prompt ids, decoding) is
-`TextCodec` below.
+The tokenizer side is `TextCodec` (`open_codec(path, style)`): the chat
+template (the snapshot's `tokenizer_config.json` Jinja template, else
+Llama-3's header format), the loss mask, prompt ids and decoding of
+generated ids; `ttt.codec` puts it behind the `Codec` face the stages use.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
+import json
+import os
 from typing import NamedTuple
 
 import numpy as np
 
-from ttt import arc
+from ttt import arc, augment, data, tokens
 
 STYLES = ("new", "default", "barc")
 
@@ -217,3 +223,310 @@ def parse_answer(text: str, style: str = "new") -> np.ndarray | None:
     return None
   return _grid_or_none([values[r * n_cols:(r + 1) * n_cols]
                         for r in range(n_rows)])
+
+
+def max_answer_tokens(style: str = "new") -> int:
+  """A bound on the tokens of the longest answer (a 30 x 30 grid) and its
+  stop token under any tokenizer: its characters + 1 (a token writes at
+  least one character). 1892 for 'new' (Llama-3 spends about 1,830)."""
+  widest = np.full((arc.MAX_SIDE, arc.MAX_SIDE), 8, np.int8)  # 'Purple':
+  # the longest colour word (and one digit, as every colour, in numbers)
+  if style == "barc":
+    content = BARC_ANSWER.format(grid_text(widest, "barc"))
+  else:
+    content = grid_text(widest, style) + footer(style)
+  return len(content) + 1
+
+
+# --- the chat template --------------------------------------------------------
+
+# Llama-3's header format, used when a model ships no chat template.
+LLAMA3_HEADER = "<|start_header_id|>{role}<|end_header_id|>\n\n"
+LLAMA3_EOT = "<|eot_id|>"
+LLAMA3_BOS = "<|begin_of_text|>"
+TEMPLATE_DATE = "26 Jul 2024"  # Llama-3.1's template default date_string
+
+
+def _token_text(value) -> str | None:
+  """A tokenizer_config special-token entry ('text' or {'content': ...})."""
+  if isinstance(value, dict):
+    value = value.get("content")
+  return value if isinstance(value, str) else None
+
+
+def read_tokenizer_config(path: str) -> dict:
+  """A snapshot's `tokenizer_config.json` ({} when there is none, or for a
+  GGUF file)."""
+  file = os.path.join(path, "tokenizer_config.json")
+  if not os.path.isdir(path) or not os.path.exists(file):
+    return {}
+  with open(file) as f:
+    return json.load(f)
+
+
+def make_template(tok_config: dict, bos: str | None = None):
+  """`render(messages, add_generation_prompt) -> str`: the model's chat
+  template (`tokenizer_config.json`'s Jinja `chat_template`, rendered the
+  way Hugging Face renders it) or, without one, Llama-3's header format
+  (BOS, then `<|start_header_id|>role<|end_header_id|>\\n\\n` + the content
+  stripped + `<|eot_id|>` per message). Either way each message's content
+  is stripped, as torchtune and Hugging Face's Llama-3 template do."""
+  source = tok_config.get("chat_template")
+  if isinstance(source, list):  # named templates: the default one
+    source = {t.get("name"): t.get("template") for t in source}.get(
+        "default")
+  bos = _token_text(tok_config.get("bos_token")) or bos
+  if not source:
+    start = LLAMA3_BOS if bos is None else bos
+
+    def render_llama3(messages, add_generation_prompt=False):
+      out = start + "".join(
+          LLAMA3_HEADER.format(role=m["role"]) + m["content"].strip()
+          + LLAMA3_EOT for m in messages)
+      if add_generation_prompt:
+        out += LLAMA3_HEADER.format(role="assistant")
+      return out
+
+    return render_llama3
+  import jinja2
+  from jinja2 import sandbox
+
+  def raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+  def strftime_now(fmt):
+    return datetime.datetime.now().strftime(fmt)
+
+  env = sandbox.ImmutableSandboxedEnvironment(
+      trim_blocks=True, lstrip_blocks=True,
+      extensions=["jinja2.ext.loopcontrols"])
+  env.globals.update(raise_exception=raise_exception,
+                     strftime_now=strftime_now)
+  template = env.from_string(source)
+  specials = {k: _token_text(tok_config.get(k)) or ""
+              for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+  if bos is not None and not specials["bos_token"]:
+    specials["bos_token"] = bos
+
+  def render(messages, add_generation_prompt=False):
+    # Llama-3.1/3.2 templates print today's date into the system message
+    # unless `date_string` is given: their own default, fixed, so that a
+    # row does not change from one day to the next (MARC's TTT prompt for
+    # such models hard-codes the same date)
+    return template.render(messages=messages,
+                           add_generation_prompt=add_generation_prompt,
+                           date_string=TEMPLATE_DATE, **specials)
+
+  return render
+
+
+# --- the codec ----------------------------------------------------------------
+
+
+class TextCodec:
+  """MARC's text format through a model's tokenizer and chat template.
+
+  Rows (`encode_task`) are the chat rendered by the template and tokenised
+  as one string (special tokens such as `<|eot_id|>` are the tokenizer's
+  added tokens); the loss mask marks every token that overlaps the loss
+  text: the assistant turn (header, answer and end-of-turn: what the
+  template adds after the user turn) and, with loss 'marc', the outputs of
+  demonstrations 2..K in the system message (from after `' ->'` through the
+  footer: MARC's unmasked spans); 'outputs' adds the first demonstration's
+  output, 'query' has the assistant turn only. Prompts end with the
+  template's generation prompt (the assistant header). Positions are 1-D.
+
+  Args:
+    tokenizer: a `tokenizers.Tokenizer`.
+    render: `make_template`'s function.
+    style: 'new', 'default' or 'barc'.
+    vocab_size: the model's vocabulary (logits) size.
+    stop_ids: ids that end an answer (end-of-turn, end-of-text).
+    pad: the padding id (never a real token of a row).
+  """
+
+  def __init__(self, tokenizer, render, style: str, vocab_size: int,
+               stop_ids, pad: int):
+    check_style(style)
+    self.tokenizer, self.render, self.style = tokenizer, render, style
+    self.vocab_size, self.pad = int(vocab_size), int(pad)
+    stop = np.zeros(self.vocab_size, bool)
+    for i in stop_ids:
+      if i is not None and 0 <= i < self.vocab_size:
+        stop[i] = True
+    foot = footer(style)
+    if foot:  # every token that writes the footer ends the answer
+      for i in range(min(self.vocab_size, tokenizer.get_vocab_size())):
+        if foot in tokenizer.decode([i]):
+          stop[i] = True
+    self.stop = stop
+    self.answer_tokens = np.ones(self.vocab_size, bool)
+    self._encode = functools.lru_cache(maxsize=4096)(self._encode_text)
+
+  def _encode_text(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+    enc = self.tokenizer.encode(text, add_special_tokens=False)
+    return (np.asarray(enc.ids, np.int32),
+            np.asarray(enc.offsets, np.int64).reshape(-1, 2))
+
+  @staticmethod
+  def _query_task(task: arc.Task, test_index: int) -> arc.Task:
+    return arc.Task(task.id, task.train, [task.test[test_index]])
+
+  def _texts(self, task: arc.Task, include_answer: bool, loss: str):
+    """(text, loss spans in it) of the task's chat."""
+    lay = layout(task, self.style)
+    if not include_answer:
+      return self.render(lay.messages, add_generation_prompt=True), []
+    if lay.answer is None:
+      raise arc.TaskError(task.id, "the query has no output to encode (use "
+                          "include_answer=False for a prompt)")
+    prompt = self.render(lay.messages, add_generation_prompt=False)
+    full = self.render(lay.messages + [lay.answer],
+                       add_generation_prompt=False)
+    if not full.startswith(prompt):
+      raise ValueError("the chat template renders the answer's turn by "
+                       "changing what comes before it: no loss mask")
+    spans = [(len(prompt), len(full))]
+    outputs = {"outputs": lay.output_spans, "marc": lay.output_spans[1:],
+               "query": []}[loss]
+    system = lay.messages[0]["content"].strip()
+    at = full.find(system) if outputs else -1
+    if at >= 0:
+      spans += [(at + s, at + e) for s, e in outputs]
+    return full, spans
+
+  def sequence_length(self, task: arc.Task, test_index: int = 0,
+                      include_answer: bool = True) -> int:
+    text, _ = self._texts(self._query_task(task, test_index), include_answer,
+                          "query")
+    return len(self._encode(text)[0])
+
+  def encode_task(self, task: arc.Task, max_len: int, *, test_index: int = 0,
+                  include_answer: bool = True, loss: str = "outputs"
+                  ) -> tokens.Encoded:
+    """The task's row (or, without the answer, its prompt) padded to
+    `max_len` (`ttt.tokens.Encoded`; coords all zero)."""
+    if loss not in tokens.LOSS_MODES:
+      raise ValueError(f"loss must be one of {tokens.LOSS_MODES}, got "
+                       f"{loss!r}")
+    text, spans = self._texts(self._query_task(task, test_index),
+                              include_answer, loss)
+    ids, offsets = self._encode(text)
+    n = len(ids)
+    if n > max_len:
+      raise tokens.SequenceTooLong(task.id, f"sequence needs {n} tokens, "
+                                   f"max_len is {max_len}")
+    out = np.full(max_len, self.pad, np.int32)
+    out[:n] = ids
+    mask = np.zeros(max_len, np.int32)
+    for s, e in spans:
+      mask[:n] |= ((offsets[:, 0] < e) & (offsets[:, 1] > s)).astype(np.int32)
+    return tokens.Encoded(out, mask, np.arange(max_len, dtype=np.int32),
+                          np.zeros((max_len, 3), np.int32), n)
+
+  def decode_grid(self, ids) -> np.ndarray | None:
+    """Generated ids (up to the first stop token, or padding) as a grid
+    (`parse_answer` of their text; None: malformed)."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    end = np.flatnonzero(self.stop[np.clip(ids, 0, self.vocab_size - 1)]
+                         | (ids == self.pad) | (ids < 0)
+                         | (ids >= self.vocab_size))
+    cut = ids[:end[0] + 1] if end.size else ids
+    cut = cut[(cut != self.pad) & (cut >= 0) & (cut < self.vocab_size)]
+    if cut.size == 0:
+      return None
+    written = self.tokenizer.decode([int(i) for i in cut],
+                                    skip_special_tokens=True)
+    return parse_answer(written, self.style)
+
+  def max_answer_tokens(self) -> int:
+    """`max_answer_tokens(style)`: a bound on the longest answer."""
+    return max_answer_tokens(self.style)
+
+  def row_encoder(self, base: arc.Task, config):
+    """`data.build_ttt_dataset`'s row encoder for one base task: `g ->
+    Encoded | None` (None: longer than `config.max_len` or than
+    `row_length_bound`, which the plan's fixed shapes rely on)."""
+    limit = min(config.max_len, self.row_length_bound(base, config, True))
+
+    def row(g):
+      t = augment.apply_task(g, base)
+      n = self.sequence_length(t)
+      if n > limit:
+        return None
+      return self.encode_task(t, config.max_len, loss=config.loss)
+
+    return row
+
+  def row_length_bound(self, task: arc.Task, config, base: bool = False
+                       ) -> int:
+    """The longest row of the task's TTT data under identity colours (in
+    either orientation), among those that fit `max_len` (rows longer than
+    this under a colour permutation are dropped, so it bounds every row).
+    With `base`, `task` is one base task (else the task whose leave-one-out
+    tasks are the bases)."""
+    if not base:
+      return data.row_length_bound(task, config, self.sequence_length)
+    best = 1
+    for d in ((0, 1) if config.dihedral else (0,)):
+      g = augment.Element(np.int32(d), np.arange(arc.NUM_COLOURS,
+                                                 dtype=np.int32),
+                          np.zeros(0, np.int32))
+      n = self.sequence_length(augment.apply_task(g, task))
+      if n <= config.max_len:
+        best = max(best, n)
+    return best
+
+  def build_rows(self, task: arc.Task, config, key=None, stats=None):
+    """One task's TTT dataset in this format (`data.build_ttt_dataset`)."""
+    return data.build_ttt_dataset(task, config, key, stats,
+                                  encoder=self.row_encoder, pad=self.pad)
+
+
+def open_codec(path: str, style: str = "new") -> TextCodec:
+  """The text codec of the pretrained model at `path` (a Hugging Face
+  snapshot folder or a GGUF file, `ttt.pretrained`): its tokenizer, its
+  chat template (or Llama-3's header format), its vocabulary size, and its
+  end-of-turn / end-of-text ids as stop tokens.
+
+  Raises:
+    ttt.errors.InputError: `path` is not a pretrained model.
+  """
+  from ttt import errors, pretrained
+
+  if not path or not pretrained.is_pretrained(path):
+    raise errors.InputError(
+        f"data.codec='text' needs a pretrained model's tokenizer: init_from "
+        f"must be a Hugging Face snapshot folder or a .gguf file, got "
+        f"{path!r}")
+  source = pretrained.open_source(path)
+  tok = source.tokenizer()
+  specials = source.specials()
+  vocab_size = int(source.arch["vocab_size"])
+  tok_config = read_tokenizer_config(path)
+  bos = specials.get("bos")
+  render = make_template(tok_config, None if bos is None
+                         else tok.id_to_token(int(bos)))
+  stops = [tok.token_to_id(LLAMA3_EOT), specials.get("eos"),
+           tok.token_to_id("<|end_of_text|>"), tok.token_to_id("<|im_end|>")]
+  return TextCodec(tok, render, style, vocab_size, stops,
+                   _pad_id(tok, render, specials, vocab_size, stops))
+
+
+def _pad_id(tok, render, specials: dict, vocab_size: int, stops) -> int:
+  """A padding id that no row or prompt writes: the model's pad token, else
+  a spare embedding row past the tokenizer's ids, else an end-of-text or
+  special token that a rendered chat does not contain (some configs name
+  the end-of-turn token as pad: rows hold it, so it is passed over)."""
+  sample = layout(arc.Task("pad", [(np.zeros((1, 1), np.int8),) * 2],
+                           [(np.zeros((1, 1), np.int8),) * 2]))
+  used = set(tok.encode(render(sample.messages + [sample.answer]),
+                        add_special_tokens=False).ids)
+  candidates = [specials.get("pad"),
+                *range(tok.get_vocab_size(), vocab_size),
+                *stops, *sorted(specials.get("control") or [], reverse=True)]
+  for i in candidates:
+    if i is not None and 0 <= i < vocab_size and i not in used:
+      return int(i)
+  raise ValueError("the tokenizer has no id to pad with (no pad token, no "
+                   "spare row, every special token used by the chat)")

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ttt import arc, augment, configlib, tokens
+from ttt import arc, augment, codec, configlib, tokens
 
 IDENTITY = "identity"
 COLOUR = "colour"
@@ -146,14 +146,16 @@ def to_original(view: View, grid: np.ndarray | None) -> np.ndarray | None:
   return None if grid is None else augment.invert(view.element, grid)
 
 
-def prompt(task: arc.Task, test_index: int, view: View, max_len: int
-           ) -> tokens.Encoded | None:
-  """The view's inference prompt (ends at the query's OUTPUT), or None when
-  it does not fit `max_len` with room for at least one answer token."""
+def prompt(task: arc.Task, test_index: int, view: View, max_len: int,
+           codec_: codec.Codec | None = None) -> tokens.Encoded | None:
+  """The view's inference prompt in the codec's format (default the
+  cells': it ends at the query's OUTPUT), or None when it does not fit
+  `max_len` with room for at least one answer token."""
+  c = codec.default(codec_)
   vt = view_task(task, test_index, view)
-  if tokens.sequence_length(vt, include_answer=False) >= max_len:
+  if c.sequence_length(vt, include_answer=False) >= max_len:
     return None
-  return tokens.encode_task(vt, max_len, include_answer=False)
+  return c.encode_task(vt, max_len, include_answer=False)
 
 
 class Query(NamedTuple):
@@ -181,21 +183,24 @@ class Query(NamedTuple):
 
 
 def make_queries(task: arc.Task, task_index: int, config: Any, max_len: int,
-                 seed: int = 0, samples: int = 1) -> list[Query]:
+                 seed: int = 0, samples: int = 1,
+                 codec_: codec.Codec | None = None) -> list[Query]:
   """The queries of every test input of `task`.
 
   Views come from `make_views` with `rng = default_rng([seed, task_index,
   test_index])`; a view whose prompt leaves no room for an answer token
   within `max_len` is dropped (counted in `too_long`). Each kept view is
   repeated `samples` times (sampled decoding: every sample votes; 'dfs':
-  one slot per enumerated answer).
+  one slot per enumerated answer). Lengths are the codec's (default
+  the cells').
   """
+  c = codec.default(codec_)
   out = []
   for ti in range(len(task.test)):
     rng = np.random.default_rng([seed, task_index, ti])
     kept, lengths, too_long = [], [], 0
     for v in make_views(len(task.train), config, rng):
-      n = tokens.sequence_length(view_task(task, ti, v), include_answer=False)
+      n = c.sequence_length(view_task(task, ti, v), include_answer=False)
       if n >= max_len:
         too_long += 1
         continue

@@ -52,7 +52,7 @@ class Weights(NamedTuple):
 
 
 def load(init_from: str, model: model_lib.ModelConfig,
-         adapter: model_lib.AdapterConfig, seed: int
+         adapter: model_lib.AdapterConfig, seed: int, vocab: str = "cell"
          ) -> tuple[Weights, model_lib.ModelConfig]:
   """The run's base model and the model config it was built with.
 
@@ -62,13 +62,16 @@ def load(init_from: str, model: model_lib.ModelConfig,
     model: the config's model group (the checkpoint's shape wins).
     adapter: the adapter group (what a task adapts).
     seed: adapters (and an untrained base) draw from `key(seed)`.
+    vocab: a pretrained LM's vocabulary, the codec's (`ttt.codec.Codec.
+      vocab`): 'cell' (cut to the 16 project tokens) or 'full' (every id:
+      MARC's text format).
 
   Raises:
     FileNotFoundError: `init_from` names no directory (with what to do).
   """
   fields = dataclasses.asdict(model)
   if init_from and pretrained.is_pretrained(init_from):
-    return _load_pretrained(init_from, fields, adapter, seed)
+    return _load_pretrained(init_from, fields, adapter, seed, vocab)
   if init_from:
     if not os.path.isdir(init_from):
       raise FileNotFoundError(
@@ -99,21 +102,27 @@ def load(init_from: str, model: model_lib.ModelConfig,
   return Weights(graphdef, template, base, source), net.config
 
 
-def _load_pretrained(path: str, fields: dict, adapter, seed: int):
-  """A pretrained LM cut to the cell vocabulary, built without ever
-  holding random base weights: the model is abstract until each tensor is
-  read (one at a time) into its place."""
-  fields.update(pretrained.model_config(path, "cell"))
+def _load_pretrained(path: str, fields: dict, adapter, seed: int,
+                     vocab: str = "cell"):
+  """A pretrained LM (cut to the cell vocabulary, or with its full one),
+  built without ever holding random base weights: the model is abstract
+  until each tensor is read (one at a time) into its place."""
+  fields.update(pretrained.model_config(path, vocab))
   config = configlib.from_config(model_lib.ModelConfig, fields)
   key = jax.random.key(seed)
   graphdef, template, base = lora.split(nnx.eval_shape(
       lambda: model_lib.make_model(config, adapter, key)))
   if adapter.mode == "full":
-    template = pretrained.load_base(path, template, "cell")
+    template = pretrained.load_base(path, template, vocab)
   else:  # fresh adapters (jit drops the base's random init)
     template = jax.jit(lambda: lora.split(model_lib.make_model(
         config, adapter, key))[1])()
-  base = pretrained.load_base(path, base, "cell")
+  base = pretrained.load_base(path, base, vocab)
+  if vocab == "full":
+    source = (f"pretrained {pretrained.format_of(path)} model, its full "
+              f"vocabulary ({config.vocab_size} tokens, its own tokenizer)")
+    logging.info("base: %s", source)
+    return Weights(graphdef, template, base, source), config
   ids = pretrained.token_map(path)
   names = [repr(c) for c in pretrained.CELL_STRINGS] + ["BOS", "EOS", "PAD"]
   pairs = ", ".join(f"{n}={i}" for n, i in zip(names, ids, strict=True))

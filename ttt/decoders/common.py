@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ttt import arc, data, sharding, tokens, views
+from ttt import codec as codec_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +103,8 @@ class DecodeSpec(NamedTuple):
     length_bucket: bucket of per-call prompt lengths.
     max_len: the context (`data.max_len`).
     seed: the run's seed (query keys fold in task and test index).
+    codec: the run's `ttt.codec.Codec` (prompts, stop tokens, answers;
+      None: the cell codec).
   """
 
   rows: int
@@ -110,6 +113,7 @@ class DecodeSpec(NamedTuple):
   length_bucket: int
   max_len: int
   seed: int
+  codec: Any = None
 
 
 class Decoder(NamedTuple):
@@ -139,6 +143,9 @@ class Method(NamedTuple):
     describe: cfg -> a few words for logs and the report.
     make: (cfg, weights, mesh, spec) -> Decoder (weights: a
       `ttt.weights.Weights`).
+    needs_grammar: the method walks the cell codec's answer grammar
+      (`answer_mask`); a codec without one is refused when the config is
+      parsed.
   """
 
   per_view: Callable[[DecodeConfig], int]
@@ -146,6 +153,7 @@ class Method(NamedTuple):
   validate: Callable[[DecodeConfig], None]
   describe: Callable[[DecodeConfig], str]
   make: Callable[..., Decoder]
+  needs_grammar: bool = False
 
 
 def each_view(query: views.Query, per_view: int) -> list:
@@ -164,6 +172,17 @@ def single_answer(cfg: DecodeConfig) -> None:
   if cfg.temperature > 0:
     raise ValueError(f"decode.temperature > 0 samples answers: set "
                      f"decode.method='sample' (not {cfg.method!r})")
+
+
+def spec_codec(spec: DecodeSpec):
+  """The spec's codec (the cell codec when it names none)."""
+  return codec_lib.default(spec.codec)
+
+
+def max_new(cfg: DecodeConfig, spec: DecodeSpec) -> int:
+  """Tokens a view may write: `decode.max_new_tokens`, at most the codec's
+  longest answer (931 for cells: `DecodeConfig.max_new`)."""
+  return min(cfg.max_new_tokens, spec_codec(spec).max_answer)
 
 
 # --- kernels ------------------------------------------------------------------
@@ -231,6 +250,15 @@ def answer_mask(row, col, width, depth, max_new: int):
   return mask.at[tokens.EOS].set(eos) & (depth < max_new)
 
 
+def next_mask(codec, row, col, width, depth, max_new: int):
+  """bool[vocab]: the tokens a partial answer may continue with -- the
+  cell grammar (`answer_mask`) for a codec with one, else any token while
+  `depth < max_new` (pruning is by probability alone)."""
+  if codec.grammar:
+    return answer_mask(row, col, width, depth, max_new)
+  return jnp.full(codec.vocab_size, True) & (depth < max_new)
+
+
 def with_slot(query_fn: Callable) -> Callable:
   """The jitted program over Q queries of a one-query kernel.
 
@@ -296,7 +324,8 @@ def prompt_rows(queries: list[views.Query], slots: list[int], views_of,
                                                spec.max_len)
   mine = sharding.local_rows(spec.rows, mesh)
   num_v = spec.views
-  prompts = np.full((len(mine), num_v, plen), tokens.PAD, np.int32)
+  codec = spec_codec(spec)
+  prompts = np.full((len(mine), num_v, plen), codec.pad, np.int32)
   coords = np.zeros((len(mine), num_v, plen, 3), np.int32)
   lengths = np.ones((len(mine), num_v), np.int32)
   segs = np.zeros((len(mine), num_v), np.int32)
@@ -314,7 +343,7 @@ def prompt_rows(queries: list[views.Query], slots: list[int], views_of,
     vs = views_of(q)[:num_v]
     row_views.append(vs)
     for j, v in enumerate(vs):
-      p = views.prompt(q.task, q.test_index, v, spec.max_len)
+      p = views.prompt(q.task, q.test_index, v, spec.max_len, codec)
       prompts[i, j] = p.tokens[:plen]
       coords[i, j] = p.coords[:plen]
       lengths[i, j] = p.length

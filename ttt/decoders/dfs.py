@@ -14,6 +14,12 @@ p >= min_prob (at most 1 / min_prob of them), the C = `max_candidates` most
 probable kept, most probable first. `max_steps` > 0 caps model calls per
 view (`cut` says so). Each view is decoded once; its C answer slots fill
 the view's `per_view` = C repeats in the vote (empty slots: None).
+
+With a codec without a grammar (`ttt.codec`: MARC's text) every token is a
+possible child, pruned by probability alone; a stop token (end-of-turn,
+end-of-text, a token writing the `#` footer) ends an answer, the most
+probable of a node's kept stop tokens only (answers that differ only in
+how they stop parse to the same grid).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ttt import codec as codec_lib
 from ttt import lora, sharding, tokens, views
 from ttt.decoders import common
 
@@ -49,35 +56,52 @@ class _Search(NamedTuple):
   done: jax.Array  # bool
 
 
-def _expand(st: _Search, log_min: float, max_new: int) -> _Search:
-  """Children of the current node: EOS becomes an answer, the others with
+def _rank(push, key, vocab):
+  """Each pushed token's place among the pushed, ascending by `key` (ties
+  by id): a [vocab, vocab] comparison for a small vocabulary, a sort for an
+  LLM's (the same integers)."""
+  if vocab.shape[0] <= 1024:
+    below = (key[None, :] < key[:, None]) | (
+        (key[None, :] == key[:, None]) & (vocab[None, :] < vocab[:, None]))
+    return (below & push[None, :]).sum(1)
+  order = jnp.lexsort((vocab, key, push))  # not pushed first, then by key
+  place = jnp.zeros_like(vocab).at[order].set(vocab)
+  return place - (~push).sum()
+
+
+def _expand(st: _Search, log_min: float, max_new: int, codec) -> _Search:
+  """Children of the current node: a stop token (the cells' EOS) ends an
+  answer -- the most probable kept one, if several --, the others with
   log p >= log_min (and the constrained-argmax child of a greedy node) go
-  on the stack, most probable on top."""
-  vocab = jnp.arange(tokens.VOCAB_SIZE)
+  on the stack, most probable on top. The codec's grammar (if it has one)
+  decides which children are well-formed."""
+  vocab = jnp.arange(codec.vocab_size)
+  stop = jnp.asarray(codec.stop_tokens)
   row, col, width = (st.grammar[st.depth, i] for i in range(3))
-  mask = common.answer_mask(row, col, width, st.depth, max_new)
+  mask = common.next_mask(codec, row, col, width, st.depth, max_new)
   logp = jax.nn.log_softmax(st.logits.astype(jnp.float32))
   child = st.logp[st.depth] + logp
   best = jnp.argmax(jnp.where(mask, logp, -jnp.inf))
   greedy_child = st.greedy & (vocab == best) & mask.any()
   keep = mask & ((child >= log_min) | greedy_child) & ~st.done
-  # an answer: the path + EOS; when C are held, it replaces the least likely
+  # an answer: the path + its stop token; when C are held, it replaces the
+  # least likely
   cap = st.answers.shape[0]
-  emit = keep[tokens.EOS]
+  ends = keep & stop
+  emit = ends.any()
+  end = jnp.argmax(jnp.where(ends, child, -jnp.inf))
   slot = jnp.where(st.found < cap, st.found, jnp.argmin(st.answer_logp))
-  take = emit & ((st.found < cap) | (child[tokens.EOS] > st.answer_logp[slot]))
+  take = emit & ((st.found < cap) | (child[end] > st.answer_logp[slot]))
   n = jnp.arange(max_new)
   answer = jnp.where(n < st.depth, st.path,
-                     jnp.where(n == st.depth, tokens.EOS, tokens.PAD))
+                     jnp.where(n == st.depth, end, codec.pad))
   answers = st.answers.at[slot].set(jnp.where(take, answer, st.answers[slot]))
   answer_logp = st.answer_logp.at[slot].set(
-      jnp.where(take, child[tokens.EOS], st.answer_logp[slot]))
+      jnp.where(take, child[end], st.answer_logp[slot]))
   # the rest, ascending by log p so the most probable is popped first
-  push = keep & (vocab != tokens.EOS)
+  push = keep & ~stop
   key = jnp.where(push, child, -jnp.inf)
-  below = (key[None, :] < key[:, None]) | (
-      (key[None, :] == key[:, None]) & (vocab[None, :] < vocab[:, None]))
-  rank = (below & push[None, :]).sum(1)
+  rank = _rank(push, key, vocab)
   count = push.sum()
   room = st.stack.shape[0]
   excess = jnp.maximum(st.size + count - room, 0)  # drop the least likely
@@ -117,12 +141,14 @@ def _pop(st: _Search, segment):
 
 
 def make_query_fn(graphdef, max_new: int, min_prob: float,
-                  max_candidates: int, max_steps: int):
+                  max_candidates: int, max_steps: int, codec=None):
   """`dfs_query(base, adapter, prompts[V, P], lengths[V], coords[V, P, 3],
   segments[V], valid[V]) -> (int32[V, C, max_new], float32[V, C],
   int32[V], bool[V])`: answers, their log-probabilities (most probable
   first, -inf for empty slots), model calls, and whether the search was cut
-  (stack or step cap), unjitted."""
+  (stack or step cap), unjitted. `codec`: the run's `ttt.codec.Codec`
+  (default the cells')."""
+  codec = codec_lib.default(codec)
   log_min = float(np.log(min_prob))
   room = int(1 / min_prob) + 2  # disjoint prefixes with p >= min_prob, + 1
 
@@ -134,18 +160,18 @@ def make_query_fn(graphdef, max_new: int, min_prob: float,
     st = _Search(
         depth=zeros, logits=last.astype(jnp.float32),
         greedy=jnp.ones(num_v, bool),
-        path=jnp.full((num_v, max_new), tokens.PAD, jnp.int32),
+        path=jnp.full((num_v, max_new), codec.pad, jnp.int32),
         grammar=jnp.zeros((num_v, max_new + 1, 3), jnp.int32),
         logp=jnp.zeros((num_v, max_new + 1), jnp.float32),
         stack=jnp.zeros((num_v, room, 2), jnp.int32),
         stack_logp=jnp.zeros((num_v, room), jnp.float32),
         stack_greedy=jnp.zeros((num_v, room), bool), size=zeros,
-        answers=jnp.full((num_v, max_candidates, max_new), tokens.PAD,
+        answers=jnp.full((num_v, max_candidates, max_new), codec.pad,
                          jnp.int32),
         answer_logp=jnp.full((num_v, max_candidates), -jnp.inf),
         found=zeros, overflow=jnp.zeros(num_v, bool), steps=zeros,
         done=~valid)
-    expand = jax.vmap(lambda s: _expand(s, log_min, max_new))
+    expand = jax.vmap(lambda s: _expand(s, log_min, max_new, codec))
     pop = jax.vmap(_pop)
 
     def body(carry):
@@ -169,19 +195,21 @@ def make_query_fn(graphdef, max_new: int, min_prob: float,
 
 
 def make_program(graphdef, max_new: int, min_prob: float,
-                 max_candidates: int, max_steps: int = 0):
+                 max_candidates: int, max_steps: int = 0, codec=None):
   """`dfs(base, adapters[T], slots[Q], prompts[Q, V, P], lengths[Q, V],
   coords[Q, V, P, 3], segments[Q, V], valid[Q, V]) -> (answers int32[Q, V,
   C, max_new], logp float32[Q, V, C], steps int32[Q, V], cut bool[Q, V])`,
   jitted once (C = `max_candidates`)."""
   return common.with_slot(make_query_fn(graphdef, max_new, min_prob,
-                                        max_candidates, max_steps))
+                                        max_candidates, max_steps, codec))
 
 
 def _make(cfg: common.DecodeConfig, weights, mesh,
           spec: common.DecodeSpec) -> common.Decoder:
-  program = make_program(weights.graphdef, cfg.max_new, cfg.min_prob,
-                         cfg.max_candidates, cfg.max_steps)
+  codec = common.spec_codec(spec)
+  program = make_program(weights.graphdef, common.max_new(cfg, spec),
+                         cfg.min_prob, cfg.max_candidates, cfg.max_steps,
+                         codec)
   rep = cfg.max_candidates
 
   def decode(queries, slots, adapters) -> common.Decoded:
@@ -193,7 +221,7 @@ def _make(cfg: common.DecodeConfig, weights, mesh,
     answers, _, steps, _ = sharding.gather(program(weights.base, adapters,
                                                    *args))
     predictions = [
-        tuple(views.to_original(v, tokens.decode_grid(answers[i, j, k]))
+        tuple(views.to_original(v, codec.decode_grid(answers[i, j, k]))
               for j, v in enumerate(common.distinct_views(q, rep))
               for k in range(rep))
         for i, q in enumerate(queries)]

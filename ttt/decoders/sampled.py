@@ -10,6 +10,10 @@ token follow from the rows and columns written so far, exactly as
 draws from softmax(logits / temperature), `decode.samples` answers per
 view (each repeat of a view in `query.views` is a row with its own key:
 `fold_in(query key, row)`, token t `fold_in(row key, t)`).
+
+With MARC's text codec (`ttt.codec`) any token may be written, an answer
+ends at a stop token (end-of-turn, end-of-text, or a token that writes the
+`#` footer) and its text is parsed (`ttt.text.parse_answer`).
 """
 
 from __future__ import annotations
@@ -17,20 +21,27 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ttt import lora, sharding, tokens, views
+from ttt import codec as codec_lib
+from ttt import lora, sharding, views
 from ttt.decoders import common
 
 
-def make_query_fn(graphdef, max_new: int, temperature: float):
-  """The kernel for ONE query, unjitted.
+def make_query_fn(graphdef, max_new: int, temperature: float, codec=None):
+  """The kernel for ONE query, unjitted (`codec`: the run's
+  `ttt.codec.Codec`, default the cells': which tokens it may write, which
+  end an answer, the padding id).
 
   Returns:
     `decode_query(base, adapter, prompts int32[V, P], lengths int32[V],
     coords int32[V, P, 3], segments int32[V], valid bool[V], key) ->
-    int32[V, max_new]` answer tokens (PAD after EOS and on invalid rows);
+    int32[V, max_new]` answer tokens (the codec's pad after the stop token
+    and on invalid rows);
     `key` (one per query) is ignored when `temperature` is 0.
   """
-  allowed = jnp.asarray(common.ANSWER_TOKENS)
+  codec = codec_lib.default(codec)
+  allowed = jnp.asarray(codec.answer_tokens)
+  stop = jnp.asarray(codec.stop_tokens)
+  pad = codec.pad
 
   def pick(logits, keys, t):
     logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)
@@ -49,7 +60,7 @@ def make_query_fn(graphdef, max_new: int, temperature: float):
     last, cache = common.prefill(model, prompts, lengths, coords, max_new)
     first = pick(last, keys, 0)
     zeros = jnp.zeros(num_views, jnp.int32)
-    out = jnp.full((num_views, max_new), tokens.PAD, jnp.int32)
+    out = jnp.full((num_views, max_new), pad, jnp.int32)
     init = (jnp.int32(0), first, lengths.astype(jnp.int32), zeros, zeros,
             ~valid, out, cache)
 
@@ -59,9 +70,9 @@ def make_query_fn(graphdef, max_new: int, temperature: float):
 
     def body(state):
       t, tok, index, row, col, done, out, cache = state
-      out = out.at[:, t].set(jnp.where(done, tokens.PAD, tok))
+      out = out.at[:, t].set(jnp.where(done, pad, tok))
       tok_coords, row, col = common.answer_coords(tok, row, col, segments)
-      done = done | (tok == tokens.EOS)
+      done = done | stop[tok]
       logits, cache = model.step(tok, index, tok_coords, cache, index)
       return (t + 1, pick(logits, keys, t + 1), index + 1, row, col, done,
               out, cache)
@@ -71,16 +82,20 @@ def make_query_fn(graphdef, max_new: int, temperature: float):
   return decode_query
 
 
-def make_program(graphdef, max_new: int, temperature: float = 0.0):
+def make_program(graphdef, max_new: int, temperature: float = 0.0,
+                 codec=None):
   """`decode(base, adapters[T], slots[Q], prompts[Q, V, P], lengths[Q, V],
   coords[Q, V, P, 3], segments[Q, V], valid[Q, V], keys[Q]) -> int32[Q, V,
   max_new]`, jitted once (each new (Q, V, P) compiles once)."""
-  return common.with_slot(make_query_fn(graphdef, max_new, temperature))
+  return common.with_slot(make_query_fn(graphdef, max_new, temperature,
+                                        codec))
 
 
 def _make(cfg: common.DecodeConfig, weights, mesh,
           spec: common.DecodeSpec) -> common.Decoder:
-  program = make_program(weights.graphdef, cfg.max_new, cfg.temperature)
+  codec = common.spec_codec(spec)
+  program = make_program(weights.graphdef, common.max_new(cfg, spec),
+                         cfg.temperature, codec)
 
   def decode(queries, slots, adapters) -> common.Decoded:
     if not queries:
@@ -89,11 +104,11 @@ def _make(cfg: common.DecodeConfig, weights, mesh,
                               mesh)
     args, keys = common.put(rows, (), spec, mesh)
     out = sharding.gather(program(weights.base, adapters, *args, keys))
-    predictions = [tuple(views.to_original(v, tokens.decode_grid(out[i, j]))
+    predictions = [tuple(views.to_original(v, codec.decode_grid(out[i, j]))
                          for j, v in enumerate(q.views))
                    for i, q in enumerate(queries)]
     return common.Decoded(predictions,
-                          int((out[:len(queries)] != tokens.PAD).sum()),
+                          int((out[:len(queries)] != codec.pad).sum()),
                           rows.prompt_tokens)
 
   return common.Decoder(decode, empty_slots=False,

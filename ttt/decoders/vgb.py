@@ -230,4 +230,5 @@ def _validate(cfg: common.DecodeConfig) -> None:
 METHOD = common.Method(
     per_view=lambda cfg: cfg.samples, views_of=prefix_views,
     validate=_validate,
-    describe=lambda cfg: f"vgb ({cfg.samples} chains)", make=_make)
+    describe=lambda cfg: f"vgb ({cfg.samples} chains)", make=_make,
+    needs_grammar=True)  # the walk's tree is the cell grammar's
