@@ -98,6 +98,12 @@ def test_the_template_and_the_fallback_render_llama3(tc):
   assert fallback(messages, True) == _expected_render(messages, True)
   # the user message's trailing space is stripped, as MARC's models saw it
   assert "[[9 0]] -><|eot_id|>" in tc.render(messages)
+  # Llama-3.1-style templates print a date: fixed, so rows do not change
+  dated = text.make_template(dict(chat_template=(
+      "{% if strftime_now is defined and date_string is not defined %}"
+      "{{ strftime_now('%d %b %Y') }}{% else %}{{ date_string }}{% endif %}"
+      "{{ messages[0]['content'] }}")))
+  assert dated([{"role": "user", "content": "x"}]) == "26 Jul 2024x"
 
 
 def _runs(ids, mask):

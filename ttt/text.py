@@ -255,8 +255,13 @@ def _token_text(value) -> str | None:
 
 
 def read_tokenizer_config(path: str) -> dict:
-  """A snapshot's `tokenizer_config.json` ({} when there is none, or for a
-  GGUF file)."""
+  """A snapshot's `tokenizer_config.json` ({} when there is none); for a
+  GGUF file, its `tokenizer.chat_template` metadata as `chat_template`."""
+  if os.path.isfile(path) and path.endswith(".gguf"):
+    import gguf
+
+    field = gguf.GGUFReader(path).fields.get("tokenizer.chat_template")
+    return {"chat_template": field.contents()} if field is not None else {}
   file = os.path.join(path, "tokenizer_config.json")
   if not os.path.isdir(path) or not os.path.exists(file):
     return {}
@@ -269,8 +274,9 @@ def make_template(tok_config: dict, bos: str | None = None):
   template (`tokenizer_config.json`'s Jinja `chat_template`, rendered the
   way Hugging Face renders it) or, without one, Llama-3's header format
   (BOS, then `<|start_header_id|>role<|end_header_id|>\\n\\n` + the content
-  stripped + `<|eot_id|>` per message). Either way each message's content
-  is stripped, as torchtune and Hugging Face's Llama-3 template do."""
+  stripped + `<|eot_id|>` per message: each message stripped, as torchtune
+  and Hugging Face's Llama-3 template do; another model's template decides
+  for itself)."""
   source = tok_config.get("chat_template")
   if isinstance(source, list):  # named templates: the default one
     source = {t.get("name"): t.get("template") for t in source}.get(
