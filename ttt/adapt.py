@@ -72,6 +72,10 @@ class Adapt(NamedTuple):
       the chunk (the padded share).
     steps: optimizer steps of a chunk (steps x slots when shared).
     programs: {name: jitted program}.
+    inputs: `length -> {name: args}`: the arguments of each program for a
+      chunk of padding slots with rows of `length` (the shapes and
+      shardings of a chunk's call: `ttt.plan` lowers the programs on them
+      for their memory analysis).
   """
 
   build: Callable
@@ -79,6 +83,7 @@ class Adapt(NamedTuple):
   tokens: Callable
   steps: int
   programs: dict
+  inputs: Callable = lambda length: {}
 
 
 class _Progress:
@@ -219,4 +224,28 @@ def make_adapt(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
     return dict(ttt_real=cd.row_tokens * per_step,
                 ttt_computed=float(caps.tasks * per_step * cd.length))
 
-  return Adapt(build, train, token_counts, steps, programs)
+  def inputs(length: int) -> dict:
+    if weights is None:
+      return {}
+    params = weights.template if adapter.mode == "full" else None
+    index = np.arange(caps.tasks, dtype=np.int32)
+    out = {"init": (params, sharding.shard_tasks(index, mesh))}
+    if trains:
+      adapters = programs["init"](*out["init"])
+      blank = data.blank(data_cfg.num_sequences, length)
+      keys = jax.vmap(jax.random.key)(jnp.asarray(index))
+      if shared:
+        rows = jax.tree.map(lambda x: np.repeat(x[None], caps.tasks, 0)
+                            .reshape((1, -1) + x.shape[1:]), blank)
+        out["train"] = (weights.base,
+                        jax.tree.map(lambda a: a[:1],
+                                     sharding.gather(adapters)),
+                        rows, keys[:1])
+      else:
+        mine = sharding.local_rows(caps.tasks, mesh)
+        out["train"] = (weights.base, adapters, sharding.put_rows(
+            data.stack([blank] * len(mine)), caps.tasks, mesh),
+                        sharding.shard_tasks(keys, mesh))
+    return out
+
+  return Adapt(build, train, token_counts, steps, programs, inputs)

@@ -548,6 +548,7 @@ def write_report(workdir: str, results: list[dict], summary: dict,
                  f"{s['run_inputs']} |")
   for k, v in timings.items():
     lines.append(f"| time: {md_text(k)} | {v:.1f}s |")
+  lines += memory_rows(s.get("memory_gb") or {})
   if s.get("no_answer_inputs"):
     lines += ["", "**No answer.** " + NO_ANSWER.format(
         n=s["no_answer_inputs"], of=s["run_inputs"])]
@@ -592,6 +593,26 @@ def write_report(workdir: str, results: list[dict], summary: dict,
   path = os.path.join(workdir, "report.md")
   write_text(path, "\n".join(lines) + "\n")
   return path
+
+
+def memory_rows(memory: dict) -> list[str]:
+  """The report's memory rows from the summary's `memory_gb`: the peak
+  resident memory of the run and of each stage, the budget and the chunk
+  size it allowed, XLA's analysis of each program."""
+  lines = []
+  if "peak_rss" in memory:
+    lines.append(f"| memory: peak resident | {memory['peak_rss']:.2f} GiB |")
+  for k, v in memory.get("stages", {}).items():
+    lines.append(f"| memory: peak in {md_text(k)} | {v:.2f} GiB |")
+  if "budget" in memory:
+    lines.append(f"| memory: budget | {memory['budget']:.2f} GiB "
+                 f"({md_text(memory['budget_source'])}): chunks of "
+                 f"{memory['chunk_size']} tasks, {memory['need']:.2f} GiB "
+                 "estimated |")
+  for k, v in memory.get("programs", {}).items():
+    lines.append(f"| memory: {md_text(k)} program (XLA, per device) | "
+                 f"{v:.3f} GiB |")
+  return lines
 
 
 def check_num_renderings(num_renderings) -> int:

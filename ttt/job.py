@@ -47,7 +47,12 @@ class RunConfig:
   num_tasks: int = 0  # keep this many tasks after selection (0: all)
   # 'first' (file order, or task_ids' order) or 'shortest' sequences
   select: str = "first"
-  chunk_size: int = 32  # tasks per compiled chunk (sized to device memory)
+  chunk_size: int = 32  # tasks per compiled chunk, at most (see memory_gb)
+  # GiB the run may use (0: 90% of the machine's memory, or the cgroup's
+  # limit, or on GPU/TPU of a device's): chunks shrink below chunk_size
+  # until XLA's memory analysis of the programs fits; a run that cannot
+  # fit one task is refused before any work (ttt.plan.fit_memory)
+  memory_gb: float = 0.0
   # 'run': chunks follow the run's order; 'length': tasks of similar length
   # share a chunk (by their longest TTT row, else prompt), so with
   # fixed_shapes=False each chunk pads to its own length (outputs stay in
@@ -64,6 +69,9 @@ class RunConfig:
       raise ValueError("run.select must be 'first' or 'shortest'")
     if self.chunk_size < 1:
       raise ValueError("run.chunk_size must be >= 1")
+    if not self.memory_gb >= 0 or self.memory_gb == float("inf"):
+      raise ValueError(f"run.memory_gb must be a finite number >= 0 (0: "
+                       f"what the machine has), got {self.memory_gb!r}")
     if self.chunk_order not in ("run", "length"):
       raise ValueError(f"run.chunk_order must be 'run' or 'length', got "
                        f"{self.chunk_order!r}")
@@ -132,7 +140,11 @@ def with_model(job: Job, model_fields: dict) -> Job:
 
 # What determines a run's results (a resumed run must match it); the
 # rest (renderings) may change between a run and its resumption.
-_COSMETIC = {("run", "num_renderings"), ("run", "overwrite")}
+# memory_gb: it sets chunk sizes only, and results do not depend on those
+# (tasks are keyed by their index in the run; a resumed chunk must hold
+# the same tasks, `ttt.workdir.stored_chunk`)
+_COSMETIC = {("run", "num_renderings"), ("run", "overwrite"),
+             ("run", "memory_gb")}
 
 
 def file_digest(path: str) -> str:

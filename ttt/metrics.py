@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import resource
+import sys
 import time
 from typing import Any
 
@@ -108,6 +111,79 @@ def peak_memory_gb() -> float | None:
   stats = jax.devices()[0].memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")
   return None if peak is None else round(peak / 2**30, 2)
+
+
+# --- memory ----------------------------------------------------------------
+
+GB = 2**30
+
+
+def rss_bytes() -> int:
+  """The process's resident memory now (bytes; its peak where the current
+  value is not readable)."""
+  try:
+    with open("/proc/self/statm", encoding="ascii") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+  except (OSError, ValueError, IndexError):
+    return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+  """The process's peak resident memory (bytes) since it started or since
+  the last `reset_peak_rss` that succeeded (Linux: VmHWM)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      found = re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M)
+    if found:
+      return int(found.group(1)) * 1024
+  except OSError:
+    pass
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak if sys.platform == "darwin" else peak * 1024  # (macOS: bytes)
+
+
+def reset_peak_rss() -> bool:
+  """Resets the peak that `peak_rss_bytes` reads to the current resident
+  memory (Linux >= 4.0: `/proc/self/clear_refs`); False where it cannot."""
+  try:
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def device_memory() -> dict[str, int]:
+  """{'in_use', 'peak', 'limit'} bytes of the first local device, where
+  its backend reports them (GPU, TPU); {} on CPU."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  names = dict(in_use="bytes_in_use", peak="peak_bytes_in_use",
+               limit="bytes_limit")
+  return {k: int(stats[v]) for k, v in names.items() if v in stats}
+
+
+class MemoryMeter:
+  """Peak memory per stage: `tick(stage)` after each stage records the
+  process's peak resident memory since the previous tick (and, where the
+  backend reports it, device memory in use), in GiB.
+
+  The peak is the kernel's high-water mark, reset at every tick
+  (`reset_peak_rss`), so each stage gets its own; where it cannot be reset
+  `exact` is False and each stage's figure is the process's peak so far.
+  """
+
+  def __init__(self):
+    self.exact = reset_peak_rss()
+    self.stages: dict[str, float] = {}
+    self.device: dict[str, float] = {}
+
+  def tick(self, stage: str) -> None:
+    peak = peak_rss_bytes() / GB
+    self.stages[stage] = round(max(self.stages.get(stage, 0.0), peak), 3)
+    dev = device_memory()
+    if "in_use" in dev:
+      self.device[stage] = round(dev["in_use"] / GB, 3)
+    reset_peak_rss()
 
 
 class CompileClock:

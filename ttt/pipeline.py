@@ -97,17 +97,20 @@ def make_stages(job: job_lib.Job, plan: plan_lib.Plan, weights, mesh,
 
 
 def run_chunk(stages: Stages, plan: plan_lib.Plan, chunk: list[int]
-              ) -> tuple[list[dict], dict, dict]:
+              ) -> tuple[list[dict], dict, dict, dict]:
   """Runs one chunk of tasks (indices into `plan.tasks`).
 
   Returns:
     (task records in chunk order, timings in seconds per stage, counts:
-    real and computed TTT / prompt tokens and model calls of decoding).
+    real and computed TTT / prompt tokens and model calls of decoding,
+    memory: {stage: peak resident GiB} (`metrics.MemoryMeter`)).
   """
   clock = _Clock()
   cd = stages.adapt.build(plan, chunk)
   clock.tick("data")
   adapters, ttt_metrics = stages.adapt.train(cd)
+  ttt_tokens = stages.adapt.tokens(cd)
+  cd = cd._replace(datasets=None)  # the rows are done with: free them
   clock.tick("ttt")
   queries, slots = plan.chunk_queries(cd.slots)
   logging.info("  decoding %d queries", len(queries))
@@ -115,26 +118,35 @@ def run_chunk(stages: Stages, plan: plan_lib.Plan, chunk: list[int]
   clock.tick("inference")
   attempts, vote_times = stages.selection.select(
       queries, slots, decoded.predictions, adapters)
+  del adapters
   clock.tick("voting")
   records = evaluate.chunk_records(plan, chunk, cd.slots, queries,
                                    decoded.predictions, attempts, ttt_metrics,
                                    stages.decoder.empty_slots)
-  counts = dict(stages.adapt.tokens(cd),
+  counts = dict(ttt_tokens,
                 prompt_real=float(decoded.prompt_tokens[0]),
                 prompt_computed=float(decoded.prompt_tokens[1]),
                 decode_calls=float(decoded.model_calls))
-  return records, dict(clock.times, **vote_times), counts
+  return (records, dict(clock.times, **vote_times), counts,
+          dict(clock.memory.stages))
+
+
+def _max_into(total: dict, part: dict) -> None:
+  for k, v in part.items():
+    total[k] = max(total.get(k, 0.0), v)
 
 
 class _Clock:
-  """Seconds per stage since the last tick."""
+  """Seconds and peak resident memory per stage since the last tick."""
 
   def __init__(self):
     self.t0, self.times = time.perf_counter(), {}
+    self.memory = metrics.MemoryMeter()
 
   def tick(self, stage: str) -> None:
     now = time.perf_counter()
     self.times[stage], self.t0 = now - self.t0, now
+    self.memory.tick(stage)
 
 
 # ------------------------------------------------------------------------------
@@ -216,12 +228,37 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
                  job.adapter.mode)
   timings = dict(model_load=time.perf_counter() - t0, data=0.0, ttt=0.0,
                  inference=0.0, voting=0.0)
-  stages = make_stages(job, plan, weights, mesh, predictor, codec)
+  memory = None
+  if with_model:  # the chunk size the memory budget allows (programs'
+    # analysis at the run's shapes; smaller chunks only when it must)
+    def replan(size):
+      return plan_lib.plan_run(
+          tasks, mesh, run=dataclasses.replace(job.run, chunk_size=size),
+          data_cfg=job.data, views_cfg=job.views, decode=job.decode,
+          trains=job.ttt.enabled, codec_=codec)
+
+    plan, stages, memory = plan_lib.fit_memory(
+        plan, lambda p: make_stages(job, p, weights, mesh, None, codec),
+        replan, plan_lib.memory_budget(job.run.memory_gb), job.data.max_len,
+        job.run.chunk_size, mesh.size)
+    logging.info("memory: budget %.2f GiB (%s), %.2f GiB resident, needs "
+                 "%.2f GiB at %d tasks per chunk (%s); programs per device "
+                 "%s", memory.budget, memory.source, memory.resident,
+                 memory.need, memory.chunk_size, memory.rule,
+                 {k: round(v, 3) for k, v in memory.programs.items()})
+    if memory.chunk_size < job.run.chunk_size:
+      logging.warning("memory: chunks of %d tasks (run.chunk_size=%d does "
+                      "not fit %.2f GiB)", memory.chunk_size,
+                      job.run.chunk_size, memory.budget)
+  else:
+    stages = make_stages(job, plan, weights, mesh, predictor, codec)
 
   # --- the chunks (finished ones resumed) ---------------------------------
   results: list[dict] = []
   counts: dict[str, float] = {}
+  peaks: dict[str, float] = {}  # stage -> peak resident GiB over chunks
   new_chunks = done_tasks = 0
+  setup_peak = metrics.peak_rss_bytes() / metrics.GB  # loading, compiling
   t_loop = time.perf_counter()
   for c, chunk in enumerate(plan.chunks):
     stored = workdir_lib.stored_chunk(wd, c, [tasks[n].id for n in chunk])
@@ -231,6 +268,7 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
         results += stored["records"]
         workdir_lib.add_into(timings, stored.get("timings", {}))
         workdir_lib.add_into(counts, stored.get("padding", {}))
+        _max_into(peaks, stored.get("memory_gb", {}))
       logging.info("chunk %d/%d: already done (resumed)", c + 1,
                    len(plan.chunks))
       continue
@@ -240,9 +278,10 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
       sharding.barrier("pipeline.run")
       return dict(stopped=True, chunks_done=c)
     logging.info("chunk %d/%d: %d tasks", c + 1, len(plan.chunks), len(chunk))
-    records, t, pad = run_chunk(stages, plan, chunk)
+    records, t, pad, mem = run_chunk(stages, plan, chunk)
     workdir_lib.write_chunk(wd, c, dict(records=records, timings=t,
-                                        padding=pad))
+                                        padding=pad, memory_gb=mem))
+    _max_into(peaks, mem)
     new_chunks += 1
     done_tasks += len(chunk)
     results += records
@@ -275,6 +314,14 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
       prompt_tokens=int(counts.get("prompt_real", 0)),
       seconds=round(timings["inference"], 2))
   summary["untrained_model"] = not job.init_from and with_model
+  summary["memory_gb"] = dict(
+      peak_rss=round(max([setup_peak, *peaks.values()]), 3),
+      setup=round(setup_peak, 3), stages=peaks,
+      **({} if memory is None else dict(
+          budget=round(memory.budget, 3), budget_source=memory.source,
+          resident=round(memory.resident, 3), need=round(memory.need, 3),
+          chunk_size=memory.chunk_size, rule=memory.rule,
+          programs={k: round(v, 4) for k, v in memory.programs.items()})))
   if sharding.is_main():
     sub = evaluate.submission(results)
     evaluate.check_submission(sub, plan_lib.expected_entries(

@@ -11,11 +11,13 @@ a method by name.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
+import jax
 from absl import logging
 
-from ttt import arc, codec, data, decoders, errors, sharding, views
+from ttt import arc, codec, data, decoders, errors, metrics, sharding, views
 
 
 def load_tasks(run, codec_: codec.Codec | None = None
@@ -135,6 +137,9 @@ class Plan(NamedTuple):
     chunks: task indices per chunk.
     caps: the capacities.
     per_view: answer slots per view (the decoding method's).
+    longest: (TTT row length, prompt length, task index): the longest
+      chunk shapes of the run, bucketed, and the task that sets them (its
+      longest TTT row, else prompt): what the memory analysis lowers at.
   """
 
   tasks: list[arc.Task]
@@ -143,6 +148,7 @@ class Plan(NamedTuple):
   chunks: list[list[int]]
   caps: Capacities
   per_view: int = 1
+  longest: tuple[int, int, int] = (1, 1, 0)
 
   def chunk_queries(self, slots: list[int]) -> tuple[list, list[int]]:
     """(queries, slot of each) of a chunk's used task slots, slot order."""
@@ -194,8 +200,7 @@ def plan_run(tasks: list[arc.Task], mesh, *, run, data_cfg, views_cfg,
   # each task's longest TTT row (no data built), once for both uses
   bounds = ({n: codec.default(codec_).row_length_bound(t, data_cfg)
              for n, t in enumerate(tasks) if n not in skipped}
-            if trains and (run.fixed_shapes or run.chunk_order == "length")
-            else {})
+            if trains else {})
   order = list(range(len(tasks)))
   if run.chunk_order == "length":  # what a chunk pads to: its longest TTT
     # row (the bulk of the work) or, without TTT, its longest prompt
@@ -216,6 +221,14 @@ def plan_run(tasks: list[arc.Task], mesh, *, run, data_cfg, views_cfg,
     prompt_len = data.bucket_length(
         max([n for q in qs for n in q.lengths] or [1]), run.length_bucket,
         max_len)
+  prompt = {n: max([m for q in queries[n] for m in q.lengths] or [1])
+            for n in range(len(tasks)) if n not in skipped}
+  driver = max(bounds or prompt or {0: 1},
+               key=lambda n: ((bounds or prompt)[n], -n))
+  longest = (data.bucket_length(max(bounds.values(), default=1),
+                                run.length_bucket, max_len),
+             data.bucket_length(max(prompt.values(), default=1),
+                                run.length_bucket, max_len), driver)
   largest = max([len(c) for c in chunks] or [1])
   caps = Capacities(
       chunk=largest, tasks=sharding.padded_count(largest, mesh.size),
@@ -225,4 +238,228 @@ def plan_run(tasks: list[arc.Task], mesh, *, run, data_cfg, views_cfg,
       ttt_len=ttt_len, prompt_len=prompt_len,
       decode_views=max([len(method.views_of(q, per_view)) for q in qs]
                        or [1]))
-  return Plan(tasks, queries, skipped, chunks, caps, per_view)
+  return Plan(tasks, queries, skipped, chunks, caps, per_view, longest)
+
+
+# ------------------------------------------------------------------------------
+# Memory: what the run may use, what each program needs, the chunk size
+# ------------------------------------------------------------------------------
+
+GB = 2**30  # memory figures are in GiB
+MARGIN = 0.9  # of what the machine (or device) has, the default budget
+
+
+def memory_budget(memory_gb: float = 0.0) -> tuple[float, str]:
+  """(GiB the run may use, where the figure comes from).
+
+  `memory_gb` > 0 is the budget as given; 0 takes `MARGIN` of what there
+  is: on CPU the machine's memory (`/proc/meminfo`) or the process's
+  cgroup limit, the smaller; on GPU/TPU the first device's memory
+  (`memory_stats()['bytes_limit']`). On CPU the budget bounds the process's
+  resident memory; on an accelerator each device's memory.
+  """
+  if memory_gb > 0:
+    return float(memory_gb), "run.memory_gb"
+  dev = metrics.device_memory()
+  if "limit" in dev:
+    return MARGIN * dev["limit"] / GB, "device memory"
+  have, source = [], []
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemTotal:"):
+          have.append(int(line.split()[1]) * 1024)
+          source.append("MemTotal")
+  except (OSError, ValueError, IndexError):
+    pass
+  for path in ("/sys/fs/cgroup/memory.max",
+               "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    try:
+      with open(path, encoding="ascii") as f:
+        text = f.read().strip()
+      if text.isdigit() and int(text) < 1 << 60:
+        have.append(int(text))
+        source.append("cgroup limit")
+    except OSError:
+      pass
+  if not have:  # unknown: no budget (every chunk size fits)
+    return float("inf"), "unknown"
+  n = min(range(len(have)), key=have.__getitem__)
+  return MARGIN * have[n] / GB, f"{MARGIN:.0%} of {source[n]}"
+
+
+def program_memory(programs: dict, inputs: dict) -> dict[str, float]:
+  """XLA's memory analysis of each program at its inputs, in GiB.
+
+  Args:
+    programs: {name: jitted program}.
+    inputs: {name: the program's arguments} (a stage's `inputs`); names
+      without inputs are left out.
+
+  Returns:
+    {name: GiB} per device: arguments + outputs - aliased + temporaries
+    (`compile().memory_analysis()`); the lowering is the one the run's
+    calls reuse at the same shapes (nothing is compiled twice).
+  """
+  out = {}
+  for name, args in inputs.items():
+    m = programs[name].lower(*args).compile().memory_analysis()
+    if m is None:  # a backend without the analysis
+      continue
+    out[name] = (m.argument_size_in_bytes + m.output_size_in_bytes
+                 - m.alias_size_in_bytes + m.temp_size_in_bytes) / GB
+  return out
+
+
+def stage_memory(stages, plan: Plan, max_len: int) -> dict[str, float]:
+  """{stage.program: GiB per device} of every model program of `stages`
+  at the plan's longest shapes (`Plan.longest`; the row scorer at rows of
+  `max_len`, the longest it scores); {} without a model."""
+  ttt_len, prompt_len, _ = plan.longest
+  ins = stages.adapt.inputs(plan.caps.ttt_len or ttt_len)
+  if "init" not in ins:  # a test double decodes: nothing to analyse
+    return {}
+  adapters = stages.adapt.programs["init"](*ins["init"])
+  out = {}
+  for stage, progs, args in (
+      ("adapt", stages.adapt.programs, ins),
+      ("decode", stages.decoder.programs,
+       stages.decoder.inputs(adapters, plan.caps.prompt_len or prompt_len)),
+      ("select", stages.selection.programs,
+       stages.selection.inputs(adapters, max_len))):
+    for name, gb in program_memory(progs, args).items():
+      out[f"{stage}.{name}"] = gb
+  return out
+
+
+class Memory(NamedTuple):
+  """The run's memory plan (GiB).
+
+  Attributes:
+    budget: what the run may use (`memory_budget`) and `source`, where
+      that figure comes from.
+    resident: in use before the first chunk (the process's resident memory
+      on CPU; on an accelerator the device's memory in use).
+    programs: {stage.program: GiB per device} (XLA's memory analysis at
+      the chosen capacities).
+    need: `resident` + the largest program over the devices that share
+      the budget (every local device on CPU, one on an accelerator).
+    chunk_size: tasks per chunk chosen (at most `run.chunk_size`).
+    rule: how the chunk size was chosen, in words.
+  """
+
+  budget: float
+  source: str
+  resident: float
+  programs: dict
+  need: float
+  chunk_size: int
+  rule: str
+
+
+def _need(figures: dict, resident: float) -> float:
+  shared = 1 if "limit" in metrics.device_memory() else len(
+      jax.local_devices())
+  return resident + shared * max(figures.values(), default=0.0)
+
+
+def fit_memory(plan: Plan, build, replan, budget: tuple[float, str],
+               max_len: int, chunk_size: int, mesh_size: int):
+  """The largest chunk size (at most `chunk_size`) whose programs fit
+  the budget, and the plan and stages built for it.
+
+  The programs are analysed at the plan's capacities (the lowering the
+  run then reuses); when they do not fit, at chunks of one and two tasks
+  per device, and the need extrapolated linearly in task slots S (padded
+  to the mesh): need(S) = need(S1) + (S - S1) * (need(S2) - need(S1)) /
+  (S2 - S1); the largest chunk predicted to fit is built and analysed
+  again (one task less while it does not fit).
+
+  Args:
+    plan: the run's plan at `chunk_size`.
+    build: `plan -> stages` (`ttt.pipeline.make_stages`).
+    replan: `chunk size -> plan`.
+    budget: (GiB, source) from `memory_budget`.
+    max_len: the context (`data.max_len`).
+    chunk_size: `run.chunk_size`.
+    mesh_size: devices of the task mesh.
+
+  Returns:
+    (plan, stages, `Memory`).
+
+  Raises:
+    ttt.errors.InputError: not even one task per chunk fits: names the
+      task that sets the run's longest shapes and the memory it needs.
+  """
+  gb, source = budget
+  gb = _agreed(gb, largest=False)  # every host decides the same sizes
+  resident = _agreed(_resident())
+  stages = build(plan)
+  figures = stage_memory(stages, plan, max_len)
+  need = _need(figures, resident)
+  if need <= gb or not figures:
+    return plan, stages, Memory(gb, source, resident, figures, need,
+                                plan.caps.chunk, "the configured size fits")
+  def shapes(p):  # what the programs see (`chunk` shapes nothing)
+    return p.caps._replace(chunk=0), p.longest[:2]
+
+  seen = {shapes(plan): (stages, figures)}  # (no shapes analysed twice)
+
+  def analyse(p):
+    if shapes(p) not in seen:
+      st = build(p)
+      seen[shapes(p)] = (st, stage_memory(st, p, max_len))
+    return seen[shapes(p)]
+
+  def need_at(size):
+    p = replan(size)
+    st, figs = analyse(p)
+    return p, st, figs, _need(figs, resident)
+
+  probes = [(size, *need_at(size)) for size in sorted(
+      {min(chunk_size, mesh_size), min(chunk_size, 2 * mesh_size)})]
+  size, p1, _, _, n1 = probes[0]
+  s1 = p1.caps.tasks
+  if n1 > gb:  # fewer tasks than devices: only the queries shrink
+    for fewer in range(size - 1, 0, -1):
+      p, st, figs, n = need_at(fewer)
+      if n <= gb:
+        return p, st, Memory(gb, source, resident, figs, n, fewer,
+                             "fewer tasks than devices (exact analysis)")
+    task = plan.tasks[plan.longest[2]]
+    n = need_at(1)[3]
+    raise errors.InputError(
+        f"memory: not even one task per chunk fits the budget of {gb:.2f} "
+        f"GiB ({source}): task {arc.shown_id(task.id)} (TTT rows of "
+        f"{plan.longest[0]} tokens, prompts of {plan.longest[1]}) needs "
+        f"{n:.2f} GiB ({resident:.2f} GiB resident + its programs on "
+        f"{s1} task slots); give the run more memory (run.memory_gb) or "
+        "shorter rows (data.max_len, data.num_sequences)")
+  s2, n2 = ((probes[-1][1].caps.tasks, probes[-1][4]) if len(probes) > 1
+            else (plan.caps.tasks, need))
+  slope = (n2 - n1) / max(s2 - s1, 1)
+  while (size < chunk_size and n1 + (sharding.padded_count(
+      size + 1, mesh_size) - s1) * slope <= gb):
+    size += 1
+  rule = (f"linear in task slots S from {s1} and {s2}: {n1:.2f} GiB + "
+          f"(S - {s1}) x {slope:.3f} GiB")
+  while True:  # the prediction checked by the analysis at that size
+    p, st, figs, n = need_at(size)
+    if n <= gb or size <= probes[0][0]:
+      return p, st, Memory(gb, source, resident, figs, n, size, rule)
+    size -= 1
+
+
+def _agreed(value: float, largest: bool = True) -> float:
+  """`value` (GiB) as every host sees it: the largest (or smallest) over
+  hosts, to the MiB; alone, as it is."""
+  if jax.process_count() == 1 or not math.isfinite(value):
+    return value
+  mib = math.ceil(value * 1024) if largest else -math.floor(value * 1024)
+  out = sharding.global_max(mib)
+  return (out if largest else -out) / 1024
+
+
+def _resident() -> float:
+  dev = metrics.device_memory()
+  return (dev["in_use"] if "in_use" in dev else metrics.rss_bytes()) / GB

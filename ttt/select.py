@@ -227,6 +227,11 @@ def make_row_scorer(graphdef):
 SCORE_ELEMENTS = 1 << 25
 
 
+def rows_per_call(length: int, mesh) -> int:
+  """Rows of `length` tokens one call of the row scorer takes at most."""
+  return mesh.size * max(1, SCORE_ELEMENTS // (length * length))
+
+
 def score_candidates(scorer, base, mesh, spec: SelectSpec, poe_candidates: int,
                      queries, slots, predictions, adapters) -> list[Scored]:
   """Per query its distinct candidates (the `poe_candidates` most
@@ -263,7 +268,7 @@ def score_candidates(scorer, base, mesh, spec: SelectSpec, poe_candidates: int,
     # 8 row-count buckets per octave: at most 12.5% padding, and few
     # shapes (each compiles once) -- in calls of at most `per_call` rows:
     # the scorer holds every row's [heads, L, L] attention at once
-    per_call = mesh.size * max(1, SCORE_ELEMENTS // (length * length))
+    per_call = rows_per_call(length, mesh)
     step = min(1 << max(len(rows).bit_length() - 4, 0), per_call)
     total = sharding.padded_count(-(-len(rows) // step) * step, mesh.size)
     if total > per_call:
@@ -299,10 +304,14 @@ class Selection(NamedTuple):
       {'voting_<rule>': s, 'rescoring': s (once for all rules that read
       the model's scores)}.
     programs: {name: jitted program}.
+    inputs: `(adapters, length) -> {name: args}`: the row scorer's
+      arguments for its largest call on rows of `length` tokens, padding
+      rows (`ttt.plan`'s memory analysis; {} when no rule rescores).
   """
 
   select: Callable
   programs: dict
+  inputs: Callable = lambda adapters, length: {}
 
 
 def make_selection(cfg: VoteConfig, weights, mesh,
@@ -340,4 +349,12 @@ def make_selection(cfg: VoteConfig, weights, mesh,
       times[f"voting_{m}"] = time.perf_counter() - t0
     return out, times
 
-  return Selection(select_fn, programs)
+  def inputs(adapters, length):
+    if scorer is None:
+      return {}
+    call = rows_per_call(length, mesh)
+    batch = data.stack_rows([], call, length)
+    return {"score": (weights.base, adapters, *sharding.shard_tasks(
+        (np.zeros(call, np.int32), batch), mesh))}
+
+  return Selection(select_fn, programs, inputs)

@@ -125,11 +125,15 @@ class Decoder(NamedTuple):
     empty_slots: a None prediction is an unused answer slot, not a
       malformed decode (enumerating methods).
     programs: {name: jitted program} (compile guards, export).
+    inputs: `(adapters, prompt_len) -> {name: args}`: each program's
+      arguments for a call of padding rows with prompts of `prompt_len`
+      (a call's shapes and shardings: `ttt.plan`'s memory analysis).
   """
 
   decode: Callable[[list, list[int], Any], Decoded]
   empty_slots: bool = False
   programs: dict = {}
+  inputs: Callable = lambda adapters, prompt_len: {}
 
 
 class Method(NamedTuple):
@@ -352,6 +356,13 @@ def prompt_rows(queries: list[views.Query], slots: list[int], views_of,
       real += p.length
   return PromptRows(mine, (slot, prompts, lengths, coords, segs, valid),
                     keys, row_views, (real, spec.rows * num_v * plen))
+
+
+def padding_rows(spec: DecodeSpec, mesh, prompt_len: int) -> PromptRows:
+  """A call's rows with no query (every row padding), prompts of
+  `prompt_len`: the shapes of a real call (`Decoder.inputs`)."""
+  return prompt_rows([], [], lambda q: [],
+                     spec._replace(prompt_len=prompt_len), mesh)
 
 
 def put(rows: PromptRows, extra: tuple, spec: DecodeSpec, mesh):

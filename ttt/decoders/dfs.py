@@ -228,8 +228,13 @@ def _make(cfg: common.DecodeConfig, weights, mesh,
     return common.Decoded(predictions, int(steps[:len(queries)].sum()),
                           rows.prompt_tokens)
 
+  def inputs(adapters, prompt_len):
+    rows = common.padding_rows(spec, mesh, prompt_len)
+    return {"decode": (weights.base, adapters,
+                       *common.put(rows, (), spec, mesh)[0])}
+
   return common.Decoder(decode, empty_slots=True,
-                        programs={"decode": program})
+                        programs={"decode": program}, inputs=inputs)
 
 
 def _validate(cfg: common.DecodeConfig) -> None:

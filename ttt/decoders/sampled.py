@@ -111,8 +111,13 @@ def _make(cfg: common.DecodeConfig, weights, mesh,
                           int((out[:len(queries)] != codec.pad).sum()),
                           rows.prompt_tokens)
 
+  def inputs(adapters, prompt_len):
+    rows = common.padding_rows(spec, mesh, prompt_len)
+    args, keys = common.put(rows, (), spec, mesh)
+    return {"decode": (weights.base, adapters, *args, keys)}
+
   return common.Decoder(decode, empty_slots=False,
-                        programs={"decode": program})
+                        programs={"decode": program}, inputs=inputs)
 
 
 def _greedy_validate(cfg: common.DecodeConfig) -> None:

@@ -211,8 +211,15 @@ def _make(cfg: common.DecodeConfig, weights, mesh,
     return common.Decoded(predictions, int(calls[:len(queries)].sum()),
                           rows.prompt_tokens)
 
+  def inputs(adapters, prompt_len):
+    rows = common.padding_rows(spec, mesh, prompt_len)
+    tmaps = np.zeros((len(rows.rows), spec.views, tokens.VOCAB_SIZE),
+                     np.int32)
+    args, keys = common.put(rows, (tmaps,), spec, mesh)
+    return {"decode": (weights.base, adapters, *args, keys)}
+
   return common.Decoder(decode, empty_slots=True,
-                        programs={"decode": program})
+                        programs={"decode": program}, inputs=inputs)
 
 
 def horizon(cfg: common.DecodeConfig) -> int:
