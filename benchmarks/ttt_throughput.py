@@ -14,17 +14,36 @@ down per layer, plus the output head), attn = 4 * layers * L * d_model,
 MFU = FLOPs/s / the device's dense bf16 peak (H100 SXM/H200: 989.4 TFLOP/s;
 none on CPU unless --peak_tflops is given).
 
-Prints one JSON line: device, tokens_per_s, looped_tokens_per_s,
+Prints one JSON line: device, tokens_per_s (wall), tokens_per_cpu_s (per
+second of process CPU time, all threads: the figure that a machine shared
+with other jobs distorts least), looped_tokens_per_s,
 speedup_vs_looped, tasks_per_s, step_ms, mfu, peak_memory_gb, the workload,
 and `sweep` (one entry per T when --tasks lists several; the top-level
 figures are the last T's). The looped rate is measured on
 min(T, --looped_tasks) tasks (per-task time is constant).
 
-With --peer PATH (the peer script) the peer runs the same workload in the
-same invocation (`--lora-impl peft`, sequential, and `--lora-impl stacked`)
-and its JSON lines are included under `peer`.
+With --peer PATH (the peer script, `../shared/peers/torch_peft_ttt.py`)
+the peer runs exactly this workload (the preset's shape, L, B, S, T, LoRA
+rank/alpha/targets, lr, per-task clip 1.0, fp32 for --dtype float32) on the
+same device kind in the same invocation: PEFT one task after another, eager
+and torch.compile, and the stacked batched LoRA (CPU: all T tasks at once,
+eager and compiled; GPU: 32 at a time, compiled). Its JSON lines are under
+`peer`; `peer_best_tokens_per_s`, `peer_best`, `vs_peer_best` (ours /
+the peer's best configuration) and `meets_target` (vs_peer_best >=
+`target_vs_peer`, 1.3 on CPU) sum them up. The peer's CPU threads are
+torch's default (one per core) unless --peer_threads is given. With
+--peer_clock cpu both sides are timed in process CPU seconds (all threads;
+the peer's timer patched to `time.process_time`): on a machine shared with
+other jobs that distorts the ratio less than wall time does.
+
+--cpu_devices N runs ours on N JAX CPU devices with the task axis sharded
+over them (the launches' layout, `launch/common.py`); 0 is JAX's single
+CPU device (one intra-op thread pool).
 
 CPU default (about a minute): python benchmarks/ttt_throughput.py
+CPU against the peer (the `small` shape, float32, about 5 minutes):
+  python benchmarks/ttt_throughput.py --preset small --dtype float32 \
+      --cpu_devices 2 --peer ../shared/peers/torch_peft_ttt.py
 LLM shapes (random weights; configs/common.LLM_SHAPES), e.g. on a GPU:
   python benchmarks/ttt_throughput.py --preset llama3_1b --tasks 8,32 \
       --seq_len 1024 --batch 2 --steps 8 --rank 32
@@ -35,6 +54,7 @@ GPU (base):  python benchmarks/ttt_throughput.py --preset base \
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -47,6 +67,7 @@ import numpy as np
 from flax import nnx
 
 from configs import common
+from sampling import mesh as mesh_lib
 from ttt import data, inner_loop, lora, metrics
 from ttt import model as model_lib
 
@@ -76,20 +97,28 @@ def synthetic_datasets(n_tasks, rows, seq_len, vocab, loss_frac=0.3, seed=0):
 
 
 def make_config(args):
+  extra = {} if getattr(args, "attention_block", -1) == -1 else dict(
+      attention_block=args.attention_block)
   return ml_collections.ConfigDict(dict(
-      model=common.model_config(args.preset, dtype=args.dtype),
+      model=common.model_config(args.preset, dtype=args.dtype, **extra),
       adapter=dict(mode=args.mode, rank=args.rank, alpha=args.alpha,
                    targets=tuple(args.targets.split(",")), prefix_len=8),
       ttt=dict(steps=args.steps, batch_size=args.batch, lr=1e-4)))
 
 
-def timed(fn, *xs, repeat=2):
+def timed(fn, *xs, repeat=2, cpu=None):
+  """Best wall seconds of `repeat` calls after a warm-up; with a list
+  `cpu`, appends that call's process CPU seconds (all threads)."""
   jax.block_until_ready(fn(*xs))  # compile + warm-up
-  best = float("inf")
+  best, best_cpu = float("inf"), None
   for _ in range(repeat):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn(*xs))
-    best = min(best, time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    if wall < best:
+      best, best_cpu = wall, time.process_time() - c0
+  if cpu is not None:
+    cpu.append(best_cpu)
   return best
 
 
@@ -100,9 +129,19 @@ def run_one(args, cfg, n_tasks, graphdef, base, params):
   adapters = lora.init_adapters(cfg, key, n_tasks, params)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_tasks))
   vmapped = inner_loop.make_inner_loop(cfg, graphdef)
-  t_vmap = timed(vmapped, base, adapters, ds, keys)
+  if jax.device_count() > 1:  # the launches' layout: tasks over devices
+    mesh = mesh_lib.make_mesh()
+    base_in = mesh_lib.replicate(base, mesh)
+    adapters_in, ds_in, keys_in = mesh_lib.shard_tasks((adapters, ds, keys),
+                                                       mesh)
+  else:
+    base_in, adapters_in, ds_in, keys_in = base, adapters, ds, keys
+  cpu = []
+  t_vmap = timed(vmapped, base_in, adapters_in, ds_in, keys_in, cpu=cpu)
   tokens = n_tasks * args.steps * args.batch * args.seq_len
   out = dict(tasks=n_tasks, seconds=round(t_vmap, 4),
+             cpu_seconds=round(cpu[0], 4),
+             tokens_per_cpu_s=round(tokens / cpu[0], 1),
              tokens_per_s=round(tokens / t_vmap, 1),
              tasks_per_s=round(n_tasks / t_vmap, 3),
              step_ms=round(1e3 * t_vmap / args.steps, 2))
@@ -124,19 +163,57 @@ def run_one(args, cfg, n_tasks, graphdef, base, params):
   return out
 
 
-def run_peer(args):
+TARGET_VS_PEER = 1.3  # issue 31: ours >= 1.3x the peer's best, same run
+
+
+def peer_configs(args, n_tasks: int, device: str) -> list[list[str]]:
+  """The peer's configurations: PEFT one task after another (eager and
+  torch.compile) and the stacked batched LoRA over all tasks at once (CPU:
+  eager and compiled; GPU: compiled, 32 at a time)."""
+  seq = ["--tasks", str(n_tasks), "--lora-impl", "peft"]
+  if device == "cpu":
+    stacked = ["--tasks", str(n_tasks), "--lora-impl", "stacked",
+               "--batched-tasks", str(n_tasks)]
+    return [seq, seq + ["--compile"], stacked, stacked + ["--compile"]]
+  return [seq, seq + ["--compile"],
+          ["--tasks", str(max(n_tasks, 64)), "--lora-impl", "stacked",
+           "--batched-tasks", "32", "--compile"]]
+
+
+def peer_command(args, cfg, n_tasks: int, extra: list[str]) -> list[str]:
+  """The peer's command line for exactly this benchmark's workload: the
+  model shape from the preset, the sequences, steps, LoRA and optimizer
+  settings (clip per task), on the same device kind and precision."""
+  m = model_lib.ModelConfig(**cfg.model.to_dict())
+  device = "cpu" if jax.default_backend() == "cpu" else "cuda"
+  precision = "fp32" if args.dtype == "float32" else "autocast"
+  shape = ["--layers", m.num_layers, "--hidden", m.d_model,
+           "--heads", m.num_heads, "--kv-heads", m.kv_heads,
+           "--inter", m.mlp_dim, "--vocab", m.vocab_size,
+           "--seq-len", args.seq_len, "--batch", args.batch,
+           "--steps", args.steps, "--rank", args.rank, "--alpha", args.alpha,
+           "--targets", args.targets, "--lr", cfg.ttt.lr,
+           "--clip-grad", 1.0, "--device", device, "--precision", precision]
+  if args.peer_threads:
+    shape += ["--threads", args.peer_threads]
+  argv = [str(x) for x in shape] + extra
+  if args.peer_clock == "cpu":  # the peer's own timer reads CPU time
+    run = ("import runpy, sys, time; time.perf_counter = time.process_time;"
+           f" sys.argv = [{args.peer!r}] + {argv!r};"
+           f" runpy.run_path({args.peer!r}, run_name='__main__')")
+    return [sys.executable, "-c", run]
+  return [sys.executable, args.peer] + argv
+
+
+def run_peer(args, cfg, n_tasks: int):
+  """Each peer configuration's JSON line (or why it failed)."""
   results = []
-  base = ["--layers", "8", "--hidden", "512", "--heads", "8", "--inter",
-          "1536", "--vocab", "16", "--seq-len", str(args.seq_len),
-          "--batch", str(args.batch), "--steps", str(args.steps),
-          "--rank", str(args.rank), "--alpha", str(args.alpha)]
-  for extra in (["--tasks", "16", "--lora-impl", "peft"],
-                ["--tasks", "16", "--lora-impl", "peft", "--compile"],
-                ["--tasks", "64", "--lora-impl", "stacked",
-                 "--batched-tasks", "32", "--compile"]):
-    cmd = [sys.executable, args.peer] + base + extra
+  device = "cpu" if jax.default_backend() == "cpu" else "cuda"
+  for extra in peer_configs(args, n_tasks, device):
+    cmd = peer_command(args, cfg, n_tasks, extra)
     try:
-      p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+      p = subprocess.run(cmd, capture_output=True, text=True,
+                         timeout=args.peer_timeout)
       line = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
       results.append(dict(args=" ".join(extra), **json.loads(line))
                      if p.returncode == 0 and line else
@@ -145,6 +222,29 @@ def run_peer(args):
     except (subprocess.TimeoutExpired, json.JSONDecodeError) as e:
       results.append(dict(args=" ".join(extra), failed=str(e)[:200]))
   return results
+
+
+def peer_summary(ours: float, peer: list[dict]) -> dict:
+  """The peer's best tokens/s, which configuration it was, and ours / it."""
+  ok = [r for r in peer if "tokens_per_s" in r]
+  if not ok:
+    return dict(peer_best_tokens_per_s=None, vs_peer_best=None)
+  best = max(ok, key=lambda r: r["tokens_per_s"])
+  ratio = ours / best["tokens_per_s"]
+  return dict(peer_best_tokens_per_s=round(best["tokens_per_s"], 1),
+              peer_best=best["args"], vs_peer_best=round(ratio, 3),
+              target_vs_peer=TARGET_VS_PEER,
+              meets_target=bool(ratio >= TARGET_VS_PEER),
+              peer_tokens_per_s={r["args"]: round(r["tokens_per_s"], 1)
+                                 for r in ok})
+
+
+def set_cpu_devices(n: int) -> None:
+  """N JAX CPU devices (before the backend starts; 0: JAX's default)."""
+  flag = "--xla_force_host_platform_device_count"
+  xla = os.environ.get("XLA_FLAGS", "")
+  if n and flag not in xla:
+    os.environ["XLA_FLAGS"] = f"{xla} {flag}={n}".strip()
 
 
 def main():
@@ -164,8 +264,21 @@ def main():
   p.add_argument("--looped_tasks", type=int, default=4,
                  help="tasks timed one after another (0: skip)")
   p.add_argument("--peak_tflops", type=float, default=None)
+  p.add_argument("--attention_block", type=int, default=-1,
+                 help="model.attention_block (-1: the model's auto)")
+  p.add_argument("--cpu_devices", type=int, default=0,
+                 help="JAX CPU devices, tasks sharded over them (the "
+                      "launches' layout: one per core); 0: JAX's one device")
   p.add_argument("--peer", default="", help="path of torch_peft_ttt.py")
+  p.add_argument("--peer_threads", type=int, default=0,
+                 help="torch CPU threads of the peer (0: torch's default)")
+  p.add_argument("--peer_timeout", type=int, default=900)
+  p.add_argument("--peer_clock", default="wall",
+                 help="wall | cpu: the peer's timer reads process CPU time "
+                      "(its tokens_per_s then compares with our "
+                      "tokens_per_cpu_s; vs_peer_best uses that one)")
   args = p.parse_args()
+  set_cpu_devices(args.cpu_devices)
 
   cfg = make_config(args)
   model = model_lib.make_model(cfg.model, cfg.adapter, jax.random.key(0))
@@ -182,9 +295,12 @@ def main():
   last = dict(sweep[-1])
   out = dict(
       device=jax.devices()[0].device_kind, backend=jax.default_backend(),
+      devices=jax.device_count(), cpus=os.cpu_count(),
+      xla_flags=os.environ.get("XLA_FLAGS", ""),
       jax=jax.__version__, python=platform.python_version(),
       **{k: last.get(k) for k in (
-          "tokens_per_s", "looped_tokens_per_s", "speedup_vs_looped",
+          "tokens_per_s", "tokens_per_cpu_s", "cpu_seconds",
+          "looped_tokens_per_s", "speedup_vs_looped",
           "tasks_per_s", "looped_tasks_per_s", "step_ms", "mfu")},
       peak_memory_gb=metrics.peak_memory_gb(),
       workload=dict(preset=args.preset, mode=args.mode, seq_len=args.seq_len,
@@ -195,7 +311,11 @@ def main():
                     flops_per_token=fpt, peak_tflops=peak),
       sweep=sweep)
   if args.peer:
-    out["peer"] = run_peer(args)
+    out["peer"] = run_peer(args, cfg, last["tasks"])
+    out["peer_clock"] = args.peer_clock
+    ours = out["tokens_per_cpu_s" if args.peer_clock == "cpu"
+               else "tokens_per_s"]
+    out.update(peer_summary(ours, out["peer"]))
   print(json.dumps(out))
 
 
