@@ -342,8 +342,9 @@ class Memory(NamedTuple):
       on CPU; on an accelerator the device's memory in use).
     programs: {stage.program: GiB per device} (XLA's memory analysis at
       the chosen capacities).
-    need: `resident` + the largest program over the devices that share
-      the budget (every local device on CPU, one on an accelerator).
+    need: `resident` + `SLACK` x the largest program over the devices
+      that share the budget (every local device on CPU, one on an
+      accelerator).
     chunk_size: tasks per chunk chosen (at most `run.chunk_size`).
     rule: how the chunk size was chosen, in words.
   """
@@ -357,10 +358,16 @@ class Memory(NamedTuple):
   rule: str
 
 
+# what a program holds beyond XLA's analysis (host copies of its inputs
+# and outputs, the allocator's overhead): 8% measured on CPU (ARC-AGI-1
+# tasks near 1024 tokens, benchmarks/RESULTS.md "Memory (issue 32)")
+SLACK = 1.1
+
+
 def _need(figures: dict, resident: float) -> float:
   shared = 1 if "limit" in metrics.device_memory() else len(
       jax.local_devices())
-  return resident + shared * max(figures.values(), default=0.0)
+  return resident + SLACK * shared * max(figures.values(), default=0.0)
 
 
 def fit_memory(plan: Plan, build, replan, budget: tuple[float, str],
@@ -393,9 +400,9 @@ def fit_memory(plan: Plan, build, replan, budget: tuple[float, str],
   """
   gb, source = budget
   gb = _agreed(gb, largest=False)  # every host decides the same sizes
-  resident = _agreed(_resident())
   stages = build(plan)
   figures = stage_memory(stages, plan, max_len)
+  resident = _agreed(_resident())  # the programs compiled and loaded
   need = _need(figures, resident)
   if need <= gb or not figures:
     return plan, stages, Memory(gb, source, resident, figures, need,
