@@ -47,6 +47,7 @@ This module computes logits; training loops live in `ttt.inner_loop` and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -93,6 +94,12 @@ class ModelConfig:
   remat: bool = False  # with scan_layers: recompute each block in the
   #   backward pass (jax.checkpoint), holding one layer's activations
   #   instead of every layer's (long TTT rows on a large base)
+  attention_block: int = -1  # causal attention over a full sequence in
+  #   query blocks of this many positions, each against only the keys up
+  #   to its end (skips the masked upper triangle: at 4 blocks 62% of the
+  #   work); 0: one call over the whole sequence (cuDNN's flash attention
+  #   on GPU); -1 'auto': 0 on GPU/TPU, on CPU `auto_attention_block`
+  #   (decided where the program is lowered)
 
   def validate(self) -> None:
     if self.remat and not self.scan_layers:
@@ -107,6 +114,10 @@ class ModelConfig:
       if not math.isfinite(v) or v <= 0:
         raise ValueError(f"model.{name} must be a finite number > 0, got "
                          f"{v!r}")
+    if self.attention_block < -1:
+      raise ValueError("model.attention_block must be -1 (auto), 0 (one "
+                       f"block) or a block length, got "
+                       f"{self.attention_block!r}")
     if not all(math.isfinite(v) for v in self.rope_scaling):
       raise ValueError("model.rope_scaling must hold finite numbers, got "
                        f"{self.rope_scaling!r}")
@@ -219,9 +230,43 @@ class Linear(nnx.Module):
     if self.use_bias:
       y = y + self.bias[...].astype(self.dtype)
     if self.rank:
-      low = x @ self.lora_a[...].astype(self.dtype)
-      y = y + (low @ self.lora_b[...].astype(self.dtype)) * self.scale
+      y = y + lora_product(x, self.lora_a[...].astype(self.dtype),
+                           self.lora_b[...].astype(self.dtype), self.scale)
     return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def lora_product(x, a, b, scale: float):
+  """(x A) B * scale: x [..., din], A [din, r], B [r, dout] -> [..., dout].
+
+  The values and gradients of the plain expression; the backward pass is
+  written out so that every gradient matmul reads the large operands (x
+  and the output gradient, [rows, din] / [rows, dout]) in their stored
+  layout and transposes only the rank-r ones: autodiff's dA = x^T (g B^T)
+  and dB = (x A)^T g made XLA:CPU copy x and g transposed for every
+  adapted projection (benchmarks/RESULTS.md, "CPU speed (issue 31)").
+  """
+  return ((x @ a) @ b) * scale
+
+
+def _lora_fwd(x, a, b, scale):
+  low = x @ a
+  return (low @ b) * scale, (x, a, b, low)
+
+
+def _lora_bwd(scale, res, g):
+  x, a, b, low = res
+  rows = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
+  gs = rows(g * scale)  # the cotangent of (x A) B, [n, dout]
+  x2, low2 = rows(x), rows(low)
+  db = jnp.einsum("nr,no->ro", low2, gs)  # [r, dout]
+  glow = jnp.einsum("no,ro->nr", gs, b)  # [n, r]
+  da = jnp.einsum("nr,nd->rd", glow, x2).T  # [din, r]
+  dx = jnp.einsum("nr,dr->nd", glow, a).reshape(x.shape)
+  return dx.astype(x.dtype), da.astype(a.dtype), db.astype(b.dtype)
+
+
+lora_product.defvjp(_lora_fwd, _lora_bwd)
 
 
 def rope_angles(config: ModelConfig, positions, coords):
@@ -277,6 +322,53 @@ def apply_rope(x, angles):
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+def auto_attention_block(length: int) -> int:
+  """CPU's query block for causal attention over `length` positions: 4
+  blocks up to 512 positions, blocks of 128 beyond; 0 (one block) under
+  256 positions, where the score matrix is small."""
+  if length < 256:
+    return 0
+  return -(-length // 4) if length <= 512 else 128
+
+
+def causal_attention(q, k, v, kv_valid=None, block: int = 0):
+  """Causal self-attention of q [B, L, H, D] over k, v [B, L, K, D].
+
+  Args:
+    kv_valid: None or bool[B, L], False for keys no query may see.
+    block: queries in blocks of `block` positions, each attending to the
+      keys up to the end of its block only (the masked upper triangle of
+      the score matrix is never computed); 0: one call over everything;
+      -1: `auto_attention_block(L)` where the program runs on CPU, 0 on
+      GPU/TPU (`lax.platform_dependent`: decided when it is lowered).
+
+  Returns:
+    [B, L, H, D]. Every query sees the same keys either way (blocks only
+    leave out the ones its causal mask hides).
+  """
+  length = q.shape[1]
+  if block < 0:  # chosen where the program is lowered (jax.export too)
+    auto = auto_attention_block(length)
+    if not auto or auto >= length:
+      return causal_attention(q, k, v, kv_valid, 0)
+    return jax.lax.platform_dependent(
+        q, k, v, cpu=lambda *a: causal_attention(*a, kv_valid, auto),
+        default=lambda *a: causal_attention(*a, kv_valid, 0))
+  if not block or block >= length:
+    mask = None if kv_valid is None else kv_valid[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+  outs = []
+  for lo in range(0, length, block):
+    hi = min(lo + block, length)
+    mask = (jnp.arange(hi)[None, :] <= jnp.arange(lo, hi)[:, None])[
+        None, None]  # [1, 1, hi - lo, hi]
+    if kv_valid is not None:
+      mask = mask & kv_valid[:, None, None, :hi]
+    outs.append(jax.nn.dot_product_attention(q[:, lo:hi], k[:, :hi],
+                                             v[:, :hi], mask=mask))
+  return jnp.concatenate(outs, axis=1)
+
+
 class Attention(nnx.Module):
   """Causal self-attention with RoPE: H query heads, K key/value heads.
 
@@ -308,6 +400,7 @@ class Attention(nnx.Module):
     self.num_heads = config.num_heads
     self.num_kv_heads = config.kv_heads
     self.head_dim = config.head_dim
+    self.attention_block = config.attention_block
 
   def _qkv(self, x, angles):
     """q [B, L, H, D]; k, v [B, L, K, D] (q and k rotated)."""
@@ -323,8 +416,7 @@ class Attention(nnx.Module):
     """Full causal attention; returns (out [B, L, d], (k, v) [B, L, K, D])."""
     b, length, _ = x.shape
     q, k, v = self._qkv(x, angles)
-    mask = None if kv_valid is None else kv_valid[:, None, None, :]
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+    out = causal_attention(q, k, v, kv_valid, self.attention_block)
     return self.o(out.reshape(b, length, -1)), (k, v)
 
   def step(self, x, angles, cache, index, layer=None):

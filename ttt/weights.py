@@ -82,12 +82,12 @@ def load(init_from: str, model: model_lib.ModelConfig,
           "name a Hugging Face snapshot directory or a .gguf file")
     # the checkpoint's shape wins, a field it does not store is the
     # default (not the config's: e.g. an older file has no num_kv_heads,
-    # and scan_layers is how its weights are laid out); the compute dtype
-    # stays the config's
+    # and scan_layers is how its weights are laid out); how it computes
+    # (the compute dtype, the attention blocks) stays the config's
     stored = ckpt.load_weights_config(init_from)["model"]
     fields = {**dataclasses.asdict(model_lib.ModelConfig()),
               **{k: v for k, v in stored.items() if k in fields},
-              "dtype": model.dtype}
+              "dtype": model.dtype, "attention_block": model.attention_block}
   net = model_lib.make_model(fields, adapter, jax.random.key(seed))
   graphdef, template, base = lora.split(net)
   if init_from:
