@@ -7,7 +7,6 @@ Llama-3-style Jinja chat template written for the test; the model is a tiny
 random Llama snapshot (`pretrained_test._build`).
 """
 
-import collections
 import json
 import os
 
@@ -222,45 +221,32 @@ def _config(snapshot, **decode):
   c = arc_ttt.get_config("marc")
   c.init_from = snapshot
   c.model.dtype = "float32"
-  c.run.update(num_tasks=2, select="shortest", chunk_size=2,
+  c.run.update(task_ids=("66e6c45b", "00576224"), chunk_size=2,
                fixed_shapes=True, length_bucket=64)
   c.adapter.rank = 4
   c.data.update(max_len=1024, num_sequences=4, extra_augmenters=())
   c.ttt.steps = 2
   c.views.update(orders=0, leave_one_out=False, transforms=("transpose",))
-  c.decode.update(method="greedy", max_new_tokens=12, **decode)
+  c.decode.update({**dict(method="greedy", max_new_tokens=12), **decode})
   c.vote.method = "product_of_experts"  # rescoring renders through the codec
   return c
 
 
-def test_the_main_job_runs_in_marcs_format_compiling_once(snapshot,
+def test_the_main_job_runs_in_marcs_format_compiling_once(snapshot, tc,
                                                           tmp_path):
-  from pipeline_test import _run_counting_compiles
-
-  from ttt import pipeline, sharding
-  from ttt import plan as plan_lib
-  from ttt import weights as weights_lib
+  from pipeline_test import _run_counting_compiles, _stage_programs
 
   c = _config(snapshot)
-  job = job_lib.parse(c)
-  cdc = codec.make(job.data, job.init_from)
-  tasks, _ = plan_lib.load_tasks(job.run, cdc)
-  mesh = sharding.make_mesh()
-  plan = plan_lib.plan_run(tasks, mesh, run=job.run, data_cfg=job.data,
-                           views_cfg=job.views, decode=job.decode,
-                           codec_=cdc)
-  weights, _ = weights_lib.load(job.init_from, job.model, job.adapter, 0,
-                                cdc.vocab)
-  names = {k: p.__name__ for k, p in pipeline.make_stages(
-      job, plan, weights, mesh, None, cdc).programs().items()}
+  names = _stage_programs(c)  # the program names (the codec's or not)
   assert {k.split(".")[0] for k in names} == {"adapt", "decode", "select"}
-  # the prompts are MARC's chat: the first view's prompt decodes to it
-  q = plan.queries[0][0]
-  p = views.prompt(q.task, q.test_index, q.views[0], job.data.max_len, cdc)
-  messages, _ = text.marc_messages(views.view_task(q.task, q.test_index,
-                                                   q.views[0]))
-  assert text.open_codec(snapshot).tokenizer.decode(
-      p.tokens[:p.length].tolist(), skip_special_tokens=False) == \
+  # the prompts are MARC's chat: a view's prompt decodes to it
+  task = arc.load_arc(1, "evaluation")[1]
+  view = views.make_views(len(task.train), c.views)[1]  # transpose
+  p = views.prompt(task, 0, view, 1024, codec.make(job_lib.parse(c).data,
+                                                   snapshot))
+  messages, _ = text.marc_messages(views.view_task(task, 0, view))
+  assert tc.tokenizer.decode(p.tokens[:p.length].tolist(),
+                             skip_special_tokens=False) == \
       _expected_render(messages, True)
   s, counts = _run_counting_compiles(c, str(tmp_path))
   assert s["tasks"] == 2 and s["decode"]["model_calls"] > 0
@@ -276,10 +262,11 @@ def test_dfs_without_a_grammar_runs_on_text(snapshot, tmp_path):
 
   c = _config(snapshot, method="dfs", min_prob=0.3, max_candidates=2,
               max_steps=6)
-  c.run.num_tasks = 1
+  c.run.task_ids = ("66e6c45b",)
   c.ttt.enabled = False
+  c.views.transforms = ()
   c.vote.method = "hierarchical"
   s = pipeline.run(c, str(tmp_path))
   assert s["tasks"] == 1 and s["decode"]["model_calls"] > 0
   res = json.loads((tmp_path / "results.json").read_text())
-  assert collections.Counter(len(t["tests"]) for t in res["tasks"])
+  assert [len(t["tests"]) for t in res["tasks"]] == [1]

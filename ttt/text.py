@@ -367,12 +367,13 @@ class TextCodec:
           stop[i] = True
     self.stop = stop
     self.answer_tokens = np.ones(self.vocab_size, bool)
-    self._encode = functools.lru_cache(maxsize=4096)(self._encode_text)
+    # (a row is measured, then encoded: the same text twice in a row)
+    self._encode = functools.lru_cache(maxsize=1024)(self._encode_text)
 
   def _encode_text(self, text: str) -> tuple[np.ndarray, np.ndarray]:
     enc = self.tokenizer.encode(text, add_special_tokens=False)
     return (np.asarray(enc.ids, np.int32),
-            np.asarray(enc.offsets, np.int64).reshape(-1, 2))
+            np.asarray(enc.offsets, np.int32).reshape(-1, 2))
 
   @staticmethod
   def _query_task(task: arc.Task, test_index: int) -> arc.Task:
