@@ -294,7 +294,9 @@ def program_memory(programs: dict, inputs: dict) -> dict[str, float]:
   Args:
     programs: {name: jitted program}.
     inputs: {name: the program's arguments} (a stage's `inputs`); names
-      without inputs are left out.
+      without inputs are left out, and so are programs that are not jitted
+      (a plain Python wrapper, e.g. a test's counting double, cannot be
+      lowered: its memory is not known before it runs).
 
   Returns:
     {name: GiB} per device: arguments + outputs - aliased + temporaries
@@ -303,6 +305,8 @@ def program_memory(programs: dict, inputs: dict) -> dict[str, float]:
   """
   out = {}
   for name, args in inputs.items():
+    if not hasattr(programs[name], "lower"):
+      continue
     m = programs[name].lower(*args).compile().memory_analysis()
     if m is None:  # a backend without the analysis
       continue
