@@ -7,24 +7,16 @@ import os
 import numpy as np
 import pytest
 
-from configs import arc_ttt
 from ttt import errors, metrics, pipeline, sharding
 from ttt import job as job_lib
 from ttt import plan as plan_lib
 
 
 def _config(**run):
-  c = arc_ttt.get_config("tiny")
-  c.init_from = ""
-  c.model.num_layers = 1
-  c.model.dtype = "float32"
-  c.run.num_tasks = 3
-  c.run.chunk_size = 2
-  c.run.update(run)
-  c.ttt.steps = 2
-  c.data.num_sequences = 4
-  c.decode.max_new_tokens = 24
-  c.views.orders = 1
+  """pipeline_test's tiny job, one transform."""
+  from pipeline_test import _config as pipeline_config
+
+  c = pipeline_config(**run)
   c.views.transforms = ("transpose",)
   return c
 
