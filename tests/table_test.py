@@ -46,8 +46,13 @@ def test_committed_task_lists_follow_the_rule():
     assert len(ids) == n == len(set(ids))
     full = {t.id: max(tokens.sequence_length(t, k) for k in range(len(t.test)))
             for t in arc.load_arc(version, "evaluation", errors=[])}
-    rule = sorted(full, key=lambda i: (full[i], i))[:n]
-    assert list(ids) == rule
+    rule = sorted(full, key=lambda i: (full[i], i))
+    assert list(ids) == rule[:n]
+    if version == 1:  # the held-out selection list: ranks 101-200 that fit
+      # the CPU context, disjoint from the reporting list
+      select = table_config.task_ids(1, select=True)
+      assert list(select) == [i for i in rule[100:200] if full[i] <= 1024]
+      assert len(select) == 44 and not set(select) & set(ids)
   cfg = table_config.get_config("cpu")
   assert set(cfg.table.rows) <= set(table.ROWS)
   # the run keeps the list's order, so its chunks go shortest first (and
