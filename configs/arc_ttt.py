@@ -71,10 +71,12 @@ the fields are those of `ttt.job.RunConfig`, `ttt.model.ModelConfig` /
 `AdapterConfig`, `ttt.data.DataConfig`, `ttt.inner_loop.TTTConfig`,
 `ttt.views.ViewConfig`, `ttt.decoders.DecodeConfig`, `ttt.select.VoteConfig`.
 
-Ablation switches (one field each): ttt.enabled, ttt.shared_adapter,
+Ablation switches (one field each): ttt.enabled, ttt.protocol ('per_task'
+| 'shared': one adapter over all the run's tasks | 'joint': one adaptation
+over all tasks with a learned prefix per task, needs a prefix mode),
 data.leave_out ('one' | 'end_to_end'), data.loss ('outputs' | 'query' |
 'marc'), adapter.rank, adapter.mode ('lora' | 'prefix' | 'lora+prefix' |
-'full'), views.*, decode.method ('greedy' | 'sample' | 'dfs' | 'vgb'),
+'full' | 'full+prefix': every weight and a fresh task token), views.*, decode.method ('greedy' | 'sample' | 'dfs' | 'vgb'),
 vote.method ('hierarchical' | 'flat' | 'reference' | 'product_of_experts' |
 'count_poe').
 

@@ -54,6 +54,10 @@ from configs import arc_ttt, common
 ALL_ROWS = ("base", "views", "headline", "vote_flat", "vote_poe",
             "headline_identity", "steps_32", "end_to_end", "shared",
             "prefix", "full_ft", "steps_512")
+# the candidate recipes compared on the selection list (issue 33): the
+# headline, full fine-tuning with and without a task token, the joint
+# protocol with LoRA and with every weight
+SELECT_ROWS = ("headline", "full_ft", "full_token", "joint", "joint_full")
 TASK_FILES = {1: "arc1_evaluation_100.txt", 2: "arc2_evaluation_50.txt"}
 # The held-out selection list (where the default recipe is chosen; never
 # reported in the table): the ARC-AGI-1 evaluation tasks ranked 101-200 by
@@ -104,7 +108,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.job = job
   config.table = ml_collections.ConfigDict(dict(
-      rows=ALL_ROWS if a.version == 1 else ("base", "views", "headline"),
+      rows=(SELECT_ROWS if a.select else ALL_ROWS if a.version == 1
+            else ("base", "views", "headline")),
       bootstrap=2000,  # resamples per interval
       seed=0,
       # vote_flat / vote_poe / headline_identity as selections of the

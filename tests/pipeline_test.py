@@ -311,12 +311,12 @@ def test_ablation_switches_change_what_they_should(tmp_path, caplog):
   per_task = losses(_config(num_tasks=2), "per_task")
   assert per_task[0]["final_loss"] != per_task[1]["final_loss"]
   c = _config(num_tasks=2)
-  c.ttt.shared_adapter = True
+  c.ttt.protocol = "shared"
   shared = losses(c, "shared")
-  # one adapter for the chunk: one loss, reported for both tasks
+  # one adapter for the run: one loss, reported for both tasks
   assert shared[0]["final_loss"] == shared[1]["final_loss"]
   assert [t["rows"] for t in shared] == [t["rows"] for t in per_task]
-  # its progress counts the shared adapter's steps (steps x slots) to the end
+  # its progress counts the shared adapter's steps (steps x tasks) to the end
   marks = [tuple(map(int, m)) for m in
            re.findall(r"TTT step (\d+)/(\d+)", caplog.text)]
   assert marks and marks[-1][0] == marks[-1][1] > c.ttt.steps

@@ -1,11 +1,13 @@
 """The TTT stage: per-chunk data, adapters created on the mesh, training.
 
 `make_adapt(...)` captures the ttt, adapter, model and data groups and the
-run's capacities, builds the jitted programs once (adapter init; the
-vmapped inner loop of `ttt.inner_loop`, or its one-adapter form for
-`ttt.shared_adapter`) and returns an `Adapt` whose per-chunk calls take
-data only:
+run's capacities and builds the stage of the run's protocol
+(`PROTOCOLS[ttt.protocol]`, one face): `per_task` here -- the jitted
+programs built once (adapter init; the vmapped inner loop of
+`ttt.inner_loop`) -- or the run-wide `shared` / `joint` of `ttt.protocols`.
+It returns an `Adapt` whose per-chunk calls take data only:
 
+    seconds = adapt.prepare(plan, directory)  # run-wide protocols: adapt
     chunk = adapt.build(plan, task_indices)  # ChunkData: rows, keys, slots
     adapters, metrics = adapt.train(chunk)   # adapters [T] on the mesh
 
@@ -19,7 +21,6 @@ owns (a log line about 8 times per chunk, with an ETA).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -31,9 +32,9 @@ import numpy as np
 from absl import logging
 
 from ttt import codec as codec_lib
-from ttt import data, inner_loop, lora, sharding
+from ttt import data, inner_loop, lora, protocols, sharding
 
-_PAD_INDEX = 2**31 - 1  # padding slot s gets task index _PAD_INDEX - s
+PAD_INDEX = 2**31 - 1  # padding slot s gets task index PAD_INDEX - s
 
 
 class ChunkData(NamedTuple):
@@ -44,8 +45,8 @@ class ChunkData(NamedTuple):
     task_index: int32[T] task index per slot (padding slots: indices past
       every real task), host array.
     keys: key[T] data/step keys `fold_in(key(seed), task index)`.
-    datasets: `TTTDataset` [T, N, L], task-sharded on the mesh (with a
-      shared adapter: a host array); None when nothing trains.
+    datasets: `TTTDataset` [T, N, L], task-sharded on the mesh; None when
+      nothing trains here (TTT off, or a run-wide protocol).
     rows: int32[T] valid rows per slot.
     row_tokens: mean real tokens of a training row, summed over the used
       slots (all hosts); with `length`, the padded share of TTT compute.
@@ -70,12 +71,15 @@ class Adapt(NamedTuple):
       metrics per used slot: final_loss, nonfinite, rows (lists).
     tokens: `ChunkData -> {'ttt_real', 'ttt_computed'}` TTT tokens of
       the chunk (the padded share).
-    steps: optimizer steps of a chunk (steps x slots when shared).
+    steps: optimizer steps per task (`ttt.steps`).
     programs: {name: jitted program}.
     inputs: `length -> {name: args}`: the arguments of each program for a
       chunk of padding slots with rows of `length` (the shapes and
       shardings of a chunk's call: `ttt.plan` lowers the programs on them
       for their memory analysis).
+    prepare: `(plan, directory) -> seconds`, called once before the
+      chunks: a run-wide protocol adapts there (resumable in `directory`);
+      per task it does nothing.
   """
 
   build: Callable
@@ -84,6 +88,7 @@ class Adapt(NamedTuple):
   steps: int
   programs: dict
   inputs: Callable = lambda length: {}
+  prepare: Callable = lambda plan, directory, stop_after=0: 0.0
 
 
 class _Progress:
@@ -110,10 +115,16 @@ class _Progress:
                  now - self.t0, "" if eta != eta else f", ETA {eta:.0f}s")
 
 
-def make_adapt(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
-               seed: int, length_bucket: int, weights, mesh,
-               caps, codec_=None) -> Adapt:
-  """Builds the TTT stage.
+def make_adapt(**kwargs) -> Adapt:
+  """Builds the TTT stage of `kwargs['ttt'].protocol` (the arguments of
+  `make_per_task`)."""
+  return PROTOCOLS[kwargs["ttt"].protocol](**kwargs)
+
+
+def make_per_task(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
+                  seed: int, length_bucket: int, weights, mesh,
+                  caps, codec_=None) -> Adapt:
+  """Builds the TTT stage of the `per_task` protocol.
 
   Args:
     ttt, adapter, model, data_cfg: the ttt, adapter, model and data
@@ -128,8 +139,7 @@ def make_adapt(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
     codec_: the run's `ttt.codec.Codec` (its rows; default the cells').
   """
   codec_ = codec_lib.default(codec_)
-  shared = ttt.shared_adapter
-  steps = ttt.steps * (caps.tasks if shared else 1)
+  steps = ttt.steps
   trains = weights is not None and ttt.enabled
   progress = _Progress()
   programs: dict = {}
@@ -139,14 +149,13 @@ def make_adapt(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
         lora.make_init(groups, jax.random.fold_in(jax.random.key(seed), 1)),
         out_shardings=sharding.task_sharding(mesh))
   if trains:
-    groups = SimpleNamespace(model=model, adapter=adapter,
-                             ttt=dataclasses.replace(ttt, steps=steps))
+    groups = SimpleNamespace(model=model, adapter=adapter, ttt=ttt)
     programs["train"] = inner_loop.make_inner_loop(
         groups, weights.graphdef, progress=progress)
 
   def build(plan, chunk: list[int]) -> ChunkData:
     slots = [n for n in chunk if n not in plan.too_long]
-    index = np.array(slots + [_PAD_INDEX - s
+    index = np.array(slots + [PAD_INDEX - s
                               for s in range(len(slots), caps.tasks)],
                      np.int32)
     key = jax.random.key(seed)
@@ -154,8 +163,7 @@ def make_adapt(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
     if not trains:
       return ChunkData(slots, index, keys, None,
                        np.zeros(caps.tasks, np.int32))
-    mine = (range(caps.tasks) if shared  # then every host builds every row
-            else sharding.local_rows(caps.tasks, mesh))
+    mine = sharding.local_rows(caps.tasks, mesh)
     local = data.stack([
         codec_.build_rows(plan.tasks[slots[r]], data_cfg, keys[r])
         if r < len(slots) else
@@ -172,8 +180,6 @@ def make_adapt(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
     used = [i for i, r in enumerate(mine) if r < len(slots)]
     row_tokens = float(sum(real[i][local.valid[i]].mean() for i in used
                            if local.valid[i].any()))
-    if shared:
-      return ChunkData(slots, index, keys, local, rows, row_tokens, length)
     return ChunkData(slots, index, keys,
                      sharding.put_rows(local, caps.tasks, mesh),
                      sharding.gather(sharding.put_rows(rows, caps.tasks,
@@ -186,27 +192,13 @@ def make_adapt(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
                      rows=[0] * n)
     if weights is None:  # a test double decodes: no model, no adapters
       return None, untrained
-    params = weights.template if adapter.mode == "full" else None
+    params = weights.template if adapter.tunes_all else None
     adapters = programs["init"](params, sharding.shard_tasks(cd.task_index,
                                                              mesh))
     if cd.datasets is None:
       return adapters, untrained
-    logging.info("  TTT: %d tasks x %d steps%s", n, ttt.steps,
-                 f" (one shared adapter: {steps} steps)" if shared else "")
+    logging.info("  TTT: %d tasks x %d steps", n, ttt.steps)
     progress.start(steps)
-    if shared:
-      one = jax.tree.map(lambda a: a[:1], sharding.gather(adapters))
-      rows = jax.tree.map(lambda x: x.reshape((1, -1) + x.shape[2:]),
-                          cd.datasets)
-      out, m = sharding.gather(programs["train"](weights.base, one, rows,
-                                                 cd.keys[:1]))
-      adapters = sharding.shard_tasks(
-          jax.tree.map(lambda o: np.repeat(o, len(cd.task_index), 0), out),
-          mesh)
-      jax.block_until_ready(adapters)
-      return adapters, dict(final_loss=[float(m["final_loss"][0])] * n,
-                            nonfinite=[bool(m["nonfinite"][0])] * n,
-                            rows=[int(x) for x in cd.rows[:n]])
     adapters, m = programs["train"](weights.base, adapters, cd.datasets,
                                     sharding.shard_tasks(cd.keys, mesh))
     m = sharding.gather(dict(final_loss=m["final_loss"],
@@ -227,25 +219,26 @@ def make_adapt(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
   def inputs(length: int) -> dict:
     if weights is None:
       return {}
-    params = weights.template if adapter.mode == "full" else None
+    params = weights.template if adapter.tunes_all else None
     index = np.arange(caps.tasks, dtype=np.int32)
     out = {"init": (params, sharding.shard_tasks(index, mesh))}
     if trains:
       adapters = programs["init"](*out["init"])
       blank = data.blank(data_cfg.num_sequences, length)
       keys = jax.vmap(jax.random.key)(jnp.asarray(index))
-      if shared:
-        rows = jax.tree.map(lambda x: np.repeat(x[None], caps.tasks, 0)
-                            .reshape((1, -1) + x.shape[1:]), blank)
-        out["train"] = (weights.base,
-                        jax.tree.map(lambda a: a[:1],
-                                     sharding.gather(adapters)),
-                        rows, keys[:1])
-      else:
-        mine = sharding.local_rows(caps.tasks, mesh)
-        out["train"] = (weights.base, adapters, sharding.put_rows(
-            data.stack([blank] * len(mine)), caps.tasks, mesh),
-                        sharding.shard_tasks(keys, mesh))
+      mine = sharding.local_rows(caps.tasks, mesh)
+      out["train"] = (weights.base, adapters, sharding.put_rows(
+          data.stack([blank] * len(mine)), caps.tasks, mesh),
+                      sharding.shard_tasks(keys, mesh))
     return out
 
   return Adapt(build, train, token_counts, steps, programs, inputs)
+
+
+# ttt.protocol -> the stage's factory (one face: `Adapt`)
+PROTOCOLS: dict[str, Callable[..., Adapt]] = {
+    "per_task": make_per_task,
+    "shared": protocols.make_run_wide,
+    "joint": protocols.make_run_wide,
+}
+

@@ -35,6 +35,8 @@ import optax
 from ttt import configlib, lora, optim
 from ttt import model as model_lib
 
+PROTOCOLS = ("per_task", "shared", "joint")  # `ttt.adapt.PROTOCOLS` builds
+
 
 @dataclasses.dataclass(frozen=True)
 class TTTConfig:
@@ -50,13 +52,25 @@ class TTTConfig:
   clip_norm: float = 1.0  # per-task global gradient-norm clip (0: off)
   # The main job's switches (the inner loop itself ignores them):
   enabled: bool = True  # False: no TTT (the base model's predictions)
-  shared_adapter: bool = False  # one adapter per chunk, steps x tasks
+  # 'per_task' (a fresh adapter per task, MARC), 'shared' (one adapter over
+  # all the run's tasks, steps x tasks) or 'joint' (one run over all tasks'
+  # rows with a learned prefix per task: a prefix adapter mode)
+  protocol: str = "per_task"
+  # rows per optimizer step of a run-wide adaptation (0: batch_size); its
+  # steps are scaled so it sees steps x tasks x batch_size rows in all
+  run_wide_batch: int = 0
 
   def validate(self) -> None:
     import math  # (local: this method is the only code that needs it)
 
     if self.steps < 1 or self.batch_size < 1:
       raise ValueError("ttt.steps and ttt.batch_size must be >= 1")
+    if self.run_wide_batch < 0:
+      raise ValueError(f"ttt.run_wide_batch must be >= 0, got "
+                       f"{self.run_wide_batch!r}")
+    if self.protocol not in PROTOCOLS:
+      raise ValueError(f"ttt.protocol must be one of {PROTOCOLS}, got "
+                       f"{self.protocol!r}")
     if not 0 <= self.warmup_frac < 1:  # NaN fails too
       raise ValueError("ttt.warmup_frac must be in [0, 1), got "
                        f"{self.warmup_frac!r}")
@@ -216,3 +230,82 @@ def make_inner_loop(config: Any, graphdef=None, *,
   if max_traces is not None:
     train_task = chex.assert_max_traces(train_task, n=max_traces)
   return jax.jit(jax.vmap(train_task, in_axes=(None, 0, 0, 0)))
+
+
+def task_leaf(path) -> bool:
+  """A leaf of the per-task part under the joint protocol: the learned
+  prefix (the task embedding); every other adapted variable is shared."""
+  return jax.tree_util.keystr(path).startswith("['prefix']")
+
+
+def pick_task(state, task, per_task=task_leaf):
+  """One task's adapter from a run-wide state (per-task leaves [E, ...]
+  indexed by `task`, shared leaves as they are)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: x[task] if per_task(p) else x, state)
+
+
+def make_run_wide_segment(config: Any, graphdef, *, total_steps: int,
+                          segment: int, per_task: Callable | None = None):
+  """ONE adaptation over the rows of all the run's tasks, `segment` steps a
+  call (the run-wide protocols: `shared`, `joint`).
+
+  Args:
+    config: has `.model`, `.adapter` and `.ttt` groups (ttt.steps is the
+      per-task budget; the schedule runs over `total_steps`).
+    graphdef: the model's graphdef from `lora.split`.
+    total_steps: optimizer steps of the whole adaptation (warm-up and
+      cosine decay over these).
+    segment: steps per call (a killed run resumes after the last call).
+    per_task: `path -> bool`, the leaves held per task ([E, ...], E task
+      embeddings, indexed by each row's task); None: everything shared.
+
+  Returns:
+    `segment_fn(base, state, opt_state, ok, batches, start) -> (state,
+    opt_state, ok, metrics)` jitted: `batches` a `TTTDataset` with leaves
+    [segment, B, L] (the rows of steps start .. start+segment-1, drawn on
+    the host with `draw_rows` over all valid rows) plus `task` int32[
+    segment, B]; metrics `loss` float32[segment], `final_loss` (the state
+    after the call on its last step's rows). A non-finite step freezes the
+    state from there on (`ok` False); steps >= total_steps are not taken.
+    And `init_opt(state)`, the optimizer's initial state.
+  """
+  cfg = dataclasses.replace(configlib.from_config(TTTConfig, config.ttt),
+                            steps=total_steps)
+  optimizer = make_optimizer(cfg)
+  per_task = per_task or (lambda p: False)
+
+  def loss_of(state, base, batch, task):
+    def one(t, row):  # one row under its task's adapter
+      model = lora.merge(graphdef, pick_task(state, t, per_task), base)
+      ll, w = model_lib.target_logprobs(
+          model, jax.tree.map(lambda x: x[None], row))
+      return (ll * w).sum(), w.sum()
+
+    total, count = jax.vmap(one)(task, batch)
+    return -total.sum() / jnp.maximum(count.sum(), 1.0)
+
+  def segment_fn(base, state, opt_state, ok, batches, start):
+    rows, tasks = batches
+
+    def step(carry, xs):
+      state, opt_state, ok = carry
+      batch, task, s = xs
+      loss, grads = jax.value_and_grad(loss_of)(state, base, batch, task)
+      updates, new_opt = optimizer.update(grads, opt_state, state)
+      new = optax.apply_updates(state, updates)
+      ok = ok & jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+      take = ok & (s < total_steps)
+      keep = lambda n, o: jnp.where(take, n, o)  # noqa: E731
+      return ((jax.tree.map(keep, new, state),
+               jax.tree.map(keep, new_opt, opt_state), ok), loss)
+
+    steps = start + jnp.arange(segment)
+    (state, opt_state, ok), losses = jax.lax.scan(
+        step, (state, opt_state, ok), (rows, tasks, steps))
+    last = jax.tree.map(lambda x: x[-1], (rows, tasks))
+    final = loss_of(state, base, *last)
+    return state, opt_state, ok & jnp.isfinite(final), dict(
+        loss=losses, final_loss=final)
+
+  return jax.jit(segment_fn, donate_argnums=(1, 2)), jax.jit(optimizer.init)

@@ -25,6 +25,7 @@ from ttt import (
   decoders,
   evaluate,
   inner_loop,
+  protocols,
   select,
   views,
   weights,
@@ -128,6 +129,7 @@ def parse(config) -> Job:
   select.check(job.vote)
   codec.check(job.data, decoders.method(job.decode).needs_grammar,
               job.decode.method)  # data.codec, its style, the method
+  protocols.check(job.ttt, job.adapter)  # joint needs a task embedding
   return job
 
 
@@ -162,6 +164,15 @@ def file_digest(path: str) -> str:
   return "sha256:" + h.hexdigest()
 
 
+# Fields added after workdirs existed, left out of the fingerprint at the
+# value that reproduces the runs made before them (so those resume); any
+# other value is fingerprinted. `ttt.workdir.open_workdir` drops them from
+# a stored fingerprint likewise (`ttt.shared_adapter`, gone since
+# `ttt.protocol`: False was per_task).
+NEUTRAL = {"ttt.protocol": "per_task", "ttt.shared_adapter": False,
+           "ttt.run_wide_batch": 0}
+
+
 def fingerprint(job: Job) -> dict:
   """The fields of `job` that determine the results, flattened.
 
@@ -175,8 +186,10 @@ def fingerprint(job: Job) -> dict:
   for group, value in job._asdict().items():
     if dataclasses.is_dataclass(value):
       for k, v in dataclasses.asdict(value).items():
-        if (group, k) not in _COSMETIC:
-          out[f"{group}.{k}"] = list(v) if isinstance(v, tuple) else v
+        name = f"{group}.{k}"
+        if (group, k) not in _COSMETIC and not (
+            name in NEUTRAL and NEUTRAL[name] == v):
+          out[name] = list(v) if isinstance(v, tuple) else v
   for k in ("challenges", "solutions"):
     out[f"run.{k}"] = file_digest(getattr(job.run, k))
   return out
@@ -188,8 +201,8 @@ def describe(job: Job, model_calls: int, untrained: bool,
   it escaped, the challenges file by its name; `base`: what the base model
   is, e.g. a pretrained LM's token mapping)."""
   rc = job.run
-  ttt_text = (f"TTT on ({job.ttt.steps} steps)" if job.ttt.enabled
-              else "TTT off")
+  ttt_text = (f"TTT on ({job.ttt.steps} steps per task, protocol "
+              f"{job.ttt.protocol})" if job.ttt.enabled else "TTT off")
   data_text = (evaluate.md_code(os.path.basename(rc.challenges))
                if rc.challenges else f"ARC-AGI-{rc.version} {rc.split}")
   text = (f"Model: {evaluate.md_code(job.init_from or 'UNTRAINED')}; "
@@ -197,6 +210,13 @@ def describe(job: Job, model_calls: int, untrained: bool,
           f"{decoders.method(job.decode).describe(job.decode)} "
           f"({model_calls} model calls); vote {job.vote.method}; data "
           f"{data_text}.")
+  if job.ttt.enabled and job.ttt.protocol != "per_task":
+    text += (f" **Protocol {job.ttt.protocol}: one adaptation over the "
+             "demonstrations of all the run's test tasks at once** (never "
+             "their test outputs)"
+             + ("; each task decoded with its own learned prefix."
+                if protocols.needs_task_embedding(job.ttt.protocol)
+                else "; every task decoded with the one adapter."))
   if base:  # what the base is (a pretrained LM's token mapping)
     text += f" Base: {evaluate.md_text(base)}."
   if untrained:

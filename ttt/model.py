@@ -152,20 +152,25 @@ class ModelConfig:
     return self.num_kv_heads or self.num_heads
 
 
+ADAPTER_MODES = ("lora", "prefix", "lora+prefix", "full", "full+prefix")
+
+
 @dataclasses.dataclass(frozen=True)
 class AdapterConfig:
   """What is adapted per task (fields mirror `config.adapter`)."""
 
-  mode: str = "lora"  # 'lora', 'prefix', 'lora+prefix' or 'full'
+  # 'lora', 'prefix', 'lora+prefix', 'full' (every weight) or 'full+prefix'
+  # (every weight and a fresh learned prefix: VARC's task token)
+  mode: str = "lora"
   rank: int = 16  # LoRA rank r
   alpha: float = 32.0  # LoRA alpha; the update is (alpha / r) x A B
   targets: tuple[str, ...] = LORA_TARGETS  # projections that get LoRA
   prefix_len: int = 8  # learned prefix vectors (prefix modes)
 
   def validate(self) -> None:
-    if self.mode not in ("lora", "prefix", "lora+prefix", "full"):
-      raise ValueError(f"adapter mode must be 'lora', 'prefix', "
-                       f"'lora+prefix' or 'full', got {self.mode!r}")
+    if self.mode not in ADAPTER_MODES:
+      raise ValueError(f"adapter mode must be one of {ADAPTER_MODES}, got "
+                       f"{self.mode!r}")
     bad = set(self.targets) - set(LORA_TARGETS)
     if bad:
       raise ValueError(f"unknown LoRA targets {sorted(bad)}; known: "
@@ -177,6 +182,12 @@ class AdapterConfig:
                        f"{self.alpha!r}")
     if "prefix" in self.mode and self.prefix_len < 1:
       raise ValueError("prefix_len must be >= 1 in a prefix mode")
+
+  @property
+  def tunes_all(self) -> bool:
+    """Every weight is adapted ('full', 'full+prefix'): each task starts
+    from a copy of the base weights."""
+    return self.mode.startswith("full")
 
   @property
   def lora_rank(self) -> int:

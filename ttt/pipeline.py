@@ -183,7 +183,8 @@ def run(config, workdir: str, predictor: Callable | None = None,
       workdir, job_lib.fingerprint(job), job.run.overwrite,
       config.to_json_best_effort(indent=2)
       if hasattr(config, "to_json_best_effort")
-      else json.dumps(job._asdict(), default=str, indent=2))
+      else json.dumps(job._asdict(), default=str, indent=2),
+      job_lib.NEUTRAL)
   try:
     return _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start)
   finally:
@@ -222,10 +223,14 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
     job = job._replace(model=model_cfg)  # the checkpoint's shape wins
     weights = weights_lib.place(weights, mesh,
                                 weights_lib.compute_dtype(model_cfg))
-    logging.info("model: %s, %d base parameters, adapter %s",
-                 job.init_from or "UNTRAINED",
+    per_task = weights_lib.count_adapter(weights)
+    logging.info("model: %s, %d base parameters, adapter %s: %d parameters "
+                 "per task (%.1f MB per task in training: weights, "
+                 "gradients and AdamW's two moments in float32), protocol "
+                 "%s", job.init_from or "UNTRAINED",
                  weights_lib.count_base(weights, job.adapter),
-                 job.adapter.mode)
+                 job.adapter.mode, per_task, per_task * 16 / 1e6,
+                 job.ttt.protocol)
   timings = dict(model_load=time.perf_counter() - t0, data=0.0, ttt=0.0,
                  inference=0.0, voting=0.0)
   memory = None
@@ -252,6 +257,10 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
                       job.run.chunk_size, memory.budget)
   else:
     stages = make_stages(job, plan, weights, mesh, predictor, codec)
+
+  # --- a run-wide protocol's adaptation (resumable; per_task: nothing) ----
+  if with_model:
+    timings["ttt"] += stages.adapt.prepare(plan, wd.file("protocol"))
 
   # --- the chunks (finished ones resumed) ---------------------------------
   results: list[dict] = []
@@ -314,6 +323,14 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
       prompt_tokens=int(counts.get("prompt_real", 0)),
       seconds=round(timings["inference"], 2))
   summary["untrained_model"] = not job.init_from and with_model
+  summary["ttt"] = dict(
+      enabled=job.ttt.enabled, protocol=job.ttt.protocol,
+      steps_per_task=job.ttt.steps, adapter_mode=job.adapter.mode,
+      **({} if weights is None else dict(
+          adapter_params_per_task=weights_lib.count_adapter(weights),
+          # weights, gradients and AdamW's two moments, float32
+          adapter_train_mb_per_task=round(
+              weights_lib.count_adapter(weights) * 16 / 1e6, 2))))
   summary["memory_gb"] = dict(
       peak_rss=round(max([setup_peak, *peaks.values()]), 3),
       setup=round(setup_peak, 3), stages=peaks,

@@ -91,8 +91,10 @@ def load(init_from: str, model: model_lib.ModelConfig,
   net = model_lib.make_model(fields, adapter, jax.random.key(seed))
   graphdef, template, base = lora.split(net)
   if init_from:
-    if adapter.mode == "full":
-      template = ckpt.load_weights(init_from, template)
+    if adapter.tunes_all:  # (a checkpoint holds no task prefix: it stays
+      # fresh)
+      prefix, rest = lora.split_prefix(template)
+      template = lora.merge_prefix(prefix, ckpt.load_weights(init_from, rest))
     else:
       base = ckpt.load_weights(init_from, base)
   else:
@@ -112,8 +114,13 @@ def _load_pretrained(path: str, fields: dict, adapter, seed: int,
   key = jax.random.key(seed)
   graphdef, template, base = lora.split(nnx.eval_shape(
       lambda: model_lib.make_model(config, adapter, key)))
-  if adapter.mode == "full":
-    template = pretrained.load_base(path, template, vocab)
+  if adapter.tunes_all:  # the fresh prefix of 'full+prefix' is not read
+    prefix, rest = lora.split_prefix(template)
+    if adapter.num_prefix:
+      prefix = jax.jit(lambda: lora.split_prefix(lora.split(
+          model_lib.make_model(config, adapter, key))[1])[0])()
+    template = lora.merge_prefix(prefix,
+                                 pretrained.load_base(path, rest, vocab))
   else:  # fresh adapters (jit drops the base's random init)
     template = jax.jit(lambda: lora.split(model_lib.make_model(
         config, adapter, key))[1])()
@@ -181,5 +188,11 @@ def compute_dtype(config: model_lib.ModelConfig):
 
 def count_base(weights: Weights, adapter: model_lib.AdapterConfig) -> int:
   """Parameters of the base model (all of them in 'full' mode)."""
-  return model_lib.count_params(weights.template if adapter.mode == "full"
+  return model_lib.count_params(weights.template if adapter.tunes_all
                                 else weights.base)
+
+
+def count_adapter(weights: Weights) -> int:
+  """Parameters adapted per task (one task's adapter: the LoRA / prefix
+  factors, or every weight in the full modes)."""
+  return model_lib.count_params(weights.template)

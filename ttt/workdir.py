@@ -84,7 +84,7 @@ def read_json(path: str, what: str):
 
 
 def open_workdir(path: str, fingerprint: dict, overwrite: bool,
-                 config_json: str) -> Workdir:
+                 config_json: str, neutral: dict | None = None) -> Workdir:
   """Locks `path` (created if needed) and checks it can resume.
 
   Args:
@@ -93,6 +93,8 @@ def open_workdir(path: str, fingerprint: dict, overwrite: bool,
     overwrite: discard finished chunks made under another fingerprint
       instead of refusing.
     config_json: the config as given, written to `config.json`.
+    neutral: {field: value} left out of a stored fingerprint at that value
+      (`ttt.job.NEUTRAL`: fields added or removed since it was written).
 
   Raises:
     WorkdirError: another run holds the workdir, or it holds chunks of
@@ -116,6 +118,8 @@ def open_workdir(path: str, fingerprint: dict, overwrite: bool,
         before = {"unreadable": str(e)}
       if not isinstance(before, dict):
         before = {"unreadable": repr(before)[:80]}
+      before = {k: v for k, v in before.items()
+                if k not in (neutral or {}) or neutral[k] != v}
       changed = sorted(k for k in set(before) | set(now)
                        if before.get(k) != now.get(k))
     if bool(sharding.broadcast(np.int32(bool(changed)))):
