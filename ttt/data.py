@@ -6,6 +6,9 @@ those by sampled group elements (`ttt.augment`), encodes them (the codec's
 row encoder: `ttt.tokens`' cells by default, `ttt.text` for MARC's text),
 drops duplicates and sequences longer than `max_len`, and returns fixed-shape
 arrays `[N, L]` ready to be stacked over tasks for the compiled inner loop.
+`pack(ds)` (switch `data.pack`) puts several of a task's short rows in one
+sequence of the same L (`segments` ids; the model attends within a row
+only), so a step computes fewer padding tokens for the same loss.
 
 This module builds data; it does not train (`ttt.inner_loop`) or pick views
 for inference (`ttt.decoders`).
