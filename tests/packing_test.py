@@ -159,21 +159,37 @@ def test_rows_that_do_not_pack_are_kept_as_they_are():
 
 
 def test_main_job_with_packed_rows_runs(tmp_path):
-  """`data.pack=True` through the main job (pipeline_test's tiny job)."""
+  """`data.pack=True` through the main job (pipeline_test's tiny job) on a
+  short task whose rows pack beside a long one's (L = 192: 87-token rows
+  two to a sequence, the 182-token rows alone)."""
   from pipeline_test import _config
 
-  c = _config(num_tasks=2, chunk_size=2)
+  c = _config(num_tasks=2, chunk_size=2, task_ids=("66e6c45b", "48131b3c"),
+              select="first")
   c.data.pack = True
   c.data.num_sequences = 8
+  c.decode.method = "greedy"  # (cheaper to compile; decoding is not tested)
+  c.views.transforms = ("transpose",)
   s = pipeline.run(c, str(tmp_path))
-  assert s["tasks"] == 2 and 0 <= s["padded_share"]["ttt"] < 1
   with open(os.path.join(tmp_path, "results.json")) as f:
     recs = json.load(f)["tasks"]
   j = job_lib.parse(c)
   tasks = plan_lib.load_tasks(j.run)[0]
   key = jax.random.key(j.run.seed)
-  for n, (rec, task) in enumerate(zip(recs, tasks, strict=True)):
+  rows = [data.build_ttt_dataset(t, j.data, jax.random.fold_in(key, n))
+          for n, t in enumerate(tasks)]
+  unpacked = data.stack(rows)
+  length = data.bucket_length(data.real_length(unpacked), 32, 1024)
+  lengths = (unpacked.segments > 0).sum(-1)
+  assert lengths[0].max() * 2 <= length < lengths[1].min() * 2
+  # the chunk's 2 tasks in slots rounded up to the mesh's devices; a step's
+  # sequence holds 2 rows of task 0 packed, 1 unpacked
+  slots = -(-2 // jax.device_count()) * jax.device_count()
+  real = lengths.max(-1)
+  packed = 1 - (2 * real[0] + real[1]) / (slots * length)
+  assert s["padded_share"]["ttt"] == pytest.approx(packed, abs=1e-4)
+  assert packed < 1 - real.sum() / (slots * length)  # unpacked share
+  for rec, ds in zip(recs, rows, strict=True):
     # `rows` counts the original rows (a packed sequence holds several)
-    assert rec["ttt"]["rows"] == data.build_ttt_dataset(
-        task, j.data, jax.random.fold_in(key, n)).valid.sum()
+    assert rec["ttt"]["rows"] == ds.valid.sum() == 8
     assert np.isfinite(rec["ttt"]["final_loss"])
