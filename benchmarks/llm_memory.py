@@ -63,7 +63,8 @@ def measure(shape: str, tasks: int, args) -> dict:
   i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
   ds = data.TTTDataset(i32(tasks, rows, length), i32(tasks, rows, length),
                        i32(tasks, rows, length), i32(tasks, rows, length, 3),
-                       jax.ShapeDtypeStruct((tasks, rows), jnp.bool_))
+                       jax.ShapeDtypeStruct((tasks, rows), jnp.bool_),
+                       i32(tasks, rows, length))
   keys = jax.eval_shape(lambda: jax.random.split(key, tasks))
   t0 = time.perf_counter()
   compiled = inner_loop.make_inner_loop(cfg, graphdef).lower(

@@ -48,7 +48,8 @@ mask[..., L // 2:] = 1
 ds = data_lib.TTTDataset(
     jnp.asarray(toks), jnp.asarray(mask),
     jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (T, N, L)),
-    jnp.zeros((T, N, L, 3), jnp.int32), jnp.ones((T, N), bool))
+    jnp.zeros((T, N, L, 3), jnp.int32), jnp.ones((T, N), bool),
+    jnp.ones((T, N, L), jnp.int32))
 keys = jax.random.split(jax.random.key(1), T)
 build = time.perf_counter() - t0
 fn = inner_loop.make_inner_loop(c, graphdef)

@@ -93,7 +93,7 @@ def synthetic_datasets(n_tasks, rows, seq_len, vocab, loss_frac=0.3, seed=0):
   coords = np.zeros(toks.shape + (3,), np.int32)
   coords[..., 0] = pos  # any valid coordinates; cost is what is measured
   return data.TTTDataset(toks, mask, np.array(pos), coords,
-                         np.ones((n_tasks, rows), bool))
+                         np.ones((n_tasks, rows), bool), np.ones_like(toks))
 
 
 def make_config(args):

@@ -104,7 +104,7 @@ def test_vmapped_ttt_equals_looped_on_an_llm_shape():
   pos = np.broadcast_to(np.arange(length, dtype=np.int32), toks.shape)
   ds = data.TTTDataset(toks, mask, np.array(pos),
                        np.zeros(toks.shape + (3,), np.int32),
-                       np.ones((t, n), bool))
+                       np.ones((t, n), bool), np.ones_like(toks))
   adapters = lora.init_adapters(cfg, jax.random.key(1), t)
   keys = jax.random.split(jax.random.key(2), t)
   out, m = inner_loop.make_inner_loop(cfg, graphdef)(base, adapters, ds, keys)
@@ -205,7 +205,7 @@ def test_remat_gives_the_same_loss_and_adapter_gradients():
     batch = data.TTTDataset(toks, jnp.ones_like(toks),
                             jnp.broadcast_to(jnp.arange(24), (2, 24)),
                             jnp.zeros((2, 24, 3), jnp.int32),
-                            jnp.ones(2, bool))
+                            jnp.ones(2, bool), jnp.ones_like(toks))
     return jax.jit(jax.value_and_grad(lambda a: il.sequence_loss(
         lora.merge(graphdef, a, base), batch)[0]))(adapters)
 

@@ -113,7 +113,8 @@ def test_run_wide_segment_trains_each_row_under_its_task_prefix():
   rows = data.TTTDataset(
       tokens=rng.integers(0, 12, (2, 10)).astype(np.int32), mask=mask,
       positions=np.tile(np.arange(10, dtype=np.int32), (2, 1)),
-      coords=np.zeros((2, 10, 3), np.int32), valid=np.ones(2, bool))
+      coords=np.zeros((2, 10, 3), np.int32), valid=np.ones(2, bool),
+      segments=np.ones((2, 10), np.int32))
   task = np.array([1, 1], np.int32)
   fn, opt_init = inner_loop.make_run_wide_segment(
       cfg, graphdef, total_steps=1, segment=1, per_task=inner_loop.task_leaf)

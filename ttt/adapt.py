@@ -175,7 +175,9 @@ def make_per_task(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
         length_bucket,
         data_cfg.max_len)
     local = data.trim(local, length, codec_.pad)
-    rows = local.valid.sum(-1).astype(np.int32)
+    if data_cfg.pack:  # several rows a sequence; `rows` counts the rows
+      local = data.pack_tasks(local, codec_.pad)
+    rows = data.row_counts(local)
     real = (local.tokens != codec_.pad).sum(-1)  # [T_local, N]
     used = [i for i, r in enumerate(mine) if r < len(slots)]
     row_tokens = float(sum(real[i][local.valid[i]].mean() for i in used

@@ -6,6 +6,9 @@ those by sampled group elements (`ttt.augment`), encodes them (the codec's
 row encoder: `ttt.tokens`' cells by default, `ttt.text` for MARC's text),
 drops duplicates and sequences longer than `max_len`, and returns fixed-shape
 arrays `[N, L]` ready to be stacked over tasks for the compiled inner loop.
+`pack(ds)` (switch `data.pack`) puts several of a task's short rows in one
+sequence of the same L (`segments` ids; the model attends within a row
+only), so a step computes fewer padding tokens for the same loss.
 
 This module builds data; it does not train (`ttt.inner_loop`) or pick views
 for inference (`ttt.decoders`).
@@ -82,6 +85,9 @@ class DataConfig:
   # tokenizer and chat template); a key of ttt.codec.CODECS
   codec: str = "cells"
   text_style: str = "new"  # codec 'text': 'new', 'default' or 'barc'
+  # several short rows per sequence (`pack`: block-diagonal causal mask,
+  # the same loss): fewer padding tokens per step, more rows per step
+  pack: bool = False
 
   @classmethod
   def make(cls, config: Any = None) -> DataConfig:
@@ -113,6 +119,10 @@ class TTTDataset(NamedTuple):
     positions: int32[N, L] 1-D positions.
     coords: int32[N, L, 3] (row, column, segment) positions.
     valid: bool[N] real rows; invalid rows are padding, never trained on.
+    segments: int32[N, L] which packed row of its sequence a token belongs
+      to (1, 2, ...; `pack`), 0 on padding tokens; an unpacked row is
+      segment 1 on its real tokens. A token attends only to tokens of its
+      own segment (`ttt.model.Transformer`'s `segments`).
   """
 
   tokens: np.ndarray
@@ -120,6 +130,7 @@ class TTTDataset(NamedTuple):
   positions: np.ndarray
   coords: np.ndarray
   valid: np.ndarray
+  segments: np.ndarray
 
 
 def stack_rows(rows: list[tokens.Encoded | None], num_rows: int,
@@ -136,7 +147,8 @@ def stack_rows(rows: list[tokens.Encoded | None], num_rows: int,
       positions=np.broadcast_to(np.arange(max_len, dtype=np.int32),
                                 (num_rows, max_len)).copy(),
       coords=np.zeros((num_rows, max_len, 3), np.int32),
-      valid=np.zeros(num_rows, bool))
+      valid=np.zeros(num_rows, bool),
+      segments=np.zeros((num_rows, max_len), np.int32))
   for n, seq in enumerate(rows[:num_rows]):
     if seq is None:
       continue
@@ -144,6 +156,7 @@ def stack_rows(rows: list[tokens.Encoded | None], num_rows: int,
     out.tokens[n, :m] = seq.tokens[:m]
     out.mask[n, :m] = seq.mask[:m]
     out.coords[n, :m] = seq.coords[:m]
+    out.segments[n, :min(m, seq.length)] = 1
     out.valid[n] = True
   return out
 
@@ -173,7 +186,62 @@ def trim(ds: TTTDataset, length: int, pad: int = tokens.PAD) -> TTTDataset:
                      f"(longest row {real_length(ds, pad)})")
   return TTTDataset(ds.tokens[..., :length], ds.mask[..., :length],
                     ds.positions[..., :length], ds.coords[..., :length, :],
-                    ds.valid)
+                    ds.valid, ds.segments[..., :length])
+
+
+def pack(ds: TTTDataset, pad: int = tokens.PAD) -> TTTDataset:
+  """ONE task's rows [N, L] packed several to a sequence of the same L.
+
+  Greedy first-fit decreasing: the valid rows by real length, longest
+  first (ties by row index), each into the first sequence with room for
+  it. A row keeps its tokens, loss mask, positions and coords (they
+  restart per row) and becomes segment 1, 2, ... of its sequence, in the
+  order placed; padding tokens are segment 0. The packed sequences come
+  first and are `valid`; the other N - n rows are empty padding rows. A
+  task whose rows do not pack (no two fit one sequence) is returned as it
+  is. `pad` is the codec's padding id.
+  """
+  n_rows, length = ds.tokens.shape
+  lengths = (ds.segments > 0).sum(-1)
+  order = sorted(np.flatnonzero(ds.valid), key=lambda r: (-lengths[r], r))
+  bins: list[list[int]] = []
+  room: list[int] = []
+  for r in order:
+    for b, free in enumerate(room):
+      if lengths[r] <= free:
+        bins[b].append(r)
+        room[b] -= lengths[r]
+        break
+    else:
+      bins.append([r])
+      room.append(length - lengths[r])
+  if len(bins) == len(order):
+    return ds
+  out = blank(n_rows, length, pad)
+  for b, rows in enumerate(bins):
+    at = 0
+    for seg, r in enumerate(rows, 1):
+      m, cut = lengths[r], slice(at, at + lengths[r])
+      out.tokens[b, cut] = ds.tokens[r, :m]
+      out.mask[b, cut] = ds.mask[r, :m]
+      out.positions[b, cut] = ds.positions[r, :m]
+      out.coords[b, cut] = ds.coords[r, :m]
+      out.segments[b, cut] = seg
+      at += m
+    out.valid[b] = True
+  return out
+
+
+def pack_tasks(ds: TTTDataset, pad: int = tokens.PAD) -> TTTDataset:
+  """`pack` of each task of [T, N, L] datasets."""
+  return stack([pack(jax.tree.map(lambda x, t=t: x[t], ds), pad)
+                for t in range(len(ds.valid))])
+
+
+def row_counts(ds: TTTDataset) -> np.ndarray:
+  """int32[...] original rows per task of [..., N, L] datasets (a packed
+  sequence counts the rows it holds)."""
+  return ds.segments.max(-1, initial=0).sum(-1).astype(np.int32)
 
 
 def blank(num_rows: int, max_len: int, pad: int = tokens.PAD) -> TTTDataset:

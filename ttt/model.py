@@ -342,11 +342,20 @@ def auto_attention_block(length: int) -> int:
   return -(-length // 4) if length <= 512 else 128
 
 
-def causal_attention(q, k, v, kv_valid=None, block: int = 0):
+def _segment_mask(segments, lo: int, hi: int, keys: int):
+  """bool[B, 1, hi - lo, keys]: query i sees key j iff they share a
+  segment or j's segment is negative (the learned prefix)."""
+  q, k = segments[:, None, lo:hi, None], segments[:, None, None, :keys]
+  return (q == k) | (k < 0)
+
+
+def causal_attention(q, k, v, kv_valid=None, block: int = 0, segments=None):
   """Causal self-attention of q [B, L, H, D] over k, v [B, L, K, D].
 
   Args:
     kv_valid: None or bool[B, L], False for keys no query may see.
+    segments: None or int32[B, L] (packed rows): a query sees only keys of
+      its own segment, and every key whose segment is negative.
     block: queries in blocks of `block` positions, each attending to the
       keys up to the end of its block only (the masked upper triangle of
       the score matrix is never computed); 0: one call over everything;
@@ -361,12 +370,16 @@ def causal_attention(q, k, v, kv_valid=None, block: int = 0):
   if block < 0:  # chosen where the program is lowered (jax.export too)
     auto = auto_attention_block(length)
     if not auto or auto >= length:
-      return causal_attention(q, k, v, kv_valid, 0)
+      return causal_attention(q, k, v, kv_valid, 0, segments)
     return jax.lax.platform_dependent(
-        q, k, v, cpu=lambda *a: causal_attention(*a, kv_valid, auto),
-        default=lambda *a: causal_attention(*a, kv_valid, 0))
+        q, k, v, cpu=lambda *a: causal_attention(*a, kv_valid, auto,
+                                                 segments),
+        default=lambda *a: causal_attention(*a, kv_valid, 0, segments))
   if not block or block >= length:
     mask = None if kv_valid is None else kv_valid[:, None, None, :]
+    if segments is not None:
+      seg = _segment_mask(segments, 0, length, length)
+      mask = seg if mask is None else mask & seg
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
   outs = []
   for lo in range(0, length, block):
@@ -375,6 +388,8 @@ def causal_attention(q, k, v, kv_valid=None, block: int = 0):
         None, None]  # [1, 1, hi - lo, hi]
     if kv_valid is not None:
       mask = mask & kv_valid[:, None, None, :hi]
+    if segments is not None:
+      mask = mask & _segment_mask(segments, lo, hi, hi)
     outs.append(jax.nn.dot_product_attention(q[:, lo:hi], k[:, :hi],
                                              v[:, :hi], mask=mask))
   return jnp.concatenate(outs, axis=1)
@@ -423,11 +438,13 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     return apply_rope(q, angles), apply_rope(k, angles), v
 
-  def __call__(self, x, angles, kv_valid=None):
-    """Full causal attention; returns (out [B, L, d], (k, v) [B, L, K, D])."""
+  def __call__(self, x, angles, kv_valid=None, segments=None):
+    """Full causal attention; returns (out [B, L, d], (k, v) [B, L, K, D]).
+    `segments`: see `causal_attention`."""
     b, length, _ = x.shape
     q, k, v = self._qkv(x, angles)
-    out = causal_attention(q, k, v, kv_valid, self.attention_block)
+    out = causal_attention(q, k, v, kv_valid, self.attention_block,
+                           segments)
     return self.o(out.reshape(b, length, -1)), (k, v)
 
   def step(self, x, angles, cache, index, layer=None):
@@ -492,8 +509,8 @@ class Block(nnx.Module):
                              dtype=dt, rngs=rngs)
     self.mlp = MLP(config, adapter, rngs)
 
-  def __call__(self, x, angles, kv_valid=None):
-    a, kv = self.attn(self.norm1(x), angles, kv_valid)
+  def __call__(self, x, angles, kv_valid=None, segments=None):
+    a, kv = self.attn(self.norm1(x), angles, kv_valid, segments)
     x = x + a.astype(x.dtype)
     return x + self.mlp(self.norm2(x)).astype(x.dtype), kv
 
@@ -532,7 +549,8 @@ def stack_blocks(config: ModelConfig, adapter: AdapterConfig,
 
 
 def run_stacked(blocks: Block, x, angles, kv_valid=None,
-                return_cache: bool = False, remat: bool = False):
+                return_cache: bool = False, remat: bool = False,
+                segments=None):
   """Stacked blocks (`stack_blocks`) applied in order by `lax.scan`.
 
   Args:
@@ -541,6 +559,7 @@ def run_stacked(blocks: Block, x, angles, kv_valid=None,
     return_cache: also return every layer's keys and values.
     remat: recompute each layer in the backward pass (`jax.checkpoint`):
       the same values, one layer's activations held at a time.
+    segments: None or int32[B, L] (see `causal_attention`).
 
   Returns:
     x after the N blocks, and with `return_cache` the cache (k, v), each
@@ -549,7 +568,7 @@ def run_stacked(blocks: Block, x, angles, kv_valid=None,
   graphdef, stacked = nnx.split(blocks)
 
   def layer(x, state):
-    x, kv = nnx.merge(graphdef, state)(x, angles, kv_valid)
+    x, kv = nnx.merge(graphdef, state)(x, angles, kv_valid, segments)
     return x, kv if return_cache else None
 
   return jax.lax.scan(jax.checkpoint(layer) if remat else layer, x, stacked)
@@ -585,10 +604,13 @@ class Transformer(nnx.Module):
   """Decoder-only transformer over ARC token sequences.
 
   Call: `model(tokens, positions=None, coords=None, kv_valid=None,
-  return_cache=False)`:
+  return_cache=False, segments=None)`:
     tokens: int32[B, L]; positions: int32[B, L] (default 0..L-1);
     coords: int32[B, L, 3] (needed for rope='3d'); kv_valid: optional
-    bool[B, L], False for key positions no query may attend to (padding).
+    bool[B, L], False for key positions no query may attend to (padding);
+    segments: optional int32[B, L], packed rows (`ttt.data.pack`): a
+    position attends only to the positions of its own segment (and to the
+    learned prefix, which every position sees).
   Returns float32[B, L, vocab_size] logits, and with `return_cache` also
   the KV cache: a tuple over layers of (k, v) [B, P + L, K, D] (K =
   `config.kv_heads` key/value heads, P = `num_prefix` learned prefix
@@ -620,7 +642,7 @@ class Transformer(nnx.Module):
           rngs.lora(), (self.num_prefix, config.d_model), jnp.float32))
 
   def __call__(self, tokens, positions=None, coords=None, kv_valid=None,
-               return_cache=False):
+               return_cache=False, segments=None):
     b, length = tokens.shape
     x = self.embed(tokens).astype(jnp.float32)  # fp32 residual stream
     if positions is None:
@@ -642,14 +664,17 @@ class Transformer(nnx.Module):
                                axis=1)
       if kv_valid is not None:
         kv_valid = jnp.concatenate([jnp.ones((b, p), bool), kv_valid], axis=1)
+      if segments is not None:  # -1: the prefix, seen from every segment
+        segments = jnp.concatenate(
+            [jnp.full((b, p), -1, segments.dtype), segments], axis=1)
     angles = rope_angles(self.config, positions, coords)
     if self.config.scan_layers:
       x, cache = run_stacked(self.blocks, x, angles, kv_valid, return_cache,
-                             self.config.remat)
+                             self.config.remat, segments)
     else:
       kvs = []
       for block in self.blocks:
-        x, kv = block(x, angles, kv_valid)
+        x, kv = block(x, angles, kv_valid, segments)
         kvs.append(kv)
       cache = tuple(kvs)
     logits = self._logits(self.norm(x))
@@ -718,7 +743,10 @@ def target_logprobs(model: Transformer, batch, with_argmax: bool = False):
     model: a `Transformer` (adapters merged).
     batch: anything with `tokens`, `positions` int32[B, L], `coords`
       int32[B, L, 3] and `mask` int32[B, L] (1 on loss targets), e.g. a
-      `ttt.data.TTTDataset` slice.
+      `ttt.data.TTTDataset` slice; with `segments` int32[B, L] too (packed
+      rows), each row is seen alone and a target whose segment differs
+      from its predecessor's (the first token of a packed row) gets
+      weight 0.
 
   Returns:
     (logp float32[B, L-1]: log p(token t+1 | tokens <= t); weights
@@ -726,11 +754,15 @@ def target_logprobs(model: Transformer, batch, with_argmax: bool = False):
     candidate scorer and initial training reduce these their own way. With
     `with_argmax`, a third array bool[B, L-1]: the target is the argmax.
   """
-  logits = model(batch.tokens, batch.positions, batch.coords)[:, :-1]
+  segments = getattr(batch, "segments", None)
+  logits = model(batch.tokens, batch.positions, batch.coords,
+                 segments=segments)[:, :-1]
   logp = jax.nn.log_softmax(logits, axis=-1)
   targets = batch.tokens[:, 1:]
   ll = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
   weights = batch.mask[:, 1:].astype(jnp.float32)
+  if segments is not None:
+    weights = jnp.where(segments[:, 1:] == segments[:, :-1], weights, 0.0)
   if with_argmax:
     return ll, weights, logits.argmax(-1) == targets
   return ll, weights

@@ -80,10 +80,11 @@ def run_rows(plan, data_cfg, codec_, seed: int, length: int,
   """Every trained task's TTT rows, flattened.
 
   Returns:
-    (rows `TTTDataset` [R, L] of the valid rows in task order, task
-    number int32[R] (0.. in `order`), order: the plan's task indices that
-    have rows, rows per task {task index: count}, mean real tokens per
-    row). L is `length` when fixed (> 0), else the longest row bucketed.
+    (rows `TTTDataset` [R, L] of the valid rows (packed sequences with
+    `data.pack`) in task order, task number int32[R] (0.. in `order`),
+    order: the plan's task indices that have rows, rows per task {task
+    index: count}, mean real tokens per row). L is `length` when fixed
+    (> 0), else the longest row bucketed.
   """
   key = jax.random.key(seed)
   order, parts, counts = [], [], {}
@@ -102,6 +103,8 @@ def run_rows(plan, data_cfg, codec_, seed: int, length: int,
   flat, task = [], []
   for j, ds in enumerate(parts):
     ds = _pad_length(ds, length, codec_.pad)
+    if data_cfg.pack:  # several of a task's rows a sequence (`data.pack`)
+      ds = data.pack(ds, codec_.pad)
     keep = np.flatnonzero(ds.valid)
     flat.append(jax.tree.map(lambda x, k=keep: x[k], ds))
     task.append(np.full(len(keep), j, np.int32))
