@@ -118,8 +118,8 @@ def test_ttt_pipeline_on_two_processes_equals_one(tmp_path):
 def test_sampling_sweep_on_two_processes_equals_one(tmp_path):
   args = ["--config=configs/sampling/scaling.py:tiny",
           "--config.sampling.ns_tree=(4,)",
-          "--config.sampling.ns_lumped=(4, 8)",
-          "--config.sampling.ns_topdown=(4, 16)",
+          "--config.sampling.ns_lumped=(4,)",
+          "--config.sampling.ns_topdown=(4,)",
           "--config.sampling.num_horizons=8",
           "--config.sampling.mc_chains=1001",
           "--config.sampling.mc_ns=(8,)", "--config.sampling.mc_samples=501",
