@@ -245,8 +245,9 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
         plan, lambda p: make_stages(job, p, weights, mesh, None, codec),
         replan, budget, job.data.max_len, job.run.chunk_size, mesh.size,
         workdir_lib.stored_plan(wd, budget, ids))  # (a resume's chunks)
-    workdir_lib.write_plan(wd, budget,
-                           [[ids[n] for n in c] for c in plan.chunks])
+    workdir_lib.write_plan(wd, budget, [[ids[n] for n in c]
+                                        for c in plan.chunks]
+                           if memory.per_bucket else None)
     logging.info("memory: budget %.2f GiB (%s), %.2f GiB resident, needs "
                  "%.2f GiB at %d tasks per chunk (%s); programs per device "
                  "%s", memory.budget, memory.source, memory.resident,

@@ -466,11 +466,12 @@ def fit_memory(plan: Plan, build, replan, budget: tuple[float, str],
   figures = stage_memory(stages, plan, max_len)
   resident = _agreed(_resident())  # the programs compiled and loaded
   need = _need(figures, resident)
-  if need <= gb or not figures:
+  buckets = not plan.caps.prompt_len and plan.shapes is not None
+  if (need <= gb or not figures) and not (buckets and stored):
     return plan, {plan.caps: stages}, Memory(
         gb, source, resident, figures, need, plan.caps.chunk,
         "the configured size fits")
-  if not plan.caps.prompt_len and plan.shapes is not None:
+  if buckets:
     fitted = _fit_buckets(plan, build, gb, resident, max_len, chunk_size,
                           mesh_size, stored, (stages, figures))
     if fitted is not None:
@@ -620,14 +621,14 @@ def _fit_buckets(plan, build, gb, resident, max_len, chunk_size, mesh_size,
     return sizes[shape]
 
   longest = plan.longest[:2]
-  if need(min(width, mesh_size), longest) > gb:
-    return None  # one task per device does not fit: one size decides
-  size_at(longest)
   chunks = None
   if stored and [n for c in stored for n in c] == order and all(
       0 < len(c) <= chunk_size for c in stored):
     chunks = [list(c) for c in stored]  # a resumed run's own plan
-  if chunks is None:
+  elif need(min(width, mesh_size), longest) > gb:
+    return None  # one task per device does not fit: one size decides
+  else:
+    size_at(longest)
     chunks, cur = [], []
     for n in order:  # (a shape is analysed only where a chunk there
       # would grow past the size of a longer shape)

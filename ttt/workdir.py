@@ -216,14 +216,18 @@ def stored_plan(wd: Workdir, budget: tuple[float, str], ids: list[str]
 
 
 def write_plan(wd: Workdir, budget: tuple[float, str],
-               chunks: list[list[str]]) -> None:
+               chunks: list[list[str]] | None) -> None:
   """Records the run's chunks (task ids) and the budget they were planned
-  for (process 0; `stored_plan` reads them back)."""
-  if sharding.is_main():
-    evaluate.write_json(
-        os.path.join(wd.path, "chunks", PLAN_FILE),
-        dict(budget_gb=budget[0] if _mib(budget[0]) is not None else None,
-             budget_source=budget[1], chunks=chunks))
+  for (process 0; `stored_plan` reads them back); None: the run's chunks
+  are the configured ones (a plan recorded before is removed)."""
+  path = os.path.join(wd.path, "chunks", PLAN_FILE)
+  if sharding.is_main() and chunks is None:
+    if os.path.exists(path):
+      os.remove(path)
+  elif sharding.is_main():
+    gb = budget[0] if _mib(budget[0]) is not None else None
+    evaluate.write_json(path, dict(budget_gb=gb, budget_source=budget[1],
+                                   chunks=chunks))
 
 
 def _mib(gb) -> int | None:
