@@ -609,6 +609,9 @@ def memory_rows(memory: dict) -> list[str]:
                  f"({md_text(memory['budget_source'])}): chunks of "
                  f"{memory['chunk_size']} tasks, {memory['need']:.2f} GiB "
                  "estimated |")
+  for k, v in (memory.get("chunk_size_per_bucket") or {}).items():
+    lines.append(f"| memory: chunks at TTT rows / prompts {md_text(k)} | "
+                 f"{v} tasks |")
   for k, v in memory.get("programs", {}).items():
     lines.append(f"| memory: {md_text(k)} program (XLA, per device) | "
                  f"{v:.3f} GiB |")

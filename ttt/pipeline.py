@@ -25,8 +25,10 @@ per-chunk calls take data only, and `job` goes no deeper than `run`:
 
 Chunks are padded to the plan's capacities with validity masks, so every
 program compiles once per run (with `run.fixed_shapes`; else once per
-length bucket). An empty `init_from` runs an UNTRAINED model, said loudly
-in the log and the report.
+length bucket and task slot count: a memory budget may size chunks per
+length bucket, `ttt.plan.fit_memory`, each chunk running on the stages
+of its own capacities, `Plan.at`). An empty `init_from` runs an
+UNTRAINED model, said loudly in the log and the report.
 """
 
 from __future__ import annotations
@@ -242,21 +244,32 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
           data_cfg=job.data, views_cfg=job.views, decode=job.decode,
           trains=job.ttt.enabled, codec_=codec)
 
-    plan, stages, memory = plan_lib.fit_memory(
+    budget = plan_lib.memory_budget(job.run.memory_gb)
+    ids = [t.id for t in tasks]
+    plan, built, memory = plan_lib.fit_memory(
         plan, lambda p: make_stages(job, p, weights, mesh, None, codec),
-        replan, plan_lib.memory_budget(job.run.memory_gb), job.data.max_len,
-        job.run.chunk_size, mesh.size)
+        replan, budget, job.data.max_len, job.run.chunk_size, mesh.size,
+        workdir_lib.stored_plan(wd, budget, ids))  # (a resume's chunks)
+    workdir_lib.write_plan(wd, budget, [[ids[n] for n in c]
+                                        for c in plan.chunks]
+                           if memory.per_bucket else None)
     logging.info("memory: budget %.2f GiB (%s), %.2f GiB resident, needs "
                  "%.2f GiB at %d tasks per chunk (%s); programs per device "
                  "%s", memory.budget, memory.source, memory.resident,
                  memory.need, memory.chunk_size, memory.rule,
                  {k: round(v, 3) for k, v in memory.programs.items()})
-    if memory.chunk_size < job.run.chunk_size:
+    if memory.per_bucket:
+      logging.warning("memory: chunks sized per length bucket %s "
+                      "(run.chunk_size=%d does not fit %.2f GiB at every "
+                      "length)", memory.per_bucket, job.run.chunk_size,
+                      memory.budget)
+    elif memory.chunk_size < job.run.chunk_size:
       logging.warning("memory: chunks of %d tasks (run.chunk_size=%d does "
                       "not fit %.2f GiB)", memory.chunk_size,
                       job.run.chunk_size, memory.budget)
   else:
-    stages = make_stages(job, plan, weights, mesh, predictor, codec)
+    built = {plan.caps: make_stages(job, plan, weights, mesh, predictor,
+                                    codec)}
 
   # --- a run-wide protocol's adaptation (resumable; per_task: nothing) ----
   if with_model:
@@ -270,7 +283,9 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
   setup_peak = metrics.peak_rss_bytes() / metrics.GB  # loading, compiling
   t_loop = time.perf_counter()
   for c, chunk in enumerate(plan.chunks):
-    stored = workdir_lib.stored_chunk(wd, c, [tasks[n].id for n in chunk])
+    cplan = plan.at(c)  # the chunk's capacities (sized per length bucket)
+    stored = workdir_lib.stored_chunk(wd, c, [tasks[n].id for n in chunk],
+                                      cplan.caps.tasks)
     # Process 0's files decide, so every host skips or runs the same chunks.
     if bool(sharding.broadcast(np.int32(stored is not None))):
       if stored is not None:  # hosts without process 0's files lack them
@@ -287,9 +302,10 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
       sharding.barrier("pipeline.run")
       return dict(stopped=True, chunks_done=c)
     logging.info("chunk %d/%d: %d tasks", c + 1, len(plan.chunks), len(chunk))
-    records, t, pad, mem = run_chunk(stages, plan, chunk)
+    records, t, pad, mem = run_chunk(built[cplan.caps], cplan, chunk)
     workdir_lib.write_chunk(wd, c, dict(records=records, timings=t,
-                                        padding=pad, memory_gb=mem))
+                                        padding=pad, memory_gb=mem,
+                                        slots=cplan.caps.tasks))
     _max_into(peaks, mem)
     new_chunks += 1
     done_tasks += len(chunk)
@@ -338,6 +354,7 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
           budget=round(memory.budget, 3), budget_source=memory.source,
           resident=round(memory.resident, 3), need=round(memory.need, 3),
           chunk_size=memory.chunk_size, rule=memory.rule,
+          chunk_size_per_bucket=memory.per_bucket,
           programs={k: round(v, 4) for k, v in memory.programs.items()})))
   if sharding.is_main():
     sub = evaluate.submission(results)

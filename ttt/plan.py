@@ -140,6 +140,13 @@ class Plan(NamedTuple):
     longest: (TTT row length, prompt length, task index): the longest
       chunk shapes of the run, bucketed, and the task that sets them (its
       longest TTT row, else prompt): what the memory analysis lowers at.
+    order: every task index in the order chunks are cut from
+      (`run.chunk_order`).
+    shapes: task index -> (TTT row length, prompt length) of that task
+      alone, bucketed (tasks skipped for length have none); a chunk's
+      shapes are the largest of its tasks' (`chunk_shape`).
+    chunk_caps: per chunk its own `Capacities` (chunks sized per length
+      bucket: `fit_memory`); empty: every chunk has `caps`.
   """
 
   tasks: list[arc.Task]
@@ -149,6 +156,19 @@ class Plan(NamedTuple):
   caps: Capacities
   per_view: int = 1
   longest: tuple[int, int, int] = (1, 1, 0)
+  order: tuple[int, ...] = ()
+  shapes: dict | None = None
+  chunk_caps: tuple[Capacities, ...] = ()
+
+  def at(self, c: int) -> Plan:
+    """The plan as chunk `c` runs it: its capacities in `caps`."""
+    return self._replace(caps=self.chunk_caps[c]) if self.chunk_caps else self
+
+  def chunk_shape(self, chunk) -> tuple[int, int]:
+    """(TTT row length, prompt length) the tasks `chunk` pad to, bucketed
+    (as the plan sees them: the TTT rows' length bound)."""
+    got = [self.shapes[n] for n in chunk if n in (self.shapes or {})]
+    return (max([a for a, _ in got] or [1]), max([b for _, b in got] or [1]))
 
   def chunk_queries(self, slots: list[int]) -> tuple[list, list[int]]:
     """(queries, slot of each) of a chunk's used task slots, slot order."""
@@ -229,6 +249,10 @@ def plan_run(tasks: list[arc.Task], mesh, *, run, data_cfg, views_cfg,
                                 run.length_bucket, max_len),
              data.bucket_length(max(prompt.values(), default=1),
                                 run.length_bucket, max_len), driver)
+  shapes = {n: (data.bucket_length(bounds[n], run.length_bucket, max_len)
+                if trains else 1,
+                data.bucket_length(prompt[n], run.length_bucket, max_len))
+            for n in prompt}
   largest = max([len(c) for c in chunks] or [1])
   caps = Capacities(
       chunk=largest, tasks=sharding.padded_count(largest, mesh.size),
@@ -238,7 +262,8 @@ def plan_run(tasks: list[arc.Task], mesh, *, run, data_cfg, views_cfg,
       ttt_len=ttt_len, prompt_len=prompt_len,
       decode_views=max([len(method.views_of(q, per_view)) for q in qs]
                        or [1]))
-  return Plan(tasks, queries, skipped, chunks, caps, per_view, longest)
+  return Plan(tasks, queries, skipped, chunks, caps, per_view, longest,
+              tuple(order), shapes)
 
 
 # ------------------------------------------------------------------------------
@@ -315,11 +340,14 @@ def program_memory(programs: dict, inputs: dict) -> dict[str, float]:
   return out
 
 
-def stage_memory(stages, plan: Plan, max_len: int) -> dict[str, float]:
+def stage_memory(stages, plan: Plan, max_len: int,
+                 shape: tuple[int, int] | None = None) -> dict[str, float]:
   """{stage.program: GiB per device} of every model program of `stages`
-  at the plan's longest shapes (`Plan.longest`; the row scorer at rows of
-  `max_len`, the longest it scores); {} without a model."""
-  ttt_len, prompt_len, _ = plan.longest
+  at `shape` (TTT row length, prompt length; default the plan's longest,
+  `Plan.longest`; fixed capacities win over both) and the plan's
+  capacities (the row scorer at rows of `max_len`, the longest it
+  scores); {} without a model."""
+  ttt_len, prompt_len = shape or plan.longest[:2]
   ins = stages.adapt.inputs(plan.caps.ttt_len or ttt_len)
   if "init" not in ins:  # a test double decodes: nothing to analyse
     return {}
@@ -345,12 +373,17 @@ class Memory(NamedTuple):
     resident: in use before the first chunk (the process's resident memory
       on CPU; on an accelerator the device's memory in use).
     programs: {stage.program: GiB per device} (XLA's memory analysis at
-      the chosen capacities).
+      the chosen capacities; per length bucket: those of the chunk that
+      needs the most).
     need: `resident` + `SLACK` x the largest program over the devices
       that share the budget (every local device on CPU, one on an
-      accelerator).
-    chunk_size: tasks per chunk chosen (at most `run.chunk_size`).
+      accelerator); per length bucket: the most any chunk needs.
+    chunk_size: tasks per chunk chosen (at most `run.chunk_size`; per
+      length bucket: the largest chunk's).
     rule: how the chunk size was chosen, in words.
+    per_bucket: {'L<TTT row length>/P<prompt length>': tasks per chunk}
+      of the chunks' shapes when chunks are sized per length bucket (empty:
+      one size for the run).
   """
 
   budget: float
@@ -360,6 +393,7 @@ class Memory(NamedTuple):
   need: float
   chunk_size: int
   rule: str
+  per_bucket: dict = {}
 
 
 # what a stage holds beyond XLA's analysis of its program (host copies,
@@ -376,16 +410,34 @@ def _need(figures: dict, resident: float) -> float:
 
 
 def fit_memory(plan: Plan, build, replan, budget: tuple[float, str],
-               max_len: int, chunk_size: int, mesh_size: int):
-  """The largest chunk size (at most `chunk_size`) whose programs fit
-  the budget, and the plan and stages built for it.
+               max_len: int, chunk_size: int, mesh_size: int,
+               stored: list[list[int]] | None = None):
+  """Chunk sizes whose programs fit the budget, and the stages for them.
 
-  The programs are analysed at the plan's capacities (the lowering the
-  run then reuses); when they do not fit, at chunks of one and two tasks
-  per device, and the need extrapolated linearly in task slots S (padded
-  to the mesh): need(S) = need(S1) + (S - S1) * (need(S2) - need(S1)) /
-  (S2 - S1); the largest chunk predicted to fit is built and analysed
-  again (one task less while it does not fit).
+  The programs are analysed at the plan's capacities and longest shapes
+  (the lowering the run then reuses); when those fit, the plan is kept.
+
+  Otherwise, with fixed shapes (`run.fixed_shapes`, or a plan too tight
+  for one task per device), ONE size for the run: the programs are
+  analysed at chunks of one and two tasks per device, and the need
+  extrapolated linearly in task slots S (padded to the mesh): need(S) =
+  need(S1) + (S - S1) * (need(S2) - need(S1)) / (S2 - S1); the largest
+  chunk predicted to fit is built and analysed again (one task less while
+  it does not fit).
+
+  Without fixed shapes, chunks are sized PER LENGTH BUCKET: each chunk is
+  the largest that fits the budget at its own shapes (its longest TTT row
+  and prompt, bucketed: `Plan.chunk_shape`). Chunks are cut in the run's
+  order (`Plan.order`): a task joins the current chunk while the chunk
+  with it is at most the size its shapes allow. The size at a shape is
+  found once per shape, by the rule above at that shape (the configured
+  size first, at most the tasks that fit that shape; then the 1-and-2-
+  tasks-per-device line, checked), never above `chunk_size`; memory is
+  taken to grow with the lengths (a shape inside a longer one is given at
+  least the longer one's size). Capacities then depend on the task slots
+  alone (queries: the most any run of that many consecutive tasks has),
+  so each program compiles once per (length bucket, slot count) pair --
+  the analysis's lowering is the one the run's calls reuse.
 
   Args:
     plan: the run's plan at `chunk_size`.
@@ -395,9 +447,14 @@ def fit_memory(plan: Plan, build, replan, budget: tuple[float, str],
     max_len: the context (`data.max_len`).
     chunk_size: `run.chunk_size`.
     mesh_size: devices of the task mesh.
+    stored: the chunks (task indices) a resumed run planned at this same
+      budget (`ttt.workdir.stored_plan`), taken as they are when they
+      cover the plan's tasks in its order and fit `chunk_size`; per length
+      bucket only (a fixed-shape plan is the same at the same budget).
 
   Returns:
-    (plan, stages, `Memory`).
+    (plan, {Capacities: stages} for every chunk's capacities (`Plan.at`),
+    `Memory`).
 
   Raises:
     ttt.errors.InputError: not even one task per chunk fits: names the
@@ -409,9 +466,27 @@ def fit_memory(plan: Plan, build, replan, budget: tuple[float, str],
   figures = stage_memory(stages, plan, max_len)
   resident = _agreed(_resident())  # the programs compiled and loaded
   need = _need(figures, resident)
-  if need <= gb or not figures:
-    return plan, stages, Memory(gb, source, resident, figures, need,
-                                plan.caps.chunk, "the configured size fits")
+  buckets = not plan.caps.prompt_len and plan.shapes is not None
+  if (need <= gb or not figures) and not (buckets and stored):
+    return plan, {plan.caps: stages}, Memory(
+        gb, source, resident, figures, need, plan.caps.chunk,
+        "the configured size fits")
+  if buckets:
+    fitted = _fit_buckets(plan, build, gb, resident, max_len, chunk_size,
+                          mesh_size, stored, (stages, figures))
+    if fitted is not None:
+      return fitted[0], fitted[1], fitted[2]._replace(source=source)
+  return _fit_one_size(plan, build, replan, (gb, source), resident,
+                       (stages, figures, need), max_len, chunk_size,
+                       mesh_size)
+
+
+def _fit_one_size(plan, build, replan, budget, resident, first, max_len,
+                  chunk_size, mesh_size):
+  """`fit_memory`'s one size for the run (its docstring)."""
+  gb, source = budget
+  stages, figures, need = first
+
   def shapes(p):  # what the programs see (`chunk` shapes nothing)
     return p.caps._replace(chunk=0), p.longest[:2]
 
@@ -428,6 +503,9 @@ def fit_memory(plan: Plan, build, replan, budget: tuple[float, str],
     st, figs = analyse(p)
     return p, st, figs, _need(figs, resident)
 
+  def done(p, st, figs, n, size, rule):
+    return p, {p.caps: st}, Memory(gb, source, resident, figs, n, size, rule)
+
   probes = [(size, *need_at(size)) for size in sorted(
       {min(chunk_size, mesh_size), min(chunk_size, 2 * mesh_size)})]
   size, p1, _, _, n1 = probes[0]
@@ -436,8 +514,8 @@ def fit_memory(plan: Plan, build, replan, budget: tuple[float, str],
     for fewer in range(size - 1, 0, -1):
       p, st, figs, n = need_at(fewer)
       if n <= gb:
-        return p, st, Memory(gb, source, resident, figs, n, fewer,
-                             "fewer tasks than devices (exact analysis)")
+        return done(p, st, figs, n, fewer,
+                    "fewer tasks than devices (exact analysis)")
     task = plan.tasks[plan.longest[2]]
     n = need_at(1)[3]
     raise errors.InputError(
@@ -458,8 +536,133 @@ def fit_memory(plan: Plan, build, replan, budget: tuple[float, str],
   while True:  # the prediction checked by the analysis at that size
     p, st, figs, n = need_at(size)
     if n <= gb or size <= probes[0][0]:
-      return p, st, Memory(gb, source, resident, figs, n, size, rule)
+      return done(p, st, figs, n, size, rule)
     size -= 1
+
+
+def bucket_name(shape: tuple[int, int]) -> str:
+  """'L<TTT row length>/P<prompt length>': a length bucket's key in
+  `Memory.per_bucket` and the run's summary."""
+  return f"L{shape[0]}/P{shape[1]}"
+
+
+def _fit_buckets(plan, build, gb, resident, max_len, chunk_size, mesh_size,
+                 stored, first):
+  """`fit_memory`'s chunks per length bucket (its docstring): (plan,
+  {Capacities: stages}, Memory), or None when one task per device does
+  not fit the longest shapes (then one size for the run decides, or
+  refuses)."""
+  order = list(plan.order)
+  width = min(chunk_size, len(order)) or 1
+  counts = [len(plan.queries[n]) for n in order]
+
+  def caps_at(slots: int) -> Capacities:  # a function of the slots alone
+    w = min(slots, width)
+    most = max(sum(counts[i:i + w]) for i in range(len(order) - w + 1))
+    return plan.caps._replace(
+        chunk=w, tasks=slots,
+        queries=sharding.padded_count(max(most, 1), mesh_size))
+
+  built = {plan.caps.tasks: first[0]} if caps_at(plan.caps.tasks)._replace(
+      chunk=0) == plan.caps._replace(chunk=0) else {}
+  figures = {}  # (slots, shape) -> the programs' GiB per device
+  if built:
+    figures[(plan.caps.tasks, plan.longest[:2])] = first[1]
+
+  def stages_at(slots):
+    if slots not in built:
+      built[slots] = build(plan._replace(caps=caps_at(slots)))
+    return built[slots]
+
+  def need(size, shape):
+    slots = sharding.padded_count(size, mesh_size)
+    if (slots, shape) not in figures:
+      figures[(slots, shape)] = stage_memory(
+          stages_at(slots), plan._replace(caps=caps_at(slots)), max_len,
+          shape)
+    return _need(figures[(slots, shape)], resident)
+
+  sizes: dict[tuple[int, int], int] = {}
+  rules: dict[tuple[int, int], str] = {}
+
+  def lower_at(shape) -> int:  # memory grows with the lengths
+    return max([v for k, v in sizes.items()
+                if k[0] >= shape[0] and k[1] >= shape[1]] or [0])
+
+  def size_at(shape) -> int:
+    if shape in sizes:
+      return sizes[shape]
+    inside = [n for n in order if n not in plan.shapes  # (skipped)
+              or (plan.shapes[n][0] <= shape[0]
+                  and plan.shapes[n][1] <= shape[1])]
+    cap = max(1, min(chunk_size, len(inside)))
+    lower = lower_at(shape)
+    size, rule = cap, "the configured size fits"
+    if lower >= cap:
+      size, rule = cap, "as a longer bucket"
+    elif need(cap, shape) > gb:
+      s1, s2 = min(cap, mesh_size), min(cap, 2 * mesh_size)
+      n1 = need(s1, shape)
+      if n1 > gb:  # only where memory does not grow with the lengths
+        size, rule = max(lower, 1), "as a longer bucket"
+      else:
+        # (s2 > s1 here: the configured size did not fit, s1 does)
+        p1, p2 = (sharding.padded_count(s, mesh_size) for s in (s1, s2))
+        slope = (need(s2, shape) - n1) / max(p2 - p1, 1)
+        size = s1
+        while size < cap and n1 + (sharding.padded_count(
+            size + 1, mesh_size) - p1) * slope <= gb:
+          size += 1
+        while size > s1 and need(size, shape) > gb:  # checked
+          size -= 1
+        rule = (f"linear in task slots S from {p1}: {n1:.2f} GiB + "
+                f"(S - {p1}) x {slope:.3f} GiB")
+    sizes[shape], rules[shape] = max(size, lower, 1), rule
+    return sizes[shape]
+
+  longest = plan.longest[:2]
+  chunks = None
+  if stored and [n for c in stored for n in c] == order and all(
+      0 < len(c) <= chunk_size for c in stored):
+    chunks = [list(c) for c in stored]  # a resumed run's own plan
+  elif need(min(width, mesh_size), longest) > gb:
+    return None  # one task per device does not fit: one size decides
+  else:
+    size_at(longest)
+    chunks, cur = [], []
+    for n in order:  # (a shape is analysed only where a chunk there
+      # would grow past the size of a longer shape)
+      shape = plan.chunk_shape(cur + [n])
+      if (cur and len(cur) + 1 > lower_at(shape)
+          and len(cur) + 1 > size_at(shape)):
+        chunks.append(cur)
+        cur = []
+      cur.append(n)
+    if cur:
+      chunks.append(cur)
+  chunk_caps = tuple(caps_at(sharding.padded_count(len(c), mesh_size))
+                     for c in chunks)
+  for cc in chunk_caps:
+    stages_at(cc.tasks)
+  runs = [c for c in chunks if any(n in plan.shapes for n in c)]
+  needs = [(need(len(c), plan.chunk_shape(c)), c) for c in runs]
+  worst, at = max(needs or [(need(1, longest), [order[0]])],
+                  key=lambda x: x[0])
+  slots = sharding.padded_count(len(at), mesh_size)
+  per_bucket: dict[str, int] = {}
+  for c in runs:
+    key = bucket_name(plan.chunk_shape(c))
+    per_bucket[key] = max(per_bucket.get(key, 0), len(c))
+  shown = sorted({plan.chunk_shape(c) for c in runs})
+  rule = "per length bucket: " + "; ".join(
+      f"{bucket_name(k)} {sizes.get(k, per_bucket[bucket_name(k)])} "
+      f"({rules.get(k, 'as planned before (resumed)')})" for k in shown)
+  new = plan._replace(
+      chunks=chunks, chunk_caps=chunk_caps,
+      caps=max(chunk_caps, key=lambda cc: (cc.tasks, cc.queries)))
+  return new, {cc: built[cc.tasks] for cc in chunk_caps}, Memory(
+      gb, "", resident, figures[(slots, plan.chunk_shape(at))], worst,
+      max(len(c) for c in chunks), rule, per_bucket)
 
 
 def _agreed(value: float, largest: bool = True) -> float:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 from typing import NamedTuple
 
+import jax
 import numpy as np
 from absl import logging
 
@@ -148,10 +150,13 @@ def open_workdir(path: str, fingerprint: dict, overwrite: bool,
   return Workdir(path, lock)
 
 
-def stored_chunk(wd: Workdir, index: int, ids: list[str]) -> dict | None:
+def stored_chunk(wd: Workdir, index: int, ids: list[str],
+                 slots: int | None = None) -> dict | None:
   """Finished chunk `index` if its file holds exactly the tasks `ids`
-  (records, timings, padding); None to redo it (missing, or a file that
-  is truncated, not a chunk, or of other tasks: said in a warning)."""
+  (records, timings, padding) and, given `slots`, was run on that many
+  task slots (a file without the count passes); None to redo it
+  (missing, or a file that is truncated, not a chunk, of other tasks or
+  of another slot count: said in a warning)."""
   path = wd.chunk_path(index)
   if not os.path.exists(path):
     return None
@@ -170,7 +175,68 @@ def stored_chunk(wd: Workdir, index: int, ids: list[str]) -> dict | None:
   if [r["id"] for r in stored["records"]] != list(ids):
     logging.warning("%s holds other tasks; redoing that chunk", path)
     return None
+  if slots is not None and stored.get("slots", slots) != slots:
+    logging.warning("%s ran on %s task slots, the plan has %d (chunks "
+                    "planned for another memory budget); redoing that "
+                    "chunk", path, stored.get("slots"), slots)
+    return None
   return stored
+
+
+PLAN_FILE = "plan.json"  # under chunks/: cleared with them
+
+
+def stored_plan(wd: Workdir, budget: tuple[float, str], ids: list[str]
+                ) -> list[list[int]] | None:
+  """The chunks (task indices) a resumed run planned, when it planned them
+  for this same budget (to the MiB) and these task ids, so a resumed run
+  cuts the same chunks (`ttt.plan.fit_memory`'s `stored`); None
+  otherwise, with a warning when the budget changed. One host only (other
+  hosts may not read process 0's files: they plan again)."""
+  path = os.path.join(wd.path, "chunks", PLAN_FILE)
+  if jax.process_count() > 1 or not os.path.exists(path):
+    return None
+  try:
+    got = read_json(path, "the chunk plan")
+  except WorkdirError as e:
+    logging.warning("%s; planning the chunks again", e)
+    return None
+  at = {i: n for n, i in enumerate(ids)}
+  if not (isinstance(got, dict) and isinstance(got.get("chunks"), list)
+          and all(isinstance(c, list) and all(i in at for i in c)
+                  for c in got["chunks"])):
+    logging.warning("%s is not a chunk plan of these tasks; planning the "
+                    "chunks again", path)
+    return None
+  if (_mib(got.get("budget_gb")) != _mib(budget[0])
+      or got.get("budget_source") != budget[1]):
+    logging.warning("memory: the budget changed (%s GiB, %s -> %.3f GiB, "
+                    "%s): chunks planned again; finished chunks of other "
+                    "tasks or slot counts are redone",
+                    got.get("budget_gb"), got.get("budget_source"),
+                    budget[0], budget[1])
+    return None
+  return [[at[i] for i in c] for c in got["chunks"]]
+
+
+def write_plan(wd: Workdir, budget: tuple[float, str],
+               chunks: list[list[str]] | None) -> None:
+  """Records the run's chunks (task ids) and the budget they were planned
+  for (process 0; `stored_plan` reads them back); None: the run's chunks
+  are the configured ones (a plan recorded before is removed)."""
+  path = os.path.join(wd.path, "chunks", PLAN_FILE)
+  if sharding.is_main() and chunks is None:
+    if os.path.exists(path):
+      os.remove(path)
+  elif sharding.is_main():
+    gb = budget[0] if _mib(budget[0]) is not None else None
+    evaluate.write_json(path, dict(budget_gb=gb, budget_source=budget[1],
+                                   chunks=chunks))
+
+
+def _mib(gb) -> int | None:
+  ok = isinstance(gb, (int, float)) and math.isfinite(gb)
+  return round(gb * 1024) if ok else None
 
 
 def write_chunk(wd: Workdir, index: int, chunk: dict) -> None:
