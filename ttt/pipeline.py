@@ -272,8 +272,10 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
                                     codec)}
 
   # --- a run-wide protocol's adaptation (resumable; per_task: nothing) ----
-  if with_model:
-    timings["ttt"] += stages.adapt.prepare(plan, wd.file("protocol"))
+  if with_model:  # each set of stages (one per slot count) holds it: the
+    # first adapts, the others read the state it saved (the same seconds)
+    timings["ttt"] += max(s.adapt.prepare(plan, wd.file("protocol"))
+                          for s in built.values())
 
   # --- the chunks (finished ones resumed) ---------------------------------
   results: list[dict] = []
