@@ -188,7 +188,7 @@ def test_joint_full_prefix_runs_the_main_job_and_says_so(tmp_path):
   with np.load(tmp_path / "run" / "protocol" / protocols.STATE_FILE) as z:
     meta = json.loads(str(z["meta"]))
   assert (meta["step"], meta["total"], meta["batch"]) == (3, 3, 3)
-  assert len(meta["losses"]) == 2  # segments of ttt.steps = 2 steps
+  assert len(meta["losses"]) == 3  # segments dividing the 3 steps: 1
 
 
 def test_workdirs_made_before_the_protocol_field_still_resume(tmp_path):

@@ -24,8 +24,8 @@ of a step together), drawn in epochs without replacement over all tasks'
 valid rows; warm-up and cosine decay run over all of it.
 
 The adaptation runs before the first chunk (`Adapt.prepare`) in segments of
-`ttt.steps` steps (one compiled program, called tasks times), writing its
-state (adapter, optimizer state, step, seconds) atomically to
+up to `ttt.steps` steps (`_segment`; one compiled program, called until
+done), writing its state (adapter, optimizer state, step, seconds) to
 `<workdir>/protocol/state.npz` at most every `SAVE_EVERY_S` seconds and
 when done: a killed run resumes the adaptation from the last save, not from
 scratch, and a resumed run whose chunks are partly done reuses the finished
@@ -114,6 +114,14 @@ def run_rows(plan, data_cfg, codec_, seed: int, length: int,
   real = float((rows.tokens != codec_.pad).sum(-1).mean()) if len(
       rows.valid) else 0.0
   return rows, np.concatenate(task), order, counts, real
+
+
+def _segment(total: int, steps: int) -> int:
+  """Steps per call: the largest divisor of `total` up to `steps` (no step
+  of the last call computed and thrown away), or `steps` when that divisor
+  is under a quarter of it (then the last call's surplus steps are masked)."""
+  best = max(d for d in range(1, min(steps, total) + 1) if total % d == 0)
+  return best if 4 * best >= min(steps, total) else steps
 
 
 def _pad_length(ds, length: int, pad: int):
@@ -221,7 +229,8 @@ def make_run_wide(*, ttt, adapter, model, data_cfg, seed: int,
                        "(every task too long or without demonstrations)")
     batch = ttt.run_wide_batch or ttt.batch_size
     seen = ttt.steps * len(order) * ttt.batch_size  # rows, as per task
-    total, segment = -(-seen // batch), ttt.steps
+    total = -(-seen // batch)
+    segment = _segment(total, ttt.steps)
     length = rows.tokens.shape[1]
     run["tokens"] = dict(real=real * total * batch,
                          computed=float(total * batch * length),
