@@ -115,9 +115,9 @@ class _CompileLog(logging.Handler):
     return collections.Counter(m.split()[1] for m in self.seen)
 
 
-def _stage_programs(c, predictor=None) -> dict:
-  """{stage.program: its jit name} of the stages `pipeline.run` builds for
-  config `c` (built the same way, from the public factories)."""
+def build_stages(c, predictor=None):
+  """(plan, stages) as `pipeline.run` builds them for config `c` (from the
+  public factories; the weights placed on the mesh)."""
   from ttt import job as job_lib
   from ttt import plan as plan_lib
   from ttt import sharding
@@ -129,7 +129,14 @@ def _stage_programs(c, predictor=None) -> dict:
   plan = plan_lib.plan_run(tasks, mesh, run=job.run, data_cfg=job.data,
                            views_cfg=job.views, decode=job.decode)
   weights, _ = weights_lib.load(job.init_from, job.model, job.adapter, 0)
-  stages = pipeline.make_stages(job, plan, weights, mesh, predictor)
+  weights = weights_lib.place(weights, mesh)
+  return plan, pipeline.make_stages(job, plan, weights, mesh, predictor)
+
+
+def _stage_programs(c, predictor=None) -> dict:
+  """{stage.program: its jit name} of the stages `pipeline.run` builds for
+  config `c`."""
+  stages = build_stages(c, predictor)[1]
   return {k: p.__name__ for k, p in stages.programs().items()}
 
 

@@ -14,7 +14,6 @@ import pytest
 from ttt import data, inner_loop, lora, pipeline, protocols, sharding
 from ttt import job as job_lib
 from ttt import model as model_lib
-from ttt import plan as plan_lib
 from ttt import weights as weights_lib
 
 
@@ -31,14 +30,9 @@ def _config(protocol="joint", mode="lora+prefix", **run):
 
 
 def _stages(c):
-  job = job_lib.parse(c)
-  tasks, _ = plan_lib.load_tasks(job.run)
-  mesh = sharding.make_mesh()
-  plan = plan_lib.plan_run(tasks, mesh, run=job.run, data_cfg=job.data,
-                           views_cfg=job.views, decode=job.decode)
-  weights, _ = weights_lib.load(job.init_from, job.model, job.adapter, 0)
-  weights = weights_lib.place(weights, mesh)
-  return plan, pipeline.make_stages(job, plan, weights, mesh)
+  from pipeline_test import build_stages
+
+  return build_stages(c)
 
 
 def _adapters(stages, plan):
