@@ -258,9 +258,12 @@ def stage_table(args) -> dict:
       c.init_from = model if os.path.isdir(model) else c.init_from
       c.run.num_tasks = tasks
       c.run.chunk_size = 1 if args.smoke else 64
-      if args.smoke:
+      if args.smoke:  # (one transform, greedy: the rows' code, not the
+        # method, is what the smoke checks)
         c.ttt.steps, c.data.num_sequences = 2, 4
         c.decode.max_new_tokens = 16
+        c.decode.method = "greedy"
+        c.views.transforms = ("transpose",)
       else:
         c.run.fixed_shapes = tasks <= 10
         c.run.chunk_order = "length"  # similar lengths share a chunk
