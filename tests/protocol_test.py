@@ -3,7 +3,6 @@
 
 import dataclasses
 import json
-import os
 import types
 
 import jax
@@ -177,12 +176,19 @@ def test_joint_full_prefix_runs_the_main_job_and_says_so(tmp_path):
   report = (tmp_path / "run" / "report.md").read_text()
   assert "Protocol joint: one adaptation over the demonstrations of all " \
          "the run's test tasks at once" in report
-  assert os.path.exists(tmp_path / "run" / "protocol" / protocols.STATE_FILE)
+  state, = (tmp_path / "run" / "protocol").glob(f"*/{protocols.STATE_FILE}")
   assert s["timings_s"]["ttt"] > 0 and s["padded_share"]["ttt"] is not None
-  with np.load(tmp_path / "run" / "protocol" / protocols.STATE_FILE) as z:
+  with np.load(state) as z:
     meta = json.loads(str(z["meta"]))
   assert (meta["step"], meta["total"], meta["batch"]) == (3, 3, 3)
   assert len(meta["losses"]) == 3  # segments dividing the 3 steps: 1
+  # another config's run in the workdir (one killed before any chunk has
+  # no fingerprint check) never resumes this state, and removes it
+  wd = types.SimpleNamespace(file=lambda n: str(tmp_path / "run" / n))
+  assert pipeline._protocol_dir(wd, job_lib.parse(c)) == str(state.parent)  # noqa: SLF001
+  c.ttt.lr = c.ttt.lr / 2
+  other = pipeline._protocol_dir(wd, job_lib.parse(c))  # noqa: SLF001
+  assert other != str(state.parent) and not state.exists()
 
 
 def test_workdirs_made_before_the_protocol_field_still_resume(tmp_path):

@@ -34,7 +34,10 @@ UNTRAINED model, said loudly in the log and the report.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -131,6 +134,22 @@ def run_chunk(stages: Stages, plan: plan_lib.Plan, chunk: list[int]
                 decode_calls=float(decoded.model_calls))
   return (records, dict(clock.times, **vote_times), counts,
           dict(clock.memory.stages))
+
+
+def _protocol_dir(wd, job) -> str:
+  """`<workdir>/protocol/<digest of the run's fingerprint>`: a run-wide
+  adaptation's saved state is only ever resumed by the same config (a run
+  killed before its first chunk has no chunk for `open_workdir` to check),
+  and process 0 removes the states other configs left there."""
+  digest = hashlib.sha256(json.dumps(
+      evaluate.strict(job_lib.fingerprint(job)), sort_keys=True).encode()
+                          ).hexdigest()[:16]
+  root = wd.file("protocol")
+  if sharding.is_main() and os.path.isdir(root):
+    for name in os.listdir(root):
+      if name != digest:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+  return os.path.join(root, digest)
 
 
 def _max_into(total: dict, part: dict) -> None:
@@ -274,7 +293,8 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
   # --- a run-wide protocol's adaptation (resumable; per_task: nothing) ----
   if with_model:  # each set of stages (one per slot count) holds it: the
     # first adapts, the others read the state it saved (the same seconds)
-    timings["ttt"] += max(s.adapt.prepare(plan, wd.file("protocol"))
+    state_dir = _protocol_dir(wd, job)
+    timings["ttt"] += max(s.adapt.prepare(plan, state_dir)
                           for s in built.values())
 
   # --- the chunks (finished ones resumed) ---------------------------------
