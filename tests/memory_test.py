@@ -48,8 +48,9 @@ def test_budget_as_given_or_what_the_machine_has():
   assert a == job_lib.fingerprint(job_lib.parse(_config()))
 
 
-def _plan_and_replan(chunk_size, num_tasks):
-  job = job_lib.parse(_config(num_tasks=num_tasks, chunk_size=chunk_size))
+def _plan_and_replan(chunk_size, num_tasks, **run):
+  job = job_lib.parse(_config(num_tasks=num_tasks, chunk_size=chunk_size,
+                              **run))
   tasks, _ = plan_lib.load_tasks(job.run)
   mesh = sharding.make_mesh()
 
@@ -108,18 +109,8 @@ def test_run_refuses_before_any_chunk(tmp_path):
 
 def _bucket_plan(chunk_size=24, num_tasks=40):
   """A plan without fixed shapes, chunks cut in length order."""
-  job = job_lib.parse(_config(num_tasks=num_tasks, chunk_size=chunk_size,
-                              fixed_shapes=False, chunk_order="length",
-                              length_bucket=256))
-  tasks, _ = plan_lib.load_tasks(job.run)
-  mesh = sharding.make_mesh()
-
-  def replan(size):
-    return plan_lib.plan_run(
-        tasks, mesh, run=dataclasses.replace(job.run, chunk_size=size),
-        data_cfg=job.data, views_cfg=job.views, decode=job.decode)
-
-  return replan(chunk_size), replan, mesh.size
+  return _plan_and_replan(chunk_size, num_tasks, fixed_shapes=False,
+                          chunk_order="length", length_bucket=256)
 
 
 def test_chunks_sized_per_length_bucket(monkeypatch):
