@@ -26,7 +26,8 @@ valid rows; warm-up and cosine decay run over all of it.
 The adaptation runs before the first chunk (`Adapt.prepare`) in segments of
 up to `ttt.steps` steps (`_segment`; one compiled program, called until
 done), writing its state (adapter, optimizer state, step, seconds) to
-`<workdir>/protocol/state.npz` at most every `SAVE_EVERY_S` seconds and
+`<workdir>/protocol/<config digest>/state.npz` at most every
+`SAVE_EVERY_S` seconds and
 when done: a killed run resumes the adaptation from the last save, not from
 scratch, and a resumed run whose chunks are partly done reuses the finished
 state. The rows each step trains on depend only on the step (drawn from
