@@ -112,10 +112,14 @@ def test_vmapped_ttt_equals_looped_on_an_llm_shape():
   for k in range(t):
     ad, mk = one(base, jax.tree.map(lambda x, k=k: x[k], adapters),
                  jax.tree.map(lambda x, k=k: x[k], ds), keys[k])
+    # atol: 0.1% of one AdamW step (lr 1e-2); Adam's normalised update of
+    # a near-zero gradient moves by ~lr whatever its rounding, so vmapped
+    # and looped matmul orders differ there by a few 1e-6 on some CPUs (seen
+    # 4.1e-6 on an AVX2 EPYC)
     for a, b in zip(jax.tree.leaves(ad), jax.tree.leaves(
         jax.tree.map(lambda x, k=k: x[k], out)), strict=True):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5,
-                                 atol=1e-6)
+                                 atol=1e-5)
     np.testing.assert_allclose(mk["loss"], m["loss"][k], rtol=1e-5)
   assert m["loss"][0, -1] < m["loss"][0, 0]  # it trains
 

@@ -186,8 +186,8 @@ def test_gqa_kv_cache_step_equals_forward():
   full = forward(state, toks, positions)
   n = 6
   _, cache = forward(state, toks[:, :n], positions[:, :n], return_cache=True)
-  assert cache[0][0].shape == (2, n, 2, 24)  # [B, L, Hkv, D]
-  cache = jax.tree.map(lambda c: jnp.pad(c, ((0, 0), (0, 4), (0, 0), (0, 0))),
+  assert cache[0][0].shape == (2, 2, n, 24)  # [B, Hkv, L, D]
+  cache = jax.tree.map(lambda c: jnp.pad(c, ((0, 0), (0, 0), (0, 4), (0, 0))),
                        cache)
   coords = jnp.zeros((2, 3), jnp.int32)
   for t in range(n, 10):
@@ -323,8 +323,8 @@ def test_scan_layers_equals_loop_forward_and_kv_cache():
     caches.append((graphdef, state, cache))
   np.testing.assert_allclose(lasts[1], lasts[0], atol=1e-5, rtol=1e-5)
   (g0, s0, c0), (g1, s1, c1) = caches
-  assert c0[0][0].shape == (2, n + 4, 2, 24)  # tuple of [B, C, Hkv, D]
-  assert c1[0].shape == (3, 2, n + 4, 2, 24)  # [N, B, C, Hkv, D]
+  assert c0[0][0].shape == (2, 2, n + 4, 24)  # tuple of [B, Hkv, C, D]
+  assert c1[0].shape == (3, 2, 2, n + 4, 24)  # [N, B, Hkv, C, D]
 
   def same_cache(c0, c1):
     for i, kv in enumerate(c0):

@@ -225,9 +225,9 @@ def test_kv_cache_decode_equals_forward(snapshots, scan_layers):
   step = jax.jit(lambda state, *a: nnx.merge(graphdef, state).step(*a))
   last, cache = prefill(state, seq, lengths, coords)
   if scan_layers:
-    assert cache[0].shape == (2, 2, 2 * length, 2, 16)  # [N, B, C, Hkv, D]
+    assert cache[0].shape == (2, 2, 2, 2 * length, 16)  # [N, B, Hkv, C, D]
   else:
-    assert cache[0][0].shape == (2, 2 * length, 2, 16)  # [B, C, Hkv, D]
+    assert cache[0][0].shape == (2, 2, 2 * length, 16)  # [B, Hkv, C, D]
   np.testing.assert_allclose(last, full[jnp.arange(2), lengths - 1],
                              atol=1e-5)
   index = lengths

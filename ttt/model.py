@@ -27,8 +27,8 @@ loop (every jitted program unrolls them). With `scan_layers=True` it is ONE
 `nnx.Param` / `nnx.LoRAParam`, so `ttt.lora` splits it the same way), and
 `__call__` / `step` run the layers with `jax.lax.scan` over that axis: one
 layer is compiled however deep the model is. The KV cache is then (k, v)
-stacked as [num_layers, B, C, K, D] instead of a tuple over layers of (k, v)
-[B, C, K, D]; in both layouts the length axis is -3 and the batch axis -4.
+stacked as [num_layers, B, K, C, D] instead of a tuple over layers of (k, v)
+[B, K, C, D]; in both layouts the length axis is -2 and the batch axis -4.
 The two layouts compute the same numbers; their parameter trees differ (a
 checkpoint is read in the layout it was written in).
 
@@ -439,21 +439,29 @@ class Attention(nnx.Module):
     return apply_rope(q, angles), apply_rope(k, angles), v
 
   def __call__(self, x, angles, kv_valid=None, segments=None):
-    """Full causal attention; returns (out [B, L, d], (k, v) [B, L, K, D]).
-    `segments`: see `causal_attention`."""
+    """Full causal attention; returns (out [B, L, d], (k, v) [B, K, L, D],
+    the cache layout of `step`). `segments`: see `causal_attention`."""
     b, length, _ = x.shape
     q, k, v = self._qkv(x, angles)
     out = causal_attention(q, k, v, kv_valid, self.attention_block,
                            segments)
-    return self.o(out.reshape(b, length, -1)), (k, v)
+    return (self.o(out.reshape(b, length, -1)),
+            (jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)))
 
   def step(self, x, angles, cache, index, layer=None):
     """One new position per row against a KV cache.
 
+    The cache is kept as [B, K, C, D] (heads before positions) so both
+    attention products read it in place: q.k contracts D and p.v contracts
+    C with (B, K) as leading batch dimensions, the layout XLA's dot takes
+    without a copy. The [B, C, K, D] layout of `causal_attention` cost a
+    transpose of the layer's whole cache per token (68% of the CPU decode's
+    time, benchmarks/RESULTS.md).
+
     Args:
       x: [B, 1, d]; angles: [B, 1, D / 2].
-      cache: (k, v) [B, C, K, D]; or, with `layer`, every layer's (k, v)
-        stacked [N, B, C, K, D] (only layer `layer` is read and written).
+      cache: (k, v) [B, K, C, D]; or, with `layer`, every layer's (k, v)
+        stacked [N, B, K, C, D] (only layer `layer` is read and written).
       index: int32[B], where row b's new key goes (keys at positions <=
         index are attended to).
       layer: None, or an int32 scalar: this layer's index in a stacked
@@ -465,15 +473,24 @@ class Attention(nnx.Module):
     b = x.shape[0]
     q, k, v = self._qkv(x, angles)
     rows = jnp.arange(b)
-    at = (rows, index) if layer is None else (layer, rows, index)
+    at = ((rows, slice(None), index) if layer is None
+          else (layer, rows, slice(None), index))
     k_cache = cache[0].at[at].set(k[:, 0].astype(cache[0].dtype))
     v_cache = cache[1].at[at].set(v[:, 0].astype(cache[1].dtype))
     keys, values = ((k_cache, v_cache) if layer is None
                     else (k_cache[layer], v_cache[layer]))
-    visible = jnp.arange(keys.shape[1])[None, :] <= index[:, None]
-    out = jax.nn.dot_product_attention(
-        q, keys.astype(q.dtype), values.astype(q.dtype),
-        mask=visible[:, None, None, :])
+    kv, d = self.num_kv_heads, self.head_dim
+    # query head h reads key/value head h // (H / K), as in
+    # jax.nn.dot_product_attention's grouped-query path
+    qg = q[:, 0].reshape(b, kv, self.num_heads // kv, d)
+    logits = jnp.einsum("bkgd,bkcd->bkgc", qg, keys.astype(q.dtype),
+                        preferred_element_type=jnp.float32)
+    logits = logits * jnp.float32(1.0 / math.sqrt(d))
+    visible = jnp.arange(keys.shape[2])[None, :] <= index[:, None]
+    logits = jnp.where(visible[:, None, None, :], logits,
+                       jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgc,bkcd->bkgd", probs, values.astype(q.dtype))
     return self.o(out.reshape(b, 1, -1)), (k_cache, v_cache)
 
 
@@ -563,7 +580,7 @@ def run_stacked(blocks: Block, x, angles, kv_valid=None,
 
   Returns:
     x after the N blocks, and with `return_cache` the cache (k, v), each
-    [N, B, L, K, D] (else None).
+    [N, B, K, L, D] (else None).
   """
   graphdef, stacked = nnx.split(blocks)
 
@@ -583,7 +600,7 @@ def step_stacked(blocks: Block, x, angles, cache, index):
   Args:
     blocks: a `Block` of variables stacked [N, ...].
     x: float32[B, 1, d]; angles: [B, 1, D / 2].
-    cache: (k, v) [N, B, C, K, D]; index: int32[B] the position written.
+    cache: (k, v) [N, B, K, C, D]; index: int32[B] the position written.
 
   Returns:
     (x after the N blocks, the updated cache).
@@ -612,10 +629,10 @@ class Transformer(nnx.Module):
     position attends only to the positions of its own segment (and to the
     learned prefix, which every position sees).
   Returns float32[B, L, vocab_size] logits, and with `return_cache` also
-  the KV cache: a tuple over layers of (k, v) [B, P + L, K, D] (K =
+  the KV cache: a tuple over layers of (k, v) [B, K, P + L, D] (K =
   `config.kv_heads` key/value heads, P = `num_prefix` learned prefix
-  positions first); with `config.scan_layers` one (k, v) stacked [N, B,
-  P + L, K, D] over the N layers. `step` continues from it.
+  positions first); with `config.scan_layers` one (k, v) stacked [N, B, K,
+  P + L, D] over the N layers. `step` continues from it.
   """
 
   def __init__(self, config: ModelConfig, adapter: AdapterConfig | None = None,

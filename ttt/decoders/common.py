@@ -222,8 +222,8 @@ def prefill(model, prompts, lengths, coords, max_new: int):
   Returns:
     (logits float32[V, vocab] of the token after the prompt, the KV cache
     with room for `max_new` more positions: each leaf padded along its
-    length axis, -3 in both of the model's layouts, [V, C, K, D] per layer
-    or [N, V, C, K, D] stacked).
+    length axis, -2 in both of the model's layouts, [V, K, C, D] per layer
+    or [N, V, K, C, D] stacked).
   """
   positions = jnp.broadcast_to(
       jnp.arange(prompts.shape[1], dtype=jnp.int32), prompts.shape)
@@ -231,7 +231,7 @@ def prefill(model, prompts, lengths, coords, max_new: int):
   logits, cache = model(prompts, positions, coords, kv_valid,
                         return_cache=True)
   cache = jax.tree.map(lambda c: jnp.pad(
-      c, [(0, 0)] * (c.ndim - 3) + [(0, max_new), (0, 0), (0, 0)]), cache)
+      c, [(0, 0)] * (c.ndim - 2) + [(0, max_new), (0, 0)]), cache)
   last = logits[jnp.arange(prompts.shape[0]), jnp.maximum(lengths - 1, 0)]
   return last, cache
 
