@@ -72,7 +72,11 @@ ROWS: dict[str, tuple[str, dict]] = {
                     "adapter.prefix_len": 1, "ttt.run_wide_batch": 16}),
     "prefix": ("prefix tuning instead of LoRA", {"adapter.mode": "prefix"}),
     "steps_32": ("TTT steps 32", {"ttt.steps": 32}),
+    "steps_256": ("TTT steps 256", {"ttt.steps": 256}),
     "steps_512": ("TTT steps 512", {"ttt.steps": 512}),
+    "full_token_256": ("full fine-tuning with a fresh task token, 256 steps",
+                       {"adapter.mode": "full+prefix", "adapter.prefix_len": 1,
+                        "ttt.steps": 256}),
     "headline_identity": ("headline adapters, identity view only",
                           dict(_NO_VIEWS)),
 }
@@ -87,7 +91,7 @@ REFERENCE = {"base": None, "views": "base", "headline": "views",
              "headline_identity": "headline"}
 # rows on the accuracy-vs-TTT-steps plot: (steps, row); 0 = `views`
 STEPS_ROWS = ((0, "views"), (32, "steps_32"), (128, "headline"),
-              (512, "steps_512"))
+              (256, "steps_256"), (512, "steps_512"))
 
 
 def row_config(job, overrides: dict):
