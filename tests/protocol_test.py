@@ -96,10 +96,10 @@ def test_run_wide_segment_trains_each_row_under_its_task_prefix():
                                weight_decay=0.0, warmup_frac=0.0))
   graphdef, adapter, base = lora.split(model_lib.make_model(
       model_cfg, adapter_cfg, jax.random.key(0)))
-  # two task embeddings; B != 0 so the LoRA is live
+  # three task embeddings; B != 0 so the LoRA is live
   state = jax.tree_util.tree_map_with_path(
-      lambda p, x: (jnp.stack([x, x + 0.5]) if inner_loop.task_leaf(p)
-                    else x + 0.01), adapter)
+      lambda p, x: (jnp.stack([x, x + 0.5, x - 0.5])
+                    if inner_loop.task_leaf(p) else x + 0.01), adapter)
   rng = np.random.default_rng(0)
   mask = np.ones((2, 10), np.int32)
   mask[1, 7:] = 0  # rows of different target counts: a token mean
@@ -108,22 +108,26 @@ def test_run_wide_segment_trains_each_row_under_its_task_prefix():
       positions=np.tile(np.arange(10, dtype=np.int32), (2, 1)),
       coords=np.zeros((2, 10, 3), np.int32), valid=np.ones(2, bool),
       segments=np.ones((2, 10), np.int32))
-  task = np.array([1, 1], np.int32)
+  task = np.array([1, 2], np.int32)  # the rows of two tasks, one batch
   fn, opt_init = inner_loop.make_run_wide_segment(
       cfg, graphdef, total_steps=1, segment=1, per_task=inner_loop.task_leaf)
   batches = (jax.tree.map(lambda x: x[None], rows), task[None])
   new, _, ok, m = fn(base, jax.tree.map(jnp.copy, state), opt_init(state),
                      jnp.bool_(True), batches, jnp.int32(0))  # (donated)
-  # the loss by hand: both rows under task 1's adapter, token mean
-  one = lora.merge(graphdef, inner_loop.pick_task(state, 1), base)
-  ll, w = model_lib.target_logprobs(one, rows)
-  np.testing.assert_allclose(m["loss"][0], -(ll * w).sum() / w.sum(),
-                             rtol=1e-5)
+  # the loss by hand: each row alone under its task's adapter, token mean
+  total = count = 0.0
+  for r, t in enumerate(task):
+    one = lora.merge(graphdef, inner_loop.pick_task(state, int(t)), base)
+    ll, w = model_lib.target_logprobs(
+        one, jax.tree.map(lambda x, r=r: x[r:r + 1], rows))
+    total, count = total + (ll * w).sum(), count + w.sum()
+  np.testing.assert_allclose(m["loss"][0], -total / count, rtol=1e-5)
   assert bool(ok)
   p_old = jax.tree.leaves(lora.split_prefix(state)[0])[0]
   p_new = jax.tree.leaves(lora.split_prefix(new)[0])[0]
   np.testing.assert_array_equal(p_new[0], p_old[0])  # task 0: no row
   assert not np.allclose(p_new[1], p_old[1])
+  assert not np.allclose(p_new[2], p_old[2])
   moved = [not np.allclose(a, b) for a, b in zip(
       jax.tree.leaves(lora.split_prefix(new)[1]),
       jax.tree.leaves(lora.split_prefix(state)[1]), strict=True)]

@@ -671,6 +671,8 @@ class Transformer(nnx.Module):
       coords = jnp.zeros((b, length, 3), jnp.int32)
     p = self.num_prefix
     if p:
+      # [P, d] shared by the rows, or [B, P, d] one per row (the joint
+      # protocol: each row under its own task's embedding)
       prefix = jnp.broadcast_to(self.prefix[...].astype(x.dtype),
                                 (b, p, x.shape[-1]))
       x = jnp.concatenate([prefix, x], axis=1)

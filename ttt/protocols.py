@@ -171,6 +171,24 @@ def _load(path: str, like: list, meta_want: dict):
   return leaves, meta
 
 
+def _rows_on_mesh(tree, mesh):
+  """Host leaves [segment, B, ...] with each step's B rows split over the
+  mesh's devices (data parallel: the run-wide state is replicated and XLA
+  sums the gradient over devices; before, one device computed every row
+  while the others idled). Replicated when B does not divide. Every host
+  holds the same draw and hands over its devices' part."""
+  size = mesh.devices.size
+
+  def put(x):
+    x = np.asarray(x)
+    split = x.ndim > 1 and x.shape[1] % size == 0
+    where = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+        None, mesh.axis_names[0]) if split else jax.sharding.PartitionSpec())
+    return jax.make_array_from_callback(x.shape, where, lambda i: x[i])
+
+  return jax.tree.map(put, tree)
+
+
 def make_run_wide(*, ttt, adapter, model, data_cfg, seed: int,
                   length_bucket: int, weights, mesh, caps, codec_=None,
                   save_every_s: float | None = None):
@@ -250,7 +268,7 @@ def make_run_wide(*, ttt, adapter, model, data_cfg, seed: int,
           draw_key, valid, s, batch)))
     state = fresh_state(order)
     opt = programs["opt_init"](state)
-    carry = (state, opt, jnp.bool_(True))
+    carry = sharding.replicate((state, opt, jnp.bool_(True)), mesh)
     treedef = jax.tree.structure(carry)
     path = os.path.join(directory, STATE_FILE)
     want = dict(total=total, batch=batch, rows=int(len(task)),
@@ -259,7 +277,7 @@ def make_run_wide(*, ttt, adapter, model, data_cfg, seed: int,
     step, seconds, losses = 0, 0.0, []
     if got is not None:
       leaves, meta = got
-      carry = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in leaves])
+      carry = sharding.replicate(jax.tree.unflatten(treedef, leaves), mesh)
       step, seconds = int(meta["step"]), float(meta["seconds"])
       losses = list(meta.get("losses", []))
       run["final_loss"] = meta.get("final_loss")
@@ -274,9 +292,10 @@ def make_run_wide(*, ttt, adapter, model, data_cfg, seed: int,
     saved, segments, t_seg = time.perf_counter(), 0, time.perf_counter()
     while step < total:
       idx = np.asarray(programs["draw"](jnp.arange(step, step + segment)))
-      drawn = jax.tree.map(lambda x, i=idx: x[i], rows)
-      *carry, m = programs["train"](weights.base, *carry,
-                                    (drawn, task[idx]), jnp.int32(step))
+      drawn = _rows_on_mesh((jax.tree.map(lambda x, i=idx: x[i], rows),
+                             task[idx]), mesh)
+      *carry, m = programs["train"](weights.base, *carry, drawn,
+                                    jnp.int32(step))
       carry = tuple(carry)
       step = min(step + segment, total)
       segments += 1
