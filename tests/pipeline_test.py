@@ -750,7 +750,7 @@ def test_launch_input_errors_are_one_line_with_status_2(tmp_path):
   helped = subprocess.run(cmd[:3] + ["--help"], cwd=str(tmp_path), env=env,
                           capture_output=True, text=True, timeout=300)
   assert helped.returncode == 0, helped.stderr[-2000:]
-  assert "--config.ttt.steps=128" in helped.stdout
+  assert "--config.ttt.steps=256" in helped.stdout
   assert "--config.decode.method='dfs'" in helped.stdout
 
 
