@@ -3,8 +3,8 @@ r"""The main job: TTT -> augmented inference -> voting -> scores (`launch.ttt`).
 Commands:
 
   # The default (embedded) run: the shipped tiny model on the 10 shortest
-  # ARC-AGI-1 evaluation tasks, CPU: 75 s cold / 72 s with the compilation
-  # cache warm, measured on the idle 2-core machine:
+  # ARC-AGI-1 evaluation tasks, CPU: 99 s cold / 93 s with the compilation
+  # cache warm, measured on the idle 2-core machine (2026-12-02):
   python -m launch.ttt
   # The same with flags spelled out, writing to a chosen workdir:
   python -m launch.ttt --config=configs/arc_ttt.py:tiny --workdir=/tmp/ttt
@@ -19,12 +19,16 @@ Commands:
 Presets:
   tiny  checkpoints/tiny (0.86M parameters, trained ~5.6 CPU-hours, see
         checkpoints/tiny/README.md); 10 shortest evaluation tasks; LoRA rank
-        16, 128 TTT steps at lr 2e-3; DFS decoding (every answer with p >=
-        0.1 per view). Measured on the idle 2-core machine (2026-11-30):
-        72 s warm (TTT 54 s, inference 11 s), 75 s cold; pass@2 2/10,
-        candidate coverage 36%; with --config.decode.method=greedy 3/10
-        (coverage 27%); without TTT (--config.ttt.enabled=False) 0/10.
-        (Ten tasks decide nothing: the table's 100 do, configs/table.py.)
+        16, 256 TTT steps at lr 2e-3 (chosen on the held-out selection list,
+        issue 33: 5/44 against 1/44 at 128 steps); DFS decoding (every
+        answer with p >= 0.1 per view). Measured on the idle 2-core machine
+        (AMD EPYC, 2026-12-02): 93 s warm (TTT 69 s, inference 5 s), 99 s
+        cold; pass@2 2/10, candidate coverage 45%; in the same session the
+        previous recipe (--config.ttt.steps=128) 58 s warm, 2/10, coverage
+        36% (the new one: 1.59x its wall time); with
+        --config.decode.method=greedy 4/10 (coverage 36%); without TTT
+        (--config.ttt.enabled=False) 0/10. (Ten tasks decide nothing: the
+        table's 100 do, configs/table.py.)
   gpu   the `base` model (27M parameters) from `init_from` -- none ships
         yet: train one first (configs/pretrain.py:base) and pass
         --config.init_from=<its model dir>; without it the run stops with

@@ -4,10 +4,12 @@ Commands (each row is its own resumable main job under --workdir/<row>;
 rerun the same command to resume a killed table):
 
   # CPU: the shipped model on the 100 committed ARC-AGI-1 evaluation tasks,
-  # all rows (7.6 h on both cores of the 2-core machine, ~15 core-hours:
-  # ~2 per row with TTT, 6 for steps_512; expected: base 1/100, views
-  # 1/100, headline 9/100, full_ft 13/100, steps_512 18/100 -- README,
-  # benchmarks/table/arc1/; rows can be run a few
+  # all rows (~2 core-hours per 128-step row with TTT on the 2-core machine
+  # of 2026-12-01, twice that for the 256-step headline and full_token_256,
+  # 4x for steps_512; the table of 2026-12-01, benchmarks/table/
+  # arc1_lora128/, took 7.6 h on both cores: base 1/100, views 1/100,
+  # headline_lora128 9/100, full_ft 13/100, steps_512 18/100; the new
+  # headline's rows: benchmarks/table/arc1/); rows can be run a few
   # at a time with --config.table.rows='("base","views","headline")'; kill
   # and rerun freely, finished chunks are kept; --render_only rewrites the
   # report from the rows finished so far):
