@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import table as table_config
-from ttt import augment, table
+from ttt import augment, evaluate, table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -176,6 +176,58 @@ def test_derived_rows_equal_separate_runs(tmp_path):
   outcomes = {r["pass2_tasks"] for r in derived["rows"].values()}
   assert len(outcomes) > 1
   assert "(headline's)" in (tmp_path / "derived" / "table.md").read_text()
+
+
+def test_headline_is_the_default_recipe_and_references_fall_back(tmp_path):
+  """The headline is the default job's recipe (256 steps on the CPU table);
+  `headline_lora128` and the rows measured against it pin 128 steps, so the
+  committed selection workdir still resumes (same fingerprints); each row
+  is compared with the first of its references the table has."""
+  from configs import arc_ttt
+  from ttt import job as job_lib
+
+  config = table_config.get_config("cpu")
+  assert config.job.ttt.steps == arc_ttt.get_config().ttt.steps == 256
+  for name, (_, overrides) in table.ROWS.items():
+    refs = table.REFERENCE.get(name, table._DEFAULT_REFERENCE)
+    if refs and refs[0] == "headline_lora128" and not name.startswith(
+        "steps_"):
+      assert table.row_config(config.job, overrides).ttt.steps == 128, name
+  select = table_config.get_config("cpu,select")
+  for name in select.table.rows:
+    _, overrides = table.run_overrides(name, select.table, {})
+    got = json.loads(json.dumps(evaluate.strict(job_lib.fingerprint(
+        job_lib.parse(table.row_config(select.job, overrides))))))
+    stored = os.path.join(ROOT, "benchmarks", "table", "select", name,
+                          "fingerprint.json")
+    with open(stored, encoding="utf-8") as f:
+      assert got == json.load(f), name
+  assert "vote.also" in table.run_overrides(
+      "headline_lora128", select.table, {})[1]
+
+  config.job.init_from = ""
+  config.job.run.task_ids = table_config.task_ids(1)[:4]
+  config.table.rows = ("headline", "headline_lora128", "full_token")
+  config.table.bootstrap = 200
+
+  def oracle(task, k, view):
+    return augment.apply(view.element, task.test[k][1])
+
+  def wrong(task, k, view):
+    return np.zeros((1, 1), np.int8)
+
+  out = table.run_table(config, str(tmp_path), dict(
+      headline=oracle, headline_lora128=wrong, full_token=oracle))
+  rows = out["rows"]
+  assert rows["headline_lora128"]["versus"] == "headline"
+  assert rows["headline_lora128"]["diff"] == -1.0
+  assert rows["full_token"]["versus"] == "headline_lora128"
+  assert rows["full_token"]["only_this"] == 4
+  # without the previous headline, the next reference: the headline
+  config.table.rows = ("headline", "full_token")
+  alone = table.render_table(config, str(tmp_path))
+  assert alone["rows"]["full_token"]["versus"] == "headline"
+  assert alone["rows"]["full_token"]["diff"] == 0.0
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -337,6 +337,23 @@ def _read_results(path: str) -> dict:
   return res
 
 
+def run_overrides(name: str, tc, derived: dict, test_double: bool = False
+                  ) -> tuple[str, dict]:
+  """(description, overrides) of the run of row `name`: `ROWS[name]`, and
+  for the rows in `ALSO_SELECTS` (table.derived on) every derived
+  selection as `vote.also`, whichever rows were asked for -- a headline run
+  first made without the derived rows would otherwise be refused (another
+  config) when they are added later. A test double cannot rescore, so with
+  one only the derived rows asked for (`derived`)."""
+  desc, overrides = ROWS[name]
+  if name in ALSO_SELECTS and tc.get("derived", True):
+    also = (tuple(derived.values()) if test_double
+            else tuple(DERIVED.values()))
+    overrides = {**overrides, "vote.also": also}
+    desc += "; also selects " + ", ".join(also)
+  return desc, overrides
+
+
 def run_table(config, workdir: str, predictors: dict | None = None,
               log: Callable[[str], None] = logging.info) -> dict:
   """Runs (or resumes) every row, then writes the table. Returns its dict.
@@ -354,16 +371,8 @@ def run_table(config, workdir: str, predictors: dict | None = None,
   runs, derived, order = _plan(tc)
   table: dict = {}
   for n, name in enumerate(runs):
-    desc, overrides = ROWS[name]
-    if name in ALSO_SELECTS and tc.get("derived", True):
-      # every derived selection, whichever rows were asked for: a headline
-      # run first made without the derived rows would otherwise be refused
-      # (another config) when they are added later. A test double cannot
-      # rescore, so with one only the rows asked for.
-      also = (tuple(derived.values()) if (predictors or {}).get(name)
-              else tuple(DERIVED.values()))
-      overrides = {**overrides, "vote.also": also}
-      desc += "; also selects " + ", ".join(also)
+    desc, overrides = run_overrides(name, tc, derived,
+                                    bool((predictors or {}).get(name)))
     log(f"table run {n + 1}/{len(runs)}: {name} ({desc})")
     pipeline.run(row_config(config.job, overrides),
                  os.path.join(workdir, name),
