@@ -102,4 +102,5 @@ def test_auto_attention_blocks_only_where_the_program_runs_on_cpu():
   assert M.auto_attention_block(256) == 64
   assert cpu.count("stablehlo.dot_general") == 2 * 4  # 4 query blocks
   assert gpu.count("stablehlo.dot_general") == 2  # one call (cuDNN's path)
-  assert M.auto_attention_block(192) == 0
+  assert M.auto_attention_block(192) == 64
+  assert M.auto_attention_block(127) == 0

@@ -334,11 +334,17 @@ def apply_rope(x, angles):
 
 
 def auto_attention_block(length: int) -> int:
-  """CPU's query block for causal attention over `length` positions: 4
-  blocks up to 512 positions, blocks of 128 beyond; 0 (one block) under
-  256 positions, where the score matrix is small."""
-  if length < 256:
+  """CPU's query block for causal attention over `length` positions:
+  blocks of 64 from 128 positions, 4 blocks from 256 up to 512, blocks of
+  128 beyond; 0 (one block) under 128 positions. Measured on a 2-core
+  EPYC (AVX2; benchmarks/RESULTS.md): at 192 positions 64-query blocks
+  take the forward + backward from ~70 to ~35 ms (10 tasks x 2 rows x 4
+  heads); from 256 on, the Xeon's choice stays within noise of the best
+  block there too."""
+  if length < 128:
     return 0
+  if length < 256:
+    return 64
   return -(-length // 4) if length <= 512 else 128
 
 
