@@ -22,7 +22,7 @@ Presets:
         16, 256 TTT steps at lr 2e-3 (chosen on the held-out selection list,
         issue 33: 5/44 against 1/44 at 128 steps); DFS decoding (every
         answer with p >= 0.1 per view). Measured on the idle 2-core machine
-        (AMD EPYC, 2026-12-02): 93 s warm (TTT 69 s, inference 5 s), 99 s
+        (AMD EPYC, 2026-12-02): 93 s warm (TTT 64 s, inference 6 s), 99 s
         cold; pass@2 2/10, candidate coverage 45%; in the same session the
         previous recipe (--config.ttt.steps=128) 58 s warm, 2/10, coverage
         36% (the new one: 1.59x its wall time); with
