@@ -181,7 +181,8 @@ def test_derived_rows_equal_separate_runs(tmp_path):
 def test_headline_is_the_default_recipe_and_references_fall_back(tmp_path):
   """The headline is the default job's recipe (256 steps on the CPU table);
   `headline_lora128` and the rows measured against it pin 128 steps, so the
-  committed selection workdir still resumes (same fingerprints); each row
+  committed workdirs (the selection list's and the ARC-AGI-1 table's)
+  still resume (same fingerprints); each row
   is compared with the first of its references the table has."""
   from configs import arc_ttt
   from ttt import job as job_lib
@@ -193,15 +194,22 @@ def test_headline_is_the_default_recipe_and_references_fall_back(tmp_path):
     if refs and refs[0] == "headline_lora128" and not name.startswith(
         "steps_"):
       assert table.row_config(config.job, overrides).ttt.steps == 128, name
+  # the committed workdirs (the selection list's, the ARC-AGI-1 table's)
+  # resume: every row they hold has the fingerprint its config gives now
+  for arg, folder in (("cpu,select", "select"), ("cpu", "arc1")):
+    cfg = table_config.get_config(arg)
+    held = [name for name in cfg.table.rows if os.path.exists(os.path.join(
+        ROOT, "benchmarks", "table", folder, name, "fingerprint.json"))]
+    assert len(held) >= 5, (folder, held)
+    for name in held:
+      _, overrides = table.run_overrides(name, cfg.table, {})
+      got = json.loads(json.dumps(evaluate.strict(job_lib.fingerprint(
+          job_lib.parse(table.row_config(cfg.job, overrides))))))
+      stored = os.path.join(ROOT, "benchmarks", "table", folder, name,
+                            "fingerprint.json")
+      with open(stored, encoding="utf-8") as f:
+        assert got == json.load(f), (folder, name)
   select = table_config.get_config("cpu,select")
-  for name in select.table.rows:
-    _, overrides = table.run_overrides(name, select.table, {})
-    got = json.loads(json.dumps(evaluate.strict(job_lib.fingerprint(
-        job_lib.parse(table.row_config(select.job, overrides))))))
-    stored = os.path.join(ROOT, "benchmarks", "table", "select", name,
-                          "fingerprint.json")
-    with open(stored, encoding="utf-8") as f:
-      assert got == json.load(f), name
   assert "vote.also" in table.run_overrides(
       "headline_lora128", select.table, {})[1]
 

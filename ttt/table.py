@@ -67,15 +67,17 @@ ROWS: dict[str, tuple[str, dict]] = {
                  {"vote.method": "product_of_experts"}),
     "end_to_end": ("end-to-end TTT data instead of leave-one-out (128 steps)",
                    {"data.leave_out": "end_to_end", **_128}),
-    "shared": ("one adapter shared by all the run's tasks (128 steps)",
-               {"ttt.protocol": "shared", **_128}),
+    # (the run-wide rows -- shared and joint -- take headline_lora128's
+    # rows in all, 16 to a step: 1/8 of its optimizer steps, each over
+    # more rows; shared is joint without the per-task prefix)
+    "shared": ("one LoRA adapter shared by all the run's tasks (128 steps' "
+               "rows)", {"ttt.protocol": "shared", "ttt.run_wide_batch": 16,
+                         **_128}),
     "full_ft": ("full fine-tuning instead of LoRA (128 steps)",
                 {"adapter.mode": "full", **_128}),
     "full_token": ("full fine-tuning with a fresh task token (VARC; 128 "
                    "steps)", {"adapter.mode": "full+prefix",
                               "adapter.prefix_len": 1, **_128}),
-    # (the joint rows: headline_lora128's rows in all, 16 to a step -- 1/8
-    # of its optimizer steps, each over more rows)
     "joint": ("joint TTT over all tasks, LoRA + a learned prefix per task "
               "(128 steps' rows)",
               {"ttt.protocol": "joint", "adapter.mode": "lora+prefix",
