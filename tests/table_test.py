@@ -198,16 +198,16 @@ def test_headline_is_the_default_recipe_and_references_fall_back(tmp_path):
   # resume: every row they hold has the fingerprint its config gives now
   for arg, folder in (("cpu,select", "select"), ("cpu", "arc1")):
     cfg = table_config.get_config(arg)
-    held = [name for name in cfg.table.rows if os.path.exists(os.path.join(
-        ROOT, "benchmarks", "table", folder, name, "fingerprint.json"))]
+    stored = {name: os.path.join(ROOT, "benchmarks", "table", folder, name,
+                                 "fingerprint.json")
+              for name in cfg.table.rows}
+    held = [name for name, path in stored.items() if os.path.exists(path)]
     assert len(held) >= 5, (folder, held)
     for name in held:
       _, overrides = table.run_overrides(name, cfg.table, {})
       got = json.loads(json.dumps(evaluate.strict(job_lib.fingerprint(
           job_lib.parse(table.row_config(cfg.job, overrides))))))
-      stored = os.path.join(ROOT, "benchmarks", "table", folder, name,
-                            "fingerprint.json")
-      with open(stored, encoding="utf-8") as f:
+      with open(stored[name], encoding="utf-8") as f:
         assert got == json.load(f), (folder, name)
   select = table_config.get_config("cpu,select")
   assert "vote.also" in table.run_overrides(
