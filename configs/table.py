@@ -65,7 +65,39 @@ ALL_ROWS = ("base", "views", "headline", "vote_flat", "vote_poe",
 # default job), and the joint protocol (LoRA + a prefix per task)
 SELECT_ROWS = ("headline_lora128", "full_ft", "full_token", "steps_256",
                "full_token_256", "joint")
+# the selection rule (issue 42): the headline recipe (steps_256's) rerun on
+# the selection list recording every rule of `ttt.select.RULES`; the
+# default job's `vote.method` is the best of them there
+SELECT_RULE_ROWS = ("headline", "vote_flat", "vote_poe", "vote_reference",
+                    "vote_count_poe", "headline_identity")
+ALL_RULES = ("flat", "reference", "product_of_experts", "count_poe",
+             "identity")
 TASK_FILES = {1: "arc1_evaluation_100.txt", 2: "arc2_evaluation_50.txt"}
+# An unbiased sample of all 400 ARC-AGI-1 evaluation tasks (issue 42): 100
+# ids drawn uniformly without replacement by `draw_sample` (seed 0), listed
+# shortest full sequence first (ties by id) so the run's chunks go shortest
+# first; 31 of them fit the CPU context of 1024 tokens, 67 fit 2048.
+SAMPLE_FILE = "arc1_evaluation_random100.txt"
+SAMPLE_SEED = 0
+SAMPLE_ROWS = ("base", "views", "headline", "vote_flat", "vote_poe")
+
+
+def draw_sample(seed: int = SAMPLE_SEED, n: int = 100) -> list[str]:
+  """The sample list's ids: `n` of the 400 ARC-AGI-1 evaluation ids (sorted
+  by id) drawn uniformly without replacement with numpy's
+  `default_rng(seed).choice`, then ordered by full sequence length (every
+  demonstration, the test input and its answer; the longest test input's;
+  ties by id) -- the order the run's chunks take, not part of the draw."""
+  import numpy as np
+
+  from ttt import arc, tokens
+  tasks = {t.id: t for t in arc.load_arc(1, "evaluation", errors=[])}
+  ids = sorted(tasks)
+  pick = [ids[i] for i in np.random.default_rng(seed).choice(
+      len(ids), n, replace=False)]
+  full = {i: max(tokens.sequence_length(tasks[i], k)
+                 for k in range(len(tasks[i].test))) for i in pick}
+  return sorted(pick, key=lambda i: (full[i], i))
 # The held-out selection list (where the default recipe is chosen; never
 # reported in the table): the ARC-AGI-1 evaluation tasks ranked 101-200 by
 # the same rule that fit the CPU context of 1024 tokens -- ranks 101-144,
@@ -73,10 +105,15 @@ TASK_FILES = {1: "arc1_evaluation_100.txt", 2: "arc2_evaluation_50.txt"}
 SELECT_FILE = "arc1_evaluation_select.txt"
 
 
-def task_ids(version: int, select: bool = False) -> tuple[str, ...]:
-  name = SELECT_FILE if select else TASK_FILES[version]
-  if select and version != 1:
-    raise ValueError("the selection list is ARC-AGI-1's (version=1)")
+def task_ids(version: int, select: bool = False, sample: bool = False
+             ) -> tuple[str, ...]:
+  name = (SELECT_FILE if select else SAMPLE_FILE if sample
+          else TASK_FILES[version])
+  if (select or sample) and version != 1:
+    raise ValueError("the selection and sample lists are ARC-AGI-1's "
+                     "(version=1)")
+  if select and sample:
+    raise ValueError("choose one of select and sample")
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                       "table_tasks", name)
   with open(path, encoding="utf-8") as f:
@@ -84,7 +121,8 @@ def task_ids(version: int, select: bool = False) -> tuple[str, ...]:
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, preset="cpu", version=1, select=False)
+  a = common.parse_arg(arg, preset="cpu", version=1, select=False,
+                       sample=False)
   if a.preset not in ("cpu", "gpu", "llm"):
     raise ValueError(f"unknown preset {a.preset!r}; known: ['cpu', 'gpu', "
                      "'llm']")
@@ -92,7 +130,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     raise ValueError(f"version must be 1 or 2, got {a.version}")
   job = arc_ttt.get_config({"cpu": "tiny"}.get(a.preset, a.preset))
   job.run.version = a.version
-  job.run.task_ids = task_ids(a.version, a.select)
+  job.run.task_ids = task_ids(a.version, a.select, a.sample)
   job.run.num_tasks = 0
   job.run.select = "first"
   if a.preset == "cpu":
@@ -115,11 +153,15 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.job = job
   config.table = ml_collections.ConfigDict(dict(
-      rows=(SELECT_ROWS if a.select else ALL_ROWS if a.version == 1
+      rows=(SELECT_ROWS + SELECT_RULE_ROWS if a.select
+            else SAMPLE_ROWS if a.sample
+            else ALL_ROWS if a.version == 1
             else ("base", "views", "headline")),
       bootstrap=2000,  # resamples per interval
       seed=0,
       # vote_flat / vote_poe / headline_identity as selections of the
       # headline's candidates (ttt.table.DERIVED); False: separate runs
       derived=True))
+  if a.select:  # every rule recorded beside the headline's own
+    config.table.also = ALL_RULES
   return config

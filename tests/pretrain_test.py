@@ -187,6 +187,14 @@ def test_launch_pretrain_smoke(tmp_path):
   assert "step 3/3" in out.stderr
   assert os.path.exists(tmp_path / "model" / "model_config.json")
   assert os.path.exists(tmp_path / "config.json")
+  # the data report: sources with their counts, and the leakage guard's
+  # refusal of ARC-AGI-1's training copy of an evaluation task
+  with open(tmp_path / "data.json", encoding="utf-8") as f:
+    report = json.load(f)
+  assert report["sources"]["arc1"]["tasks"] > 300
+  assert "arc1/40853293" in report["leakage_guard"]["refused"]
+  assert "refused 1 training sources that are evaluation tasks" in \
+      out.stderr
 
 
 def test_broken_model_checkpoints_are_named(tmp_path):
@@ -206,3 +214,66 @@ def test_broken_model_checkpoints_are_named(tmp_path):
   with pytest.raises(ValueError, match=r"model_config.json is not valid "
                      r"JSON"):
     ckpt.load_weights_config(path)
+
+
+def _pairs_json(pairs):
+  return json.dumps([{"input": np.asarray(i).tolist(),
+                      "output": np.asarray(o).tolist()} for i, o in pairs])
+
+
+def test_evaluation_tasks_never_enter_training(tmp_path):
+  """The leakage guard: a re-ARC-style file named after an ARC-AGI-1 or
+  ARC-AGI-2 evaluation task, a renamed copy of an evaluation task's pairs
+  (matched by content), and a training task that copies one (ARC-AGI-1's
+  40853293 is evaluation task 070dd51e) are refused by name, the rest
+  trains; one shared pair (chance) is not refused."""
+  from ttt import arc, pretrain_data
+
+  ev1 = {t.id: t for t in arc.load_arc(1, "evaluation")}
+  ev2 = [t for t in arc.load_arc(2, "evaluation") if t.id not in ev1]
+  rng = np.random.default_rng(0)
+  own = [(rng.integers(0, 10, (3, 4)), rng.integers(0, 10, (4, 3)))
+         for _ in range(4)]
+  (tmp_path / "aaaaaaaa.json").write_text(_pairs_json(own))
+  (tmp_path / "00576224.json").write_text(_pairs_json(own))  # an eval id
+  (tmp_path / f"{ev2[0].id}.json").write_text(_pairs_json(own))  # AGI-2
+  renamed = list(ev1["e7639916"].train)  # another name, the same pairs
+  (tmp_path / "bbbbbbbb.json.gz").write_bytes(gzip.compress(
+      _pairs_json(renamed[::-1]).encode()))
+  (tmp_path / "40853293.json").write_text(_pairs_json(own))
+  one = own + [ev1["e7639916"].train[0]]  # one shared pair: chance
+  (tmp_path / "cccccccc.json").write_text(_pairs_json(one))
+  cfg = pretrain.PretrainConfig(re_arc_dir=str(tmp_path), heldout_tasks=0,
+                                arc_training=False)
+  refused = {}
+  sources, _ = pretrain.load_pool(cfg, [], refused)
+  assert sorted(s.id for s in sources) == ["re_arc/aaaaaaaa",
+                                           "re_arc/cccccccc"]
+  assert refused == {
+      "re_arc/00576224": "named like ARC-AGI-1 evaluation task 00576224",
+      f"re_arc/{ev2[0].id}":
+          f"named like ARC-AGI-2 evaluation task {ev2[0].id}",
+      "re_arc/bbbbbbbb": f"{len(renamed)} pairs of ARC-AGI-1 evaluation "
+                         "task e7639916",
+      "re_arc/40853293": "named like ARC-AGI-1 training task 40853293, "
+                         "which copies 3 pairs of ARC-AGI-1 evaluation "
+                         "task 070dd51e"}
+  line = pretrain_data.refused_message(refused)
+  assert "\n" not in line and "refused 4 training sources" in line
+  report = pretrain_data.describe_pool(cfg, sources, [], refused)
+  assert report["sources"]["re_arc"] == dict(tasks=2, pairs=9,
+                                             dir=tmp_path.name)
+  assert report["leakage_guard"]["evaluation_ids"] == 514
+  # ARC-AGI-2's training split re-uses ARC-AGI-1 evaluation tasks: as
+  # sources, every one of them is refused
+  agi2 = [pretrain.Source(f"x/{n}", list(t.train))
+          for n, t in enumerate(arc.load_arc(2, "training")[:200])]
+  reused = {t.id for t in arc.load_arc(2, "training")[:200]} & set(ev1)
+  leaks = pretrain_data.evaluation_leaks(agi2)
+  assert reused and len(leaks) >= len(reused)
+  # nothing left: the run is refused, naming them
+  for name in ("aaaaaaaa.json", "cccccccc.json"):
+    os.remove(tmp_path / name)
+  with pytest.raises(ValueError, match="every source is an evaluation task"
+                     ".*re_arc/00576224"):
+    pretrain.load_pool(cfg, [], {})

@@ -131,11 +131,10 @@ def save_weights(path: str, params: Any, model_config: dict, *,
     ckptr.wait_until_finished()
   if jax.process_index() != 0:
     return
-  tmp = os.path.join(path, CONFIG_FILE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(dict(model=dict(model_config), dtype=dtype, **(extra or {})), f,
-              indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(path, CONFIG_FILE))
+  from ttt import evaluate
+  evaluate.write_text(os.path.join(path, CONFIG_FILE), json.dumps(
+      dict(model=dict(model_config), dtype=dtype, **(extra or {})),
+      indent=2, sort_keys=True))
 
 
 # Orbax bookkeeping that differs between byte-identical weights (write

@@ -451,10 +451,30 @@ def strict(obj):
 
 
 def write_text(path: str, text: str) -> None:
-  """Writes `text` atomically (temporary file, then rename)."""
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  """Writes `text` atomically: a fresh temporary file in the target's
+  folder (`tempfile.mkstemp`: a new name, created exclusively, so a link
+  planted at a fixed `.tmp` name is never followed), then `os.replace`
+  (which replaces a link at `path` itself, never its target). A failed
+  write (disk full, say) removes the temporary file and raises an OSError
+  naming `path`."""
+  import tempfile
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path)
+                             + ".", suffix=".tmp")
+  try:
+    os.fchmod(fd, 0o644)  # (mkstemp's 0600 would hide results from others)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException as e:
+    try:
+      os.unlink(tmp)
+    except OSError:
+      pass
+    if isinstance(e, OSError):
+      raise OSError(e.errno, f"could not write {path}: {e.strerror or e}"
+                    ) from e
+    raise
 
 
 def write_json(path: str, obj) -> None:

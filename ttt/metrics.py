@@ -68,9 +68,7 @@ def truncate(path: str, last_step: int) -> int:
   records = read(path)
   keep = [r for r in records if r.get("step", 0) <= last_step]
   if len(keep) < len(records) and jax.process_index() == 0:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r) + "\n" for r in keep)
-    os.replace(path + ".tmp", path)
+    evaluate.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
   return len(records) - len(keep)
 
 

@@ -243,8 +243,8 @@ def plan_run(tasks: list[arc.Task], mesh, *, run, data_cfg, views_cfg,
         max_len)
   prompt = {n: max([m for q in queries[n] for m in q.lengths] or [1])
             for n in range(len(tasks)) if n not in skipped}
-  driver = max(bounds or prompt or {0: 1},
-               key=lambda n: ((bounds or prompt)[n], -n))
+  lengths = bounds or prompt or {0: 1}  # every task skipped: a dummy
+  driver = max(lengths, key=lambda n: (lengths[n], -n))
   longest = (data.bucket_length(max(bounds.values(), default=1),
                                 run.length_bucket, max_len),
              data.bucket_length(max(prompt.values(), default=1),

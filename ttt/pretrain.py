@@ -55,6 +55,7 @@ from ttt import (
   inner_loop,
   metrics,
   optim,
+  pretrain_data,
   pretrained,
   sharding,
   tokens,
@@ -231,11 +232,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if cfg.batch_size % mesh.size:
     raise InputError(f"pretrain.batch_size={cfg.batch_size} must be a "
                      f"multiple of the {mesh.size} devices")
-  errors = []
+  errors, refused = [], {}
   t0 = time.perf_counter()
-  sources, heldout = load_pool(cfg, errors)
+  sources, heldout = load_pool(cfg, errors, refused)
   for e in errors[:20]:
     logging.warning("skipped: %s", e)
+  if refused:  # the leakage guard: evaluation tasks never enter training
+    logging.warning("%s", pretrain_data.refused_message(refused))
+  if sharding.is_main():  # the sources, their counts and what was refused
+    from ttt import evaluate as records
+    records.write_json(os.path.join(workdir, "data.json"),
+                        pretrain_data.describe_pool(cfg, sources, heldout,
+                                                    refused))
   n_pairs = sum(len(s.pairs) for s in sources)
   logging.info("data: %d source tasks, %d pairs, %d held-out tasks "
                "(%.1fs); %d malformed entries skipped", len(sources), n_pairs,

