@@ -53,6 +53,15 @@ def test_committed_task_lists_follow_the_rule():
       select = table_config.task_ids(1, select=True)
       assert list(select) == [i for i in rule[100:200] if full[i] <= 1024]
       assert len(select) == 44 and not set(select) & set(ids)
+      # the unbiased sample (issue 42): 100 of the 400 drawn with the stated
+      # seed, in length order; the skipped ones count (denominator 100)
+      sample = table_config.task_ids(1, sample=True)
+      assert list(sample) == table_config.draw_sample(
+          table_config.SAMPLE_SEED)
+      assert len(set(sample)) == 100 and set(sample) <= set(full)
+      assert list(sample) == sorted(sample, key=lambda i: (full[i], i))
+  assert table_config.get_config("cpu,sample").table.rows == \
+      table_config.SAMPLE_ROWS
   cfg = table_config.get_config("cpu")
   assert set(cfg.table.rows) <= set(table.ROWS)
   # the run keeps the list's order, so its chunks go shortest first (and
@@ -328,3 +337,15 @@ def test_a_corrupt_row_results_names_the_file_and_the_remedy(tmp_path,
   with pytest.raises(ValueError, match=re.escape(
       str(tmp_path / "views" / "results.json")) + ".*delete it and rerun"):
     table.render_table(config, str(tmp_path))
+
+
+def test_skipped_tasks_count_as_failures():
+  """A task skipped (too long, bad at load) stays in the denominator: a
+  failure on each of its test inputs, in every row alike."""
+  solved = dict(id="a", correct=True, tests=[dict(
+      correct=True, truth=[[1]], candidates=[dict(grid=[[1]], views=[])])])
+  skipped = dict(id="b", skipped="sequence needs 4030 tokens", num_tests=2)
+  per_task = table._outcomes(dict(tasks=[solved, skipped]))
+  assert per_task == {"a": (True, 1, 1, 1), "b": (False, 0, 2, 0)}
+  stats = table.row_stats(per_task, ["a", "b"], 100, 0)
+  assert stats["pass2"] == 0.5 and stats["test_inputs"] == 3
