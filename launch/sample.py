@@ -8,7 +8,7 @@ Several hosts: add `--multihost` (see `launch/common.py`).
 from absl import flags
 
 from launch import common
-from sampling import configlib, experiments, trees
+from sampling import experiments
 from ttt import sharding
 
 _CONFIG = common.define_config("sampling/scaling.py:tiny")
@@ -17,16 +17,12 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir_sampling",
 
 
 def parse(config) -> None:
-  """The sweep's fields and the instances it builds (target, pattern,
-  alpha, seed, p at every depth), before the first sweep starts."""
-  cfg = configlib.from_config(experiments.ExperimentConfig, config.sampling)
-  for n in sorted({*cfg.ns_tree, *cfg.mc_ns}):
-    try:
-      trees.make_instance(2, n, cfg.target, cfg.pattern, cfg.alpha,
-                          seed=cfg.seed, p=cfg.p)
-    except trees.InstanceError as e:
-      raise trees.InstanceError(f"config.sampling (the depth-{n} instance): "
-                                f"{e}") from e
+  """The sweep's fields (each within the limits the sweep can run with:
+  depths the exact tools enumerate, float32 masses, int32 horizons, at
+  least one chain) and the instances it builds (target, pattern, alpha,
+  seed, p at every depth), before the first sweep starts
+  (`sampling.experiments.parse`)."""
+  experiments.parse(config.sampling)
 
 
 def main(argv):

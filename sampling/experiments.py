@@ -49,6 +49,13 @@ import sampling
 from sampling import bounded, exact, montecarlo, trees
 from sampling import mesh as sharding
 
+# The deepest binary tree the exact tools enumerate (`ns_tree`).
+MAX_EXACT_DEPTH = max(n for n in range(trees.MAX_DEPTH + 1)
+                      if trees.num_nodes(2, n) <= exact.MAX_EXACT_NODES)
+# The longest walk the sweep runs: int32 step counters, with room for a
+# holding time past the horizon.
+MAX_STEPS = 1 << 30
+
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
@@ -72,6 +79,118 @@ class ExperimentConfig:
   mc_horizons: tuple[float, ...] = (1.0, 4.0)  # walk T = c α² n² there
   mc_bootstrap: int = 50  # bootstrap resamples of the statistics' TVs
   seed: int = 0
+
+  def validate(self) -> None:
+    """Refuses a field the sweep could not run with, naming the field, the
+    value and the limit -- before any work (`parse` also builds every
+    instance the sweep will)."""
+    _ints("ns_tree", self.ns_tree, trees.MAX_DEPTH, empty=False)
+    for n in self.ns_tree:
+      nodes = trees.num_nodes(2, n)
+      if nodes > exact.MAX_EXACT_NODES:
+        raise trees.InstanceError(
+            f"sampling.ns_tree: depth {n} is too large for the exact tools "
+            f"(they enumerate the tree: {nodes} nodes, more than "
+            f"{exact.MAX_EXACT_NODES}); give depths <= {MAX_EXACT_DEPTH}")
+    _ints("ns_lumped", self.ns_lumped, None, empty=False)
+    _ints("ns_topdown", self.ns_topdown, None, empty=False)
+    _ints("mc_ns", self.mc_ns, trees.MAX_DEPTH, empty=True)
+    for name in ("alpha", "small_alpha"):
+      _number(name, getattr(self, name), 1.0, trees.F32_MAX,
+              "(float32's range: the samplers compute in float32)")
+    _number("delta", self.delta, 0.0, 1.0, "", open_high=True)
+    _number("horizon_factor", self.horizon_factor, 0.0, math.inf, "",
+            open_low=True)
+    _number_list("mc_horizons", self.mc_horizons)
+    for name, low in (("num_horizons", 1), ("family_size", 1),
+                      ("mc_chains", 1), ("mc_bootstrap", 0)):
+      _int(name, getattr(self, name), low)
+    if self.mc_ns:
+      _int("mc_samples", self.mc_samples, 2,
+           "(with mc_ns; its statistics need 2 samples)")
+    _int("seed", self.seed, 0, high=trees.MAX_SEED)
+    self._check_horizons()
+
+  def _check_horizons(self) -> None:
+    """Every walk horizon T = c α² n² the sweep derives must be a step
+    count the walks can hold (1..MAX_STEPS)."""
+    a2 = float(self.alpha) ** 2
+    horizons = [("horizon_factor", self.horizon_factor, n)
+                for n in self.ns_tree]
+    horizons.append(("the Monte-Carlo check's factor", 4, self.ns_tree[0]))
+    horizons += [("mc_horizons", c, n) for n in self.mc_ns
+                 for c in self.mc_horizons]
+    for what, c, n in horizons:
+      t = c * a2 * n * n  # the sweep runs int(t) steps
+      if not 1 <= t < MAX_STEPS + 1:
+        raise trees.InstanceError(
+            f"sampling.alpha = {self.alpha:g} with {what} {c:g} gives walks "
+            f"of T = {c:g} * alpha^2 * n^2 = {t:.3g} steps at n = {n}; T "
+            f"must be in 1..{MAX_STEPS} (the walks count steps in int32)")
+
+
+def _int(name: str, v, low: int, what: str = "", high: int | None = None
+         ) -> None:
+  span = f">= {low}" if high is None else f"in {low}..{high}"
+  if not trees._is_int(v) or v < low or (high is not None and v > high):
+    raise trees.InstanceError(
+        f"sampling.{name} must be an integer {span}{' ' + what if what else ''}"
+        f", got {v!r}")
+
+
+def _number(name: str, v, low: float, high: float, what: str,
+            open_low: bool = False, open_high: bool = False) -> None:
+  """Refuses `v` unless it is a finite number in the interval."""
+  ok = trees._is_real(v) and math.isfinite(v) and (
+      v > low if open_low else v >= low) and (
+      v < high if open_high else v <= high)
+  if not ok:
+    lo = "(" if open_low else "["
+    hi = ")" if open_high else "]"
+    top = "inf" if high == math.inf else trees._num(high)
+    raise trees.InstanceError(
+        f"sampling.{name} must be a finite number in {lo}{low:g}, {top}{hi}"
+        f"{' ' + what if what else ''}, got {v!r}")
+
+
+def _ints(name: str, vs, high: int | None, empty: bool) -> None:
+  """Refuses `vs` unless it is a tuple of depths in 1..high (non-empty
+  unless `empty`)."""
+  if not isinstance(vs, (tuple, list)) or (not vs and not empty) or not all(
+      trees._is_int(v) and 1 <= v <= (high or v) for v in vs):
+    span = ">= 1" if high is None else f"in 1..{high}"
+    raise trees.InstanceError(
+        f"sampling.{name} must be a {'' if empty else 'non-empty '}tuple of "
+        f"depths {span}, got {vs!r}")
+
+
+def _number_list(name: str, vs) -> None:
+  if not isinstance(vs, (tuple, list)) or not all(
+      trees._is_real(v) and math.isfinite(v) and v > 0 for v in vs):
+    raise trees.InstanceError(
+        f"sampling.{name} must be a tuple of finite numbers > 0, got {vs!r}")
+
+
+def parse(config: Any) -> ExperimentConfig:
+  """The sweep's config, validated, and every instance it builds (target,
+  pattern, alpha, seed, p at every depth): what `run` would refuse, refused
+  before any work (`launch.sample` calls it while parsing its flags).
+
+  Raises:
+    InstanceError: a bad field (named, with its value and the limit) or an
+      instance that cannot be built.
+  """
+  from sampling import configlib
+
+  cfg = configlib.from_config(ExperimentConfig, config)
+  for n in sorted({*cfg.ns_tree, *cfg.mc_ns}):
+    try:
+      trees.make_instance(2, n, cfg.target, cfg.pattern, cfg.alpha,
+                          seed=cfg.seed, p=cfg.p)
+    except trees.InstanceError as e:
+      raise trees.InstanceError(f"config.sampling (the depth-{n} instance): "
+                                f"{e}") from e
+  return cfg
 
 
 def _slope(ns, ys) -> float:
@@ -127,11 +246,13 @@ def cost_to_delta(curve: dict, delta: float) -> float:
 def topdown_tv_sibling(n: int, alpha: float) -> float:
   """Exact top-down TV on U + sibling (§2a): TV(Bin(n−1, p), Bin(n−1, ½))
   with p = α² / (1 + α²)."""
-  p = alpha ** 2 / (1 + alpha ** 2)
+  # log p and log(1 − p) without forming p (1 − p rounds to 0 at α ≳ 1e8)
+  log_p = -math.log1p(alpha ** -2)
+  log_q = -2 * math.log(alpha) - math.log1p(alpha ** -2)
   k = np.arange(n)
   logc = np.array([math.lgamma(n) - math.lgamma(i + 1) - math.lgamma(n - i)
                    for i in k])
-  a = np.exp(logc + k * math.log(p) + (n - 1 - k) * math.log1p(-p))
+  a = np.exp(logc + k * log_p + (n - 1 - k) * log_q)
   b = np.exp(logc + (n - 1) * math.log(0.5))
   return 0.5 * float(np.abs(a - b).sum())
 
@@ -174,10 +295,12 @@ def _brief(lb: dict) -> dict:
 
 
 def run(config: Any, workdir: str) -> dict:
-  """Runs the sweeps; returns the results dict (also in results.json)."""
-  from sampling import configlib
+  """Runs the sweeps; returns the results dict (also in results.json).
 
-  cfg = configlib.from_config(ExperimentConfig, config)
+  Raises:
+    InstanceError: a bad config (`parse`), before any work.
+  """
+  cfg = parse(config)
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
   res: dict[str, Any] = dict(config=dataclasses.asdict(cfg))

@@ -41,7 +41,15 @@ def children_ref(inst: Instance, pre: Prefix, d):
     return jnp.asarray(inst.arrays["log_p"], jnp.float32)
   if inst.target == "ar":
     hs = child_hash(pre.hash[d], jnp.arange(S))
-    return jax.nn.log_softmax(inst.params["beta"] * _gumbel(hs))
+    g = _gumbel(hs)
+    # log_softmax(β g), shifted by the top logit before the product: its
+    # entry is then exactly 0. (jax.nn.log_softmax subtracts max(β g), which
+    # XLA may round apart from β g itself -- by far more than exp's float32
+    # range once |β g| is large, e.g. 168 at β g = 1.6e10: inf, NaN.)
+    beta = inst.params["beta"]
+    top = jnp.max(g) if beta >= 0 else jnp.min(g)
+    shifted = beta * (g - top)
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted)))
   return jnp.full(S, -math.log(S), jnp.float32)
 
 

@@ -67,6 +67,9 @@ TABLE_ORACLE_KEYS = ("kind", "log_mu_hat", "alpha")
 
 # |log μ̂| above this is not a log mass (float32 walks overflow on it).
 MAX_LOG_MASS = 1e6
+# The samplers compute in float32: every parameter, and every log mass they
+# derive from it, must be finite there.
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 class InstanceError(ValueError):
@@ -121,6 +124,24 @@ def _real(name: str, v, low: float | None = None) -> float:
   return float(v)
 
 
+def _num(v: float) -> str:
+  """A number as messages write it: 1e308, -2.5, 3.4e38."""
+  return f"{v:.3g}".replace("e+", "e")
+
+
+def _beyond_f32(what: str) -> str:
+  return (f"{what} is beyond float32's range (±{_num(F32_MAX)}), the "
+          "precision the samplers compute in")
+
+
+def _within_f32(name: str, v: float) -> float:
+  """`v`, refused when float32 cannot hold it (|v| > its largest
+  finite value)."""
+  if abs(v) > F32_MAX:
+    raise InstanceError(_beyond_f32(f"{name} {_num(v)}"))
+  return v
+
+
 def _name(what: str, v, known) -> str:
   """`v`, refused unless it is one of the strings `known`."""
   if not isinstance(v, str):
@@ -170,9 +191,21 @@ def child_hash(h, a):
                + xp.asarray(a, xp.uint32) + xp.uint32(1))
 
 
+# The largest float32 below 1: (2^24 − 1 + ½) / 2^24 rounds to 1.0 in
+# float32, where the Gumbel noise −log(−log u) would be +inf.
+_BELOW_ONE = float(np.nextafter(np.float32(1), np.float32(0)))
+# The range of the 'ar' target's Gumbel noise g = −log(−log u), u from
+# `hash_uniform` in [2^-25, 1 − 2^-24] (a float32 rounding's margin added).
+GUMBEL_LOW = -math.log(-math.log(2.0 ** -25)) - 1e-3
+GUMBEL_HIGH = -math.log(-math.log(_BELOW_ONE)) + 1e-3
+
+
 def hash_uniform(h):
-  """A float32 in (0, 1) from a hash."""
-  return ((h >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
+  """A float32 in (0, 1) from a hash (never 0 or 1)."""
+  xp = jnp if isinstance(h, jax.Array) else np
+  u = ((h >> 8).astype(xp.float32) + xp.float32(0.5)) * xp.float32(
+      1.0 / (1 << 24))
+  return xp.minimum(u, xp.float32(_BELOW_ONE))
 
 
 # --- the instance ------------------------------------------------------------
@@ -319,7 +352,7 @@ def make_instance(S: int = 2, n: int = 8, target: str = "uniform",
   S = _integer("alphabet_size", S, 2)
   n = _integer("depth", n, 1, MAX_DEPTH)
   target = _name("target", target, TARGETS)
-  alpha = _real("oracle alpha", alpha, 1.0)
+  alpha = _within_f32("oracle alpha", _real("oracle alpha", alpha, 1.0))
   seed = _integer("oracle seed", seed, 0, MAX_SEED)
   log_mu_hat = params.pop("log_mu_hat", None)
   _no_unknown(f"target {target!r} parameter", params,
@@ -330,7 +363,8 @@ def make_instance(S: int = 2, n: int = 8, target: str = "uniform",
     arrays["log_p"] = _log_p(S, params.get("p", 0.3 if S == 2 else None))
     kept["p"] = params.pop("p", 0.3 if S == 2 else None)
   elif target == "ar":
-    kept["beta"] = _real("target beta", params.pop("beta", 1.0))
+    kept["beta"] = _within_f32("target beta", _real(
+        "target beta", params.pop("beta", 1.0)))
     kept["target_seed"] = _integer("target target_seed",
                                    params.pop("target_seed", 0), 0, MAX_SEED)
   elif target == "dfa":
@@ -366,6 +400,12 @@ def make_instance(S: int = 2, n: int = 8, target: str = "uniform",
       raise InstanceError("target log_weights contain NaN or +inf")
     if not np.isfinite(lw).any():
       raise InstanceError("target log_weights are all -inf: no mass")
+    big = np.isfinite(lw) & (np.abs(lw) > F32_MAX)
+    if big.any():
+      k = int(np.flatnonzero(big)[0])
+      raise InstanceError(_beyond_f32(
+          f"target log-weight {_num(lw[k])} at leaf {k} (log_weights[{k}])"
+          ) + " (null for a zero weight)")
     arrays["leaf_logw"] = lw
     arrays["node_logm"] = _subtree_logm(lw, S, n)
   if pattern == "table" or log_mu_hat is not None:
@@ -388,10 +428,40 @@ def make_instance(S: int = 2, n: int = 8, target: str = "uniform",
     arrays["oracle_internal"] = lm
   else:
     _name("error pattern", pattern, PATTERNS + ("table",))
+  _check_log_masses(S, n, target, kept, arrays, pattern, alpha)
   inst = Instance(S, n, target, kept, pattern, alpha, seed, arrays)
   if pattern == "table":
     _check_table_oracle(inst)
   return inst
+
+
+def _check_log_masses(S: int, n: int, target: str, kept: dict,
+                      arrays: dict, pattern: str, alpha: float) -> None:
+  """Refuses parameters whose derived log masses float32 cannot hold.
+
+  The walks keep log M(v), log μ̂(v) = log M(v) ± log α and log π_ref(v) in
+  float32 and add and subtract them; a bound on their magnitude over every
+  node with mass must stay within float32's range, else the samplers draw
+  from infinities (or NaNs) and still flag every chain accepted.
+  """
+  log_s = math.log(S)
+  if target == "ar":  # |log c(v, a)| <= |β| (g_max − g_min) + log S
+    bound = n * (abs(kept["beta"]) * (GUMBEL_HIGH - GUMBEL_LOW) + log_s)
+    source = (f"target beta {_num(kept['beta'])} at depth {n} (|log M| up "
+              "to depth * (|beta| * the Gumbel noise's span + log S))")
+  elif target == "table":
+    logm = arrays["node_logm"]
+    bound = float(np.abs(logm[np.isfinite(logm)]).max())
+    source = "target log_weights (their subtree log masses)"
+  else:  # uniform, product, dfa: n times a log probability, or n log S
+    logp = arrays.get("log_p", np.array([-log_s]))
+    bound = n * max(log_s, float(np.abs(logp).max()))
+    source = f"target {target!r} at depth {n}"
+  if pattern != "table":  # log μ̂ = log M ± log α
+    bound += math.log(alpha)
+  if not bound <= F32_MAX:
+    raise InstanceError(_beyond_f32(
+        f"{source} gives log masses of magnitude {_num(bound)}, which"))
 
 
 def _logsumexp(x, axis):

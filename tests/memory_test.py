@@ -24,15 +24,23 @@ def _config(**run):
 
 
 def test_meter_gives_each_stage_its_own_peak():
+  """Each stage its own peak (a sampling thread), and the process's own
+  high-water mark -- what `/usr/bin/time -v` reports -- is never reset (it
+  was, through /proc/self/clear_refs: the tool then saw the last stage's
+  peak only)."""
+  import time
+
   meter = metrics.MemoryMeter()
   meter.tick("before")
-  big = np.ones(64 * 2**20 // 8)  # 64 MiB, touched, freed within the stage
+  big = np.ones(256 * 2**20 // 8)  # 256 MiB, touched, freed within the stage
+  time.sleep(0.2)  # (held for 20 sampling intervals)
   del big
   meter.tick("stage")
   meter.tick("after")
-  assert meter.stages["stage"] - meter.stages["before"] > 60 / 1024
-  if meter.exact:  # Linux: the high-water mark is reset at each tick
-    assert meter.stages["stage"] - meter.stages["after"] > 48 / 1024
+  assert meter.stages["stage"] - meter.stages["before"] > 240 / 1024
+  assert meter.stages["stage"] - meter.stages["after"] > 200 / 1024
+  # the kernel's mark still holds the stage's peak after the ticks
+  assert metrics.peak_rss_bytes() / metrics.GB >= meter.stages["stage"] - 0.01
   assert 0 < metrics.rss_bytes() <= metrics.peak_rss_bytes() * 1.01 + 2**24
 
 

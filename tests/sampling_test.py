@@ -1,6 +1,7 @@
 """Tests for sampling/: exact tools, samplers, instances (float64 on CPU)."""
 
 import json
+import math
 
 import jax
 import numpy as np
@@ -607,3 +608,163 @@ def test_invalid_table_oracles_are_refused():
     sampling.load_instance(dict(alphabet_size=S, depth=n,
                                 target=dict(kind="uniform"),
                                 oracle=dict(kind="table", log_mu_hat=lm)))
+
+
+# --- inputs the float32 samplers cannot hold, sweeps that cannot run -------
+
+_F32 = r"is beyond float32's range \(±3\.4e38\)"
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(target=dict(kind="table", log_weights=[0.0] * 3 + [1e308]
+                      + [0.0] * 4)),
+     r"target log-weight 1e308 at leaf 3 \(log_weights\[3\]\) " + _F32),
+    (dict(target=dict(kind="table", log_weights=[0.0] * 3 + [-1e308]
+                      + [0.0] * 4)),
+     r"target log-weight -1e308 at leaf 3 \(log_weights\[3\]\) " + _F32),
+    (dict(target=dict(kind="ar", beta=1e300)), "target beta 1e300 " + _F32),
+    (dict(target=dict(kind="ar", beta=-1e40)), "target beta -1e40 " + _F32),
+    (dict(oracle=dict(pattern="combo", alpha=1e300)),
+     "oracle alpha 1e300 " + _F32),
+    (dict(oracle=dict(kind="table", log_mu_hat=[0.0] * 7, alpha=1e300)),
+     "oracle alpha 1e300 " + _F32),
+    # each within range, but the log masses derived from it are not:
+    # |log c| up to |beta| * 19.5 per level, summed over the depth
+    (dict(depth=8, target=dict(kind="ar", beta=1e37)),
+     r"target beta 1e37 at depth 8 .* gives log masses of magnitude "
+     r"1\.56e39, which " + _F32),
+])
+def test_masses_beyond_float32_are_refused_at_load(change, match):
+  """They loaded, and top-down then drew one leaf for every chain from
+  infinite log masses, each chain flagged accepted."""
+  base = dict(alphabet_size=2, depth=3, target=dict(kind="uniform"),
+              oracle=dict(pattern="exact"))
+  base.update(change)
+  with pytest.raises(sampling.InstanceError, match=match):
+    sampling.load_instance(base)
+  with pytest.raises(sampling.InstanceError, match=match):
+    sampling.load_instance(json.dumps(base))
+
+
+def test_large_but_float32_masses_still_load_and_sample_finite():
+  """Within range they load and every sampler's masses stay finite: a
+  near point-mass target gives its one leaf. (At beta = 1e10 the walks drew
+  from NaN masses: XLA rounded beta * g apart from max(beta * g) by more
+  than exp's float32 range inside jax.nn.log_softmax.)"""
+  lw = [0.0] * 8
+  lw[3] = 1e30  # all the mass on leaf 3
+  table = sampling.load_instance(dict(
+      alphabet_size=2, depth=3, target=dict(kind="table", log_weights=lw),
+      oracle=dict(pattern="combo", alpha=3e38)))
+  for inst in (table, trees.make_instance(2, 6, "ar", "combo", 2.0,
+                                          beta=1e10),
+               trees.make_instance(2, 6, "ar", "combo", 2.0, beta=-1e35)):
+    t = exact.node_table(inst)
+    assert np.isfinite(t.logm).all() and np.isfinite(t.logmu).all()
+    mode = int(np.argmax(exact.target_law(t)))
+    leaf = [mode >> (inst.n - 1 - i) & 1 for i in range(inst.n)]
+    for method, kw in (("top_down", {}), ("lifted", dict(steps=64))):
+      xs, st = sampling.sample(inst, method, KEY, 2000, **kw)
+      assert all(np.isfinite(v).all() for v in st.values()
+                 if v.dtype.kind == "f"), (inst.target, method)
+      assert st["accepted"].sum() > 50, (inst.target, method)
+      assert (xs[st["accepted"]] == leaf).all(), (inst.target, method)
+
+
+def test_ar_masses_are_finite_where_a_child_hash_is_all_ones():
+  """hash_uniform rounded (2^24 - 1/2) / 2^24 up to 1.0 in float32, so the
+  Gumbel noise was +inf and both conditionals NaN: this seed's root hash
+  (mix32(3887972423) = 1878698419) has child 0's hash 0xFFFFFFFF."""
+  seed = 3887972423
+  h = trees.mix32(np.uint32(seed))
+  assert int(trees.child_hash(h, np.uint32(0))) == 0xFFFFFFFF
+  assert float(trees.hash_uniform(np.uint32(0xFFFFFFFF))) < 1.0
+  assert float(trees.hash_uniform(jax.numpy.uint32(0xFFFFFFFF))) < 1.0
+  inst = trees.make_instance(2, 2, "ar", "combo", 2.0, beta=1.0,
+                             target_seed=seed)
+  t = exact.node_table(inst)
+  assert np.isfinite(t.logm).all() and np.isfinite(t.logmu).all()
+  assert abs(np.exp(t.logm[1:3]).sum() - 1) < 1e-5
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(alpha=1e300), r"sampling\.alpha must be a finite number in "
+     r"\[1, 3\.4e38\] \(float32's range.*got 1e\+300"),
+    (dict(alpha=float("nan")), r"sampling\.alpha must be a finite number"),
+    (dict(small_alpha=1e39), r"sampling\.small_alpha must be a finite"),
+    # α in range, but T = horizon_factor α² n² is no int32 step count
+    (dict(alpha=1000.0), r"sampling\.alpha = 1000 with horizon_factor 40 "
+     r"gives walks of T = .* = 1\.44e\+09 steps at n = 6; T must be in "
+     r"1\.\.1073741824"),
+    (dict(horizon_factor=1e-9), r"horizon_factor 1e-09 .* T must be in 1"),
+    (dict(mc_horizons=(4.0, 0.0)), r"sampling\.mc_horizons must be a tuple "
+     r"of finite numbers > 0"),
+    # the exact tools enumerate the tree: 2^16 nodes at most
+    (dict(ns_tree=(4, 16)), r"sampling\.ns_tree: depth 16 is too large for "
+     r"the exact tools \(they enumerate the tree: 131071 nodes, more than "
+     r"65536\); give depths <= 15"),
+    (dict(ns_tree=()), r"sampling\.ns_tree must be a non-empty tuple"),
+    (dict(mc_chains=0), r"sampling\.mc_chains must be an integer >= 1, got 0"),
+    (dict(mc_samples=1), r"sampling\.mc_samples must be an integer >= 2"),
+    (dict(delta=1.0), r"sampling\.delta must be a finite number in \[0, 1\)"),
+    (dict(num_horizons=0), r"sampling\.num_horizons must be an integer"),
+    (dict(mc_ns=(65,)), r"sampling\.mc_ns must be a tuple of depths in "
+     r"1\.\.64, got \(65,\)"),
+    (dict(pattern="comb"), r"config\.sampling \(the depth-4 instance\): "
+     r"unknown error pattern 'comb'"),
+])
+def test_a_sweep_that_cannot_run_is_refused_before_any_work(
+    tmp_path, change, match):
+  """These ran the sweep for 20-45 s first (an OverflowError, or the
+  exact tools' or sample's ValueError with its traceback)."""
+  from sampling import experiments
+
+  with pytest.raises(sampling.InstanceError, match=match):
+    experiments.parse(change)
+  with pytest.raises(sampling.InstanceError, match=match):
+    experiments.run(change, str(tmp_path / "w"))  # the same check first
+  assert not (tmp_path / "w").exists()
+
+
+def test_sweep_limits_leave_the_presets_and_huge_small_alpha_alone():
+  from configs.sampling import scaling
+  from sampling import experiments
+
+  for preset in scaling.PRESETS:
+    experiments.parse(scaling.get_config(preset).sampling)
+  assert experiments.MAX_EXACT_DEPTH == 15
+  experiments.parse(dict(ns_tree=(4, 15), mc_ns=(), mc_samples=0))
+  experiments.parse(dict(small_alpha=1e30))
+  # top-down's TV on U + sibling: 1 − p rounded to 0 (math domain error)
+  for n in (2, 8, 64):
+    tv = experiments.topdown_tv_sibling(n, 1e30)
+    assert tv == pytest.approx(1 - 0.5 ** (n - 1), abs=1e-12)
+  assert experiments.topdown_tv_sibling(8, 2.0) == pytest.approx(
+      0.5 * np.abs(
+          np.array([math.comb(7, k) * 0.8 ** k * 0.2 ** (7 - k)
+                    for k in range(8)])
+          - np.array([math.comb(7, k) * 0.5 ** 7 for k in range(8)])).sum())
+
+
+def test_launch_sample_refuses_an_overflowing_alpha_in_one_line(tmp_path):
+  """`--config.sampling.alpha=1e300` ran the sweep for ~24 s, then raised
+  an OverflowError (alpha ** 2) with its traceback."""
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env.pop("TTT_VERBOSE", None)
+  out = subprocess.run(
+      [sys.executable, "-m", "launch.sample",
+       "--config.sampling.alpha=1e300", f"--workdir={tmp_path / 'w'}",
+       "--compilation_cache="], cwd=root, env=env, capture_output=True,
+      text=True, timeout=600)
+  assert out.returncode == 2, out.stderr[-3000:]
+  errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error")]
+  assert errors == ["error: sampling.alpha must be a finite number in [1, "
+                    "3.4e38] (float32's range: the samplers compute in "
+                    "float32), got 1e+300"], out.stderr[-3000:]
+  assert "Traceback" not in out.stderr
+  assert not (tmp_path / "w").exists()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import arc_ttt
-from ttt import arc, codec, data, text, views
+from ttt import arc, codec, data, errors, text, views
 from ttt import job as job_lib
 
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>",
@@ -103,6 +103,100 @@ def test_the_template_and_the_fallback_render_llama3(tc):
       "{{ strftime_now('%d %b %Y') }}{% else %}{{ date_string }}{% endif %}"
       "{{ messages[0]['content'] }}")))
   assert dated([{"role": "user", "content": "x"}]) == "26 Jul 2024x"
+
+
+def _refused(render, *want):
+  """The one-line InputError of rendering SMALL's chat, naming `want`."""
+  messages, answer = text.marc_messages(SMALL, "new")
+  with pytest.raises(errors.InputError) as e:
+    render(messages + [answer])
+  message = str(e.value)
+  assert "\n" not in message and all(w in message for w in want), message
+  return message
+
+
+def test_a_template_that_drops_the_task_or_renders_nothing_is_refused(
+    tmp_path):
+  """A rendering that is empty or leaves out a message's text is refused,
+  naming where the template came from: the snapshot's file, the GGUF
+  metadata, or (make_template's caller) the origin given."""
+  pytest.importorskip("jinja2")
+  from pretrained_test import _tiny_snapshot, _write_gguf
+
+  empty = "{% if messages is none %}x{% endif %}"
+  drop = "{% for m in messages %}<{{ m['role'] }}>{% endfor %}"
+  _refused(text.make_template(dict(chat_template=empty)), "chat_template",
+           "renders an empty prompt")
+  _refused(text.make_template(dict(chat_template=drop)), "chat_template",
+           "leaves out the system message's text")
+  # only the answer dropped: the prompt renders, the row does not
+  partial = ("{% for m in messages %}{% if m['role'] != 'assistant' %}"
+             "{{ m['content'] }}{% endif %}{% endfor %}")
+  render = text.make_template(dict(chat_template=partial))
+  assert render(text.marc_messages(SMALL)[0])
+  _refused(render, "leaves out the assistant message's text")
+  # opened as the codec: refused at once, naming the file
+  path = _tiny_snapshot(tmp_path / "snap")
+  file = os.path.join(path, "tokenizer_config.json")
+  with open(file, "w") as f:
+    json.dump(dict(bos_token="<s>", eos_token="</s>", chat_template=drop), f)
+  with pytest.raises(errors.InputError, match="leaves out") as e:
+    text.open_codec(path)
+  assert f"{file} (chat_template)" in str(e.value)
+  gguf_file = _write_gguf(tmp_path / "tiny.gguf", chat_template=empty)
+  with pytest.raises(errors.InputError, match="empty prompt") as e:
+    text.open_codec(gguf_file)
+  assert f"{gguf_file} (GGUF metadata tokenizer.chat_template)" in str(
+      e.value)
+
+
+@pytest.mark.parametrize("source, want", [
+    ("{{ raise_exception('Conversation roles must alternate') }}",
+     "fails to render (TemplateError: Conversation roles must alternate)"),
+    ("{{ messages[0]['content'] + 1 }}", "fails to render (TypeError"),
+    ("{% for m in messages %}{{ m['content'] }}", "does not parse"),
+    ("{{ messages | no_such_filter }}",
+     "does not parse (line 1): No filter named 'no_such_filter'"),
+    # nested loops: 4 million iterations, 10 million characters
+    ("{% for a in range(2000) %}{% for b in range(2000) %}{% endfor %}"
+     "{% endfor %}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+     "runs more than 1,000,000 loop iterations"),
+    ("{% for a in range(1000) %}{% for b in range(1000) %}0123456789"
+     "{% endfor %}{% endfor %}{% for m in messages %}{{ m['content'] }}"
+     "{% endfor %}", "writes more than 4,194,304 characters"),
+    ("{{ 'x' * 100000000 }}", "repeats a sequence 100,000,000 times"),
+])
+def test_a_broken_or_runaway_template_is_one_line(source, want):
+  """A template that raises, does not parse, names an unknown filter, or
+  runs past the rendering bounds (nested loops, a huge output): one
+  InputError naming the template's source, in bounded time."""
+  pytest.importorskip("jinja2")
+
+  try:
+    render = text.make_template(dict(chat_template=source))
+  except errors.InputError as e:  # a parse error: refused when made
+    assert want in str(e) and str(e).startswith("chat_template: ")
+    assert "\n" not in str(e)
+    return
+  assert _refused(render, want).startswith("chat_template: ")
+
+
+def test_named_templates_need_a_default_one():
+  """Hugging Face's list of named templates: 'default' is rendered; a
+  list without one is refused, listing the names (no setting picks
+  another), instead of falling back to Llama-3's headers."""
+  pytest.importorskip("jinja2")
+  named = [dict(name="tool_use", template="tools"),
+           dict(name="rag", template="rag")]
+  with pytest.raises(errors.InputError, match=(
+      "named chat templates 'tool_use', 'rag' and no 'default' one")):
+    text.make_template(dict(chat_template=named))
+  render = text.make_template(dict(chat_template=named + [dict(
+      name="default", template=TEMPLATE)], bos_token="<|begin_of_text|>"))
+  messages, answer = text.marc_messages(SMALL, "new")
+  assert render(messages + [answer]) == _expected_render(messages + [answer])
+  with pytest.raises(errors.InputError, match="not a Jinja template"):
+    text.make_template(dict(chat_template=7))
 
 
 def _runs(ids, mask):

@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -109,6 +110,59 @@ class Checkpointer:
 
 WEIGHTS_DIR = "weights"
 CONFIG_FILE = "model_config.json"
+# beside model_config.json: the SHA-256 of the weights' values, verified at
+# load (a changed byte in the weight data is named, not run); outside
+# `digest`'s files, so adding it to an older checkpoint keeps the run
+# fingerprints that name it
+VALUES_FILE = "weights_sha256.json"
+DTYPES = ("bfloat16", "float16", "float32")  # what a checkpoint may store
+
+
+def _named_leaves(tree: Any) -> list[tuple[str, Any]]:
+  """(path 'a/0/b', leaf) of every leaf; the container types do not
+  matter (a dict, an nnx State and Orbax's metadata tree agree)."""
+  return [("/".join(str(getattr(k, "key", getattr(k, "name",
+                                                  getattr(k, "idx", k))))
+                    for k in key_path), leaf)
+          for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _check_shapes(path: str, abstract: Any) -> None:
+  """InputError naming the first weight whose stored shape is not the
+  model's (or that is missing), read from the checkpoint's metadata before
+  any array is (a failed restore leaves pages of Orbax's tracebacks)."""
+  try:
+    with _quiet():
+      meta = ocp.StandardCheckpointer().metadata(
+          os.path.join(path, WEIGHTS_DIR))
+    stored = {n: tuple(x.shape) for n, x in _named_leaves(
+        getattr(meta, "item_metadata", meta)) if hasattr(x, "shape")}
+  except Exception:  # noqa: BLE001 -- no metadata: the restore says why
+    return
+  for name, leaf in _named_leaves(abstract):
+    if name not in stored and stored:
+      raise InputError(
+          f"model checkpoint {path}: the weights in "
+          f"{os.path.join(path, WEIGHTS_DIR)} have no {name!r}: a "
+          "checkpoint of another architecture")
+    if name in stored and stored[name] != tuple(leaf.shape):
+      raise InputError(
+          f"model checkpoint {path}: weight {name!r} is "
+          f"{stored[name]} in {os.path.join(path, WEIGHTS_DIR)}, this model "
+          f"needs {tuple(leaf.shape)} ({CONFIG_FILE} and the weights "
+          "disagree, or the model config overrides the checkpoint's shape)")
+
+
+def values_digest(params: Any) -> str:
+  """'sha256:<hex>' of a parameter pytree's values: every leaf's path,
+  dtype, shape and bytes, in path order (the container types do not
+  matter, so the tree saved and the tree restored into agree)."""
+  items = [(name, np.asarray(leaf)) for name, leaf in _named_leaves(params)]
+  h = hashlib.sha256()
+  for name, x in sorted(items, key=lambda kv: kv[0]):
+    h.update(f"{name}|{x.dtype}|{x.shape}".encode() + b"\0")
+    h.update(np.ascontiguousarray(x).tobytes())
+  return "sha256:" + h.hexdigest()
 
 
 def save_weights(path: str, params: Any, model_config: dict, *,
@@ -132,6 +186,13 @@ def save_weights(path: str, params: Any, model_config: dict, *,
   if jax.process_index() != 0:
     return
   from ttt import evaluate
+  try:  # (a parameter not held whole by this host: no digest)
+    values = values_digest(cast)
+  except (RuntimeError, ValueError):
+    values = None
+  if values:
+    evaluate.write_text(os.path.join(path, VALUES_FILE), json.dumps(
+        dict(sha256=values), indent=2))
   evaluate.write_text(os.path.join(path, CONFIG_FILE), json.dumps(
       dict(model=dict(model_config), dtype=dtype, **(extra or {})),
       indent=2, sort_keys=True))
@@ -179,7 +240,35 @@ def load_weights_config(path: str) -> dict:
   if not isinstance(out, dict) or not isinstance(out.get("model"), dict):
     raise InputError(f"model checkpoint {path}: {file} has no 'model' "
                      "config object")
+  if out.get("dtype", "bfloat16") not in DTYPES:
+    raise InputError(f"model checkpoint {path}: {file} has dtype "
+                     f"{out.get('dtype')!r}; a checkpoint stores one of "
+                     f"{', '.join(DTYPES)}")
   return out
+
+
+def _verify_values(path: str, loaded: Any) -> None:
+  """Checks the restored weights against `VALUES_FILE` (InputError naming
+  the file when they differ; a warning when the checkpoint predates it)."""
+  file = os.path.join(path, VALUES_FILE)
+  if not os.path.exists(file):
+    logging.warning("model checkpoint %s has no %s (saved before weight "
+                    "digests): its weights cannot be verified", path,
+                    VALUES_FILE)
+    return
+  try:
+    with open(file, encoding="utf-8") as f:
+      want = json.load(f)["sha256"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise InputError(f"model checkpoint {path}: {file} is not a weight "
+                     f"digest ({type(e).__name__}: {e})") from e
+  got = values_digest(loaded)
+  if got != want:
+    raise InputError(
+        f"model checkpoint {path}: the weights in "
+        f"{os.path.join(path, WEIGHTS_DIR)} do not match {file} (stored "
+        f"{str(want)[:23]}..., read {got[:23]}...): the weight data was "
+        "changed or corrupted after it was saved")
 
 
 def load_weights(path: str, abstract_params: Any) -> Any:
@@ -194,6 +283,7 @@ def load_weights(path: str, abstract_params: Any) -> Any:
   stored = load_weights_config(path).get("dtype", "bfloat16")
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, stored),
                           abstract_params)
+  _check_shapes(path, abstract)
   try:
     with _quiet():
       loaded = ocp.StandardCheckpointer().restore(
@@ -203,6 +293,7 @@ def load_weights(path: str, abstract_params: Any) -> Any:
         f"model checkpoint {path}: the weights in "
         f"{os.path.join(path, WEIGHTS_DIR)} cannot be read into this model "
         f"(missing, truncated or of another shape: {type(e).__name__}: "
-        f"{str(e).splitlines()[0][:300]})") from e
+        f"{str(e).splitlines()[0][:300]})") from None
+  _verify_values(path, loaded)
   return jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), loaded,
                       abstract_params)

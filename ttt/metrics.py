@@ -15,6 +15,7 @@ import os
 import re
 import resource
 import sys
+import threading
 import time
 from typing import Any
 
@@ -127,8 +128,8 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-  """The process's peak resident memory (bytes) since it started or since
-  the last `reset_peak_rss` that succeeded (Linux: VmHWM)."""
+  """The process's peak resident memory (bytes) since it started (Linux:
+  VmHWM; nothing here resets it)."""
   try:
     with open("/proc/self/status", encoding="ascii") as f:
       found = re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M)
@@ -140,15 +141,45 @@ def peak_rss_bytes() -> int:
   return peak if sys.platform == "darwin" else peak * 1024  # (macOS: bytes)
 
 
-def reset_peak_rss() -> bool:
-  """Resets the peak that `peak_rss_bytes` reads to the current resident
-  memory (Linux >= 4.0: `/proc/self/clear_refs`); False where it cannot."""
-  try:
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-      f.write("5")
-    return True
-  except OSError:
-    return False
+class _RssSampler:
+  """A daemon thread reading the process's resident memory every
+  `interval` seconds; `take()` returns the largest value seen since the
+  previous `take()` (or since it started). It never resets the kernel's
+  own high-water mark (`VmHWM`, what `/usr/bin/time -v` reports), as
+  writing `/proc/self/clear_refs` did."""
+
+  def __init__(self, interval: float = 0.01):
+    self._lock = threading.Lock()
+    self._max = rss_bytes()
+    self._interval = interval
+    threading.Thread(target=self._run, daemon=True,
+                     name="ttt-rss-sampler").start()
+
+  def _run(self):
+    while True:
+      now = rss_bytes()
+      with self._lock:
+        self._max = max(self._max, now)
+      time.sleep(self._interval)
+
+  def take(self) -> int:
+    now = rss_bytes()
+    with self._lock:
+      peak, self._max = max(self._max, now), now
+    return peak
+
+
+_SAMPLER: list = []  # the process's one sampler, started on first use
+
+
+def _sampler() -> _RssSampler:
+  with _SAMPLER_LOCK:
+    if not _SAMPLER:
+      _SAMPLER.append(_RssSampler())
+  return _SAMPLER[0]
+
+
+_SAMPLER_LOCK = threading.Lock()
 
 
 def device_memory() -> dict[str, int]:
@@ -165,23 +196,27 @@ class MemoryMeter:
   process's peak resident memory since the previous tick (and, where the
   backend reports it, device memory in use), in GiB.
 
-  The peak is the kernel's high-water mark, reset at every tick
-  (`reset_peak_rss`), so each stage gets its own; where it cannot be reset
-  `exact` is False and each stage's figure is the process's peak so far.
+  The peak is the largest resident memory a sampling thread saw since the
+  previous tick (every 10 ms, `_RssSampler`): each stage gets its own,
+  and the kernel's high-water mark of the process is left alone, so
+  `/usr/bin/time -v` still reports the whole run's peak. A spike shorter
+  than the sampling interval can be missed (`exact` says the figures are
+  sampled, not the kernel's mark).
   """
 
   def __init__(self):
-    self.exact = reset_peak_rss()
+    self._sampler = _sampler()
+    self._sampler.take()  # this meter's first stage starts now
+    self.exact = False
     self.stages: dict[str, float] = {}
     self.device: dict[str, float] = {}
 
   def tick(self, stage: str) -> None:
-    peak = peak_rss_bytes() / GB
+    peak = self._sampler.take() / GB
     self.stages[stage] = round(max(self.stages.get(stage, 0.0), peak), 3)
     dev = device_memory()
     if "in_use" in dev:
       self.device[stage] = round(dev["in_use"] / GB, 3)
-    reset_peak_rss()
 
 
 class CompileClock:

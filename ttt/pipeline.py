@@ -37,7 +37,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -139,17 +138,38 @@ def run_chunk(stages: Stages, plan: plan_lib.Plan, chunk: list[int]
 def _protocol_dir(wd, job) -> str:
   """`<workdir>/protocol/<digest of the run's fingerprint>`: a run-wide
   adaptation's saved state is only ever resumed by the same config (a run
-  killed before its first chunk has no chunk for `open_workdir` to check),
-  and process 0 removes the states other configs left there."""
+  killed before its first chunk has no chunk for `open_workdir` to check;
+  the state file records the digest too, so a state copied into another
+  config's folder is refused). Other configs' states are kept: a second
+  config started in the same workdir never deletes the first's."""
   digest = hashlib.sha256(json.dumps(
       evaluate.strict(job_lib.fingerprint(job)), sort_keys=True).encode()
                           ).hexdigest()[:16]
-  root = wd.file("protocol")
-  if sharding.is_main() and os.path.isdir(root):
-    for name in os.listdir(root):
-      if name != digest:
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-  return os.path.join(root, digest)
+  return os.path.join(wd.file("protocol"), digest)
+
+
+def test_double_job(job):
+  """The job a test double (`predictor`) runs: it answers each view once
+  (and a rule that rescores with the model is refused:
+  `select.make_selection`), so its decode group -- and its fingerprint --
+  is greedy, one sample."""
+  return job._replace(decode=dataclasses.replace(
+      job.decode, method="greedy", temperature=0.0, samples=1))
+
+
+def chunk_size_warning(memory, chunk_size: int, n_tasks: int
+                       ) -> str | None:
+  """What the log says when the memory plan cut `run.chunk_size` (None when
+  it did not: a run of fewer tasks than `chunk_size` has smaller chunks by
+  construction, not for want of memory)."""
+  if memory.per_bucket:
+    return (f"memory: chunks sized per length bucket {memory.per_bucket} "
+            f"(run.chunk_size={chunk_size} does not fit "
+            f"{memory.budget:.2f} GiB at every length)")
+  if memory.chunk_size < min(chunk_size, n_tasks):
+    return (f"memory: chunks of {memory.chunk_size} tasks (run.chunk_size="
+            f"{chunk_size} does not fit {memory.budget:.2f} GiB)")
+  return None
 
 
 def _max_into(total: dict, part: dict) -> None:
@@ -196,10 +216,8 @@ def run(config, workdir: str, predictor: Callable | None = None,
   """
   compile_clock, t_start = metrics.CompileClock(), time.perf_counter()
   job = job_lib.parse(config)
-  if predictor is not None:  # a test double answers each view once (and
-    # a rule that rescores with the model is refused: select.make_selection)
-    job = job._replace(decode=dataclasses.replace(
-        job.decode, method="greedy", temperature=0.0, samples=1))
+  if predictor is not None:
+    job = test_double_job(job)
   wd = workdir_lib.open_workdir(
       workdir, job_lib.fingerprint(job), job.run.overwrite,
       config.to_json_best_effort(indent=2)
@@ -244,6 +262,7 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
     job = job._replace(model=model_cfg)  # the checkpoint's shape wins
     weights = weights_lib.place(weights, mesh,
                                 weights_lib.compute_dtype(model_cfg))
+    weights_lib.check_finite(weights, job.init_from)
     per_task = weights_lib.count_adapter(weights)
     logging.info("model: %s, %d base parameters, adapter %s: %d parameters "
                  "per task (%.1f MB per task in training: weights, "
@@ -277,15 +296,9 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
                  "%s", memory.budget, memory.source, memory.resident,
                  memory.need, memory.chunk_size, memory.rule,
                  {k: round(v, 3) for k, v in memory.programs.items()})
-    if memory.per_bucket:
-      logging.warning("memory: chunks sized per length bucket %s "
-                      "(run.chunk_size=%d does not fit %.2f GiB at every "
-                      "length)", memory.per_bucket, job.run.chunk_size,
-                      memory.budget)
-    elif memory.chunk_size < job.run.chunk_size:
-      logging.warning("memory: chunks of %d tasks (run.chunk_size=%d does "
-                      "not fit %.2f GiB)", memory.chunk_size,
-                      job.run.chunk_size, memory.budget)
+    warning = chunk_size_warning(memory, job.run.chunk_size, len(tasks))
+    if warning:
+      logging.warning("%s", warning)
   else:
     built = {plan.caps: make_stages(job, plan, weights, mesh, predictor,
                                     codec)}

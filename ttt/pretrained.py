@@ -46,17 +46,31 @@ exact only on shorter sequences; a warning says so), RoPE types other than
 Llama-3's, biases on the output or MLP projections, SentencePiece ('llama')
 GGUF tokenizers. Each raises a one-line error naming what it met.
 
+Hostile or broken files: every refusal is a `ttt.errors.InputError` naming
+the file (and the field or tensor): a JSON file that does not parse or is
+not an object, a config field missing or of the wrong type, a truncated,
+header-only or empty safetensors or GGUF file, a malformed tokenizer.json.
+The shards named in `model.safetensors.index.json` must lie inside the
+snapshot folder, symbolic links resolved (or, in a Hugging Face hub cache,
+inside the repository's `blobs/`, where the snapshot's links point);
+`source_files` lists every file a reader reads (what `ttt.weights.digest`
+hashes).
+
 CLI::
 
   python -m ttt.pretrained info DIR|FILE   # architecture and token mapping
   python -m ttt.pretrained check DIR       # logits vs transformers (exit 1
                                            # above 1e-4)
+
+A bad input is one line `error: ...` and exit status 2 (as the launches);
+`check` without transformers or torch says what to install.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import numbers
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -67,6 +81,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from ttt import errors
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 GGUF_ARCHITECTURES = ("llama",)
 VOCABS = ("cell", "full")
@@ -75,6 +91,11 @@ VOCABS = ("cell", "full")
 CELL_STRINGS = tuple(str(c) for c in range(10)) + ("\n", "I", "O")
 CHECK_PROMPT = "I\n0123\n4567\nO\n"  # `check`'s ARC-like text
 CHECK_TOLERANCE = 1e-4
+# What `check` needs beyond the llm extra (setup.py's test extra pins torch:
+# its CPU build)
+CHECK_INSTALL = "pip install transformers torch==2.13.0"
+LLM_PACKAGES = ("safetensors", "tokenizers", "gguf", "jinja2")  # the extra
+INDEX = "model.safetensors.index.json"
 
 
 class Source(NamedTuple):
@@ -106,9 +127,77 @@ class Source(NamedTuple):
 # --- Hugging Face snapshots --------------------------------------------------
 
 
-def _read_json(path: str) -> dict:
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+def one_line(e: BaseException) -> str:
+  """An exception's message on one line (whitespace runs collapsed)."""
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+def read_json_object(path: str) -> dict:
+  """A JSON file that holds an object.
+
+  Raises:
+    ttt.errors.InputError: the file is not valid JSON (or not UTF-8) or
+      holds something else than an object, naming the file.
+    OSError: the file cannot be read (its message names it).
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      out = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    raise errors.InputError(f"{path} is not valid JSON ({one_line(e)})"
+                            ) from e
+  if not isinstance(out, dict):
+    raise errors.InputError(f"{path}: expected a JSON object, got "
+                            f"{type(out).__name__} {_short(out)}")
+  return out
+
+
+def _short(value, n: int = 60) -> str:
+  text = repr(value)
+  return text if len(text) <= n else text[:n] + "..."
+
+
+_REQUIRED = object()
+
+
+def _whole(mapping: dict, key: str, path: str, default: Any = _REQUIRED,
+           minimum: int = 1) -> int:
+  """`mapping[key]` as an int >= `minimum` (a whole JSON number); absent
+  (or null) gives `default`, or an error when there is none."""
+  value = mapping.get(key)
+  if value is None:
+    if default is _REQUIRED:
+      raise errors.InputError(f"{path}: no {key} (the model's architecture "
+                              "needs it)")
+    return default
+  if (isinstance(value, numbers.Real) and not isinstance(value, bool)
+      and float(value).is_integer() and value >= minimum):
+    return int(value)
+  raise errors.InputError(f"{path}: {key} is {_short(value)}, not a whole "
+                          f"number >= {minimum}")
+
+
+def _real(mapping: dict, key: str, path: str, default: Any = _REQUIRED
+          ) -> float:
+  """`mapping[key]` as a finite float; absent (or null) gives `default`."""
+  value = mapping.get(key)
+  if value is None:
+    if default is _REQUIRED:
+      raise errors.InputError(f"{path}: no {key}")
+    return default
+  if (isinstance(value, numbers.Real) and not isinstance(value, bool)
+      and np.isfinite(float(value))):
+    return float(value)
+  raise errors.InputError(f"{path}: {key} is {_short(value)}, not a number")
+
+
+def _object(mapping: dict, key: str, path: str) -> dict:
+  """`mapping[key]` when it is an object, {} when absent or null."""
+  value = mapping.get(key) or {}
+  if not isinstance(value, dict):
+    raise errors.InputError(f"{path}: {key} is {_short(value)}, not an "
+                            "object")
+  return value
 
 
 def _rope(config: dict, path: str) -> tuple[float, tuple[float, ...]]:
@@ -117,19 +206,20 @@ def _rope(config: dict, path: str) -> tuple[float, tuple[float, ...]]:
   transformers v5 writes `rope_parameters: {rope_theta, rope_type, ...}`;
   v4-era checkpoints have top-level `rope_theta` and `rope_scaling`.
   """
-  params = config.get("rope_parameters") or {}
-  theta = float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
-  scaling = params if "rope_type" in params else (
-      config.get("rope_scaling") or {})
+  params = _object(config, "rope_parameters", path)
+  theta = _real(params, "rope_theta", path,
+                _real(config, "rope_theta", path, 10000.0))
+  scaling = params if "rope_type" in params else _object(
+      config, "rope_scaling", path)
   kind = scaling.get("rope_type", scaling.get("type", "default"))
   if kind == "default":
     return theta, ()
   if kind == "llama3":
-    return theta, tuple(float(scaling[k]) for k in (
+    return theta, tuple(_real(scaling, k, path) for k in (
         "factor", "low_freq_factor", "high_freq_factor",
         "original_max_position_embeddings"))
-  raise ValueError(f"{path}: rope_type {kind!r} is not supported; supported: "
-                   "default, llama3")
+  raise errors.InputError(f"{path}: rope_type {_short(kind)} is not "
+                          "supported; supported: default, llama3")
 
 
 def hf_arch(config: dict, path: str = "config.json") -> tuple[dict, dict]:
@@ -140,74 +230,179 @@ def hf_arch(config: dict, path: str = "config.json") -> tuple[dict, dict]:
     path: named in errors.
 
   Returns:
-    (fields, info). Raises ValueError (one line) for an unsupported
-    `model_type` or feature.
+    (fields, info).
+
+  Raises:
+    ttt.errors.InputError: (one line, naming `path`) an unsupported
+      `model_type` or feature, a missing field or one of the wrong type.
   """
+  if not isinstance(config, dict):
+    raise errors.InputError(f"{path}: expected a JSON object, got "
+                            f"{type(config).__name__}")
   kind = config.get("model_type")
   if kind not in SUPPORTED_MODEL_TYPES:
-    raise ValueError(f"{path}: model_type {kind!r} is not supported; "
-                     f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    raise errors.InputError(
+        f"{path}: model_type {_short(kind)} is not supported; supported: "
+        f"{', '.join(SUPPORTED_MODEL_TYPES)}")
   if config.get("hidden_act", "silu") != "silu":
-    raise ValueError(f"{path}: hidden_act {config['hidden_act']!r} is not "
-                     "supported; supported: silu")
+    raise errors.InputError(f"{path}: hidden_act "
+                            f"{_short(config['hidden_act'])} is not "
+                            "supported; supported: silu")
   if config.get("mlp_bias"):
-    raise ValueError(f"{path}: mlp_bias=true is not supported")
+    raise errors.InputError(f"{path}: mlp_bias=true is not supported")
   if kind != "qwen2" and config.get("attention_bias"):
-    raise ValueError(f"{path}: attention_bias=true (a bias on o_proj) is not "
-                     "supported")
+    raise errors.InputError(f"{path}: attention_bias=true (a bias on "
+                            "o_proj) is not supported")
   if config.get("use_sliding_window"):
-    raise ValueError(f"{path}: use_sliding_window=true is not supported")
-  d, heads = config["hidden_size"], config["num_attention_heads"]
+    raise errors.InputError(f"{path}: use_sliding_window=true is not "
+                            "supported")
+  d = _whole(config, "hidden_size", path)
+  heads = _whole(config, "num_attention_heads", path)
+  # 0 or null: the default (as transformers reads them)
+  kv_heads = _whole(config, "num_key_value_heads", path, 0, 0) or heads
+  head_dim = _whole(config, "head_dim", path, 0, 0)
+  if not head_dim and d % heads:
+    raise errors.InputError(f"{path}: hidden_size {d} is not a multiple of "
+                            f"num_attention_heads {heads} (and no head_dim)")
   theta, scaling = _rope(config, path)
   fields = dict(
-      vocab_size=int(config["vocab_size"]),
-      num_layers=int(config["num_hidden_layers"]),
-      d_model=int(d),
-      num_heads=int(heads),
-      num_kv_heads=int(config.get("num_key_value_heads") or heads),
-      head_dim_override=int(config.get("head_dim") or d // heads),
-      mlp_dim=int(config["intermediate_size"]),
+      vocab_size=_whole(config, "vocab_size", path),
+      num_layers=_whole(config, "num_hidden_layers", path),
+      d_model=d,
+      num_heads=heads,
+      num_kv_heads=kv_heads,
+      head_dim_override=head_dim or d // heads,
+      mlp_dim=_whole(config, "intermediate_size", path),
       rope="1d",
       rope_base=theta,
       rope_scaling=scaling,
-      norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+      norm_eps=_real(config, "rms_norm_eps", path, 1e-6),
       qkv_bias=kind == "qwen2",
       qk_norm=kind == "qwen3",
       tie_embeddings=bool(config.get("tie_word_embeddings", False)),
   )
-  window = config.get("sliding_window") if kind == "mistral" else None
+  window = (_whole(config, "sliding_window", path, None, 0)
+            if kind == "mistral" else None)
   info = dict(model_type=kind,
               context=config.get("max_position_embeddings"),
               sliding_window=window)
   return fields, info
 
 
-def _token_id(tok, value) -> int | None:
+def _token_id(tok, value, where: str) -> int | None:
   """An id from a tokenizer_config entry (a string, {'content': ...} or an
-  id) or a config.json id (an int or a list, first taken)."""
+  id) or a config.json id (an int or a list, first taken); `where` (the
+  file and key) is named in the error for anything else."""
   if isinstance(value, list):
     value = value[0] if value else None
   if isinstance(value, dict):
     value = value.get("content")
   if isinstance(value, str):
     return tok.token_to_id(value)
-  return None if value is None else int(value)
+  if value is None:
+    return None
+  if (isinstance(value, numbers.Real) and not isinstance(value, bool)
+      and float(value).is_integer()):
+    return int(value)
+  raise errors.InputError(f"{where} is {_short(value)}: neither a token nor "
+                          "a token id")
+
+
+def _inside(file: str, root: str) -> bool:
+  return os.path.commonpath([file, root]) == root
+
+
+def _shard_roots(path: str) -> list[str]:
+  """Where a snapshot's shards may lie, symbolic links resolved: the
+  snapshot folder; in a Hugging Face hub cache
+  (`models--org--name/snapshots/<revision>/`, whose files are links to
+  `../../blobs/<hash>`) also that repository's `blobs/`."""
+  real = os.path.realpath(path)
+  roots = [real]
+  parent = os.path.dirname(real)
+  if os.path.basename(parent) == "snapshots":
+    roots.append(os.path.realpath(os.path.join(os.path.dirname(parent),
+                                               "blobs")))
+  return roots
+
+
+def _weight_map(path: str) -> dict[str, str]:
+  """Tensor name -> shard file (`path` joined with the index's entry) of a
+  sharded snapshot, every entry checked: a file name that lies inside the
+  snapshot (`_shard_roots`) and exists."""
+  index = os.path.join(path, INDEX)
+  weight_map = read_json_object(index).get("weight_map")
+  if not isinstance(weight_map, dict) or not weight_map:
+    raise errors.InputError(f"{index}: no weight_map (an object of tensor "
+                            "name -> shard file)")
+  roots, out = _shard_roots(path), {}
+  for name, file in weight_map.items():
+    entry = (f"{index}: weight_map entry {_short(name, 200)}: "
+             f"{_short(file, 300)}")
+    if not isinstance(file, str) or not file.strip() or "\0" in file:
+      raise errors.InputError(f"{entry} is not a file name")
+    full = os.path.join(path, file)
+    if not any(_inside(os.path.realpath(full), r) for r in roots):
+      raise errors.InputError(f"{entry} lies outside the snapshot folder "
+                              f"{path} (symbolic links resolved); refused")
+    if not os.path.isfile(full):
+      raise errors.InputError(f"{entry}: no such file in the snapshot")
+    out[name] = full
+  return out
+
+
+def _safetensors_names(file: str) -> list[str]:
+  """The tensor names in a safetensors file's header (the header checked
+  against the file's size: a truncated, header-only or empty file is
+  refused here, before any tensor is read)."""
+  import safetensors
+
+  try:
+    with safetensors.safe_open(file, framework="flax") as f:
+      return list(f.keys())
+  except safetensors.SafetensorError as e:
+    raise errors.InputError(f"{file} is not a readable safetensors file "
+                            f"(truncated or corrupt: {one_line(e)})") from e
+
+
+def source_files(path: str) -> list[str]:
+  """Every file the reader of `path` reads (what a resume digest must
+  cover): the .gguf file itself; of a snapshot, `config.json`, its weights
+  (`model.safetensors`, or the index and each shard it names, checked to
+  lie inside the snapshot), and `tokenizer.json` and
+  `tokenizer_config.json` where present. Paths are `path` joined with the
+  name (a link is not resolved)."""
+  if _is_gguf(path):
+    return [path]
+  files = [os.path.join(path, "config.json")]
+  if os.path.exists(os.path.join(path, INDEX)):
+    files += [os.path.join(path, INDEX),
+              *sorted(set(_weight_map(path).values()))]
+  else:
+    files.append(os.path.join(path, "model.safetensors"))
+  return files + [f for f in (os.path.join(path, "tokenizer.json"),
+                              os.path.join(path, "tokenizer_config.json"))
+                  if os.path.exists(f)]
 
 
 def open_snapshot(path: str) -> Source:
-  """Opens a Hugging Face snapshot directory (nothing read but JSON)."""
-  config = _read_json(os.path.join(path, "config.json"))
-  fields, info = hf_arch(config, os.path.join(path, "config.json"))
-  index = os.path.join(path, "model.safetensors.index.json")
-  if os.path.exists(index):
-    files = {name: os.path.join(path, file)
-             for name, file in _read_json(index)["weight_map"].items()}
+  """Opens a Hugging Face snapshot directory (nothing read but JSON and the
+  safetensors headers)."""
+  config_file = os.path.join(path, "config.json")
+  config = read_json_object(config_file)
+  fields, info = hf_arch(config, config_file)
+  if os.path.exists(os.path.join(path, INDEX)):
+    files = _weight_map(path)
+    for shard in sorted(set(files.values())):
+      stored = set(_safetensors_names(shard))
+      missing = [n for n, f in files.items() if f == shard and n not in stored]
+      if missing:
+        raise errors.InputError(
+            f"{os.path.join(path, INDEX)}: weight_map puts {_short(missing)} "
+            f"in {shard}, which has no such tensor")
   else:
-    import safetensors
-
     single = os.path.join(path, "model.safetensors")
-    with safetensors.safe_open(single, framework="flax") as f:
-      files = dict.fromkeys(f.keys(), single)
+    files = dict.fromkeys(_safetensors_names(single), single)
   if "lm_head.weight" not in files:
     fields["tie_embeddings"] = True  # no separate head stored
   info.update(format="safetensors", files=len(set(files.values())))
@@ -217,10 +412,15 @@ def open_snapshot(path: str) -> Source:
     import safetensors
 
     if name not in files:
-      raise ValueError(f"{path}: no tensor {name!r} in the checkpoint")
-    with safetensors.safe_open(files[name], framework="flax") as f:
-      x = f.get_tensor(name)
+      raise errors.InputError(f"{path}: no tensor {name!r} in the checkpoint")
+    try:
+      with safetensors.safe_open(files[name], framework="flax") as f:
+        x = f.get_tensor(name)
+    except safetensors.SafetensorError as e:
+      raise errors.InputError(f"{files[name]}: cannot read tensor {name!r} "
+                              f"({one_line(e)})") from e
     if rows is not None:
+      _check_rows(rows, x.shape, name, files[name])
       x = x[jnp.asarray(rows)]
     return jnp.asarray(x, jnp.float32)
 
@@ -230,25 +430,41 @@ def open_snapshot(path: str) -> Source:
 
     file = os.path.join(path, "tokenizer.json")
     if not os.path.exists(file):
-      raise FileNotFoundError(f"{path}: no tokenizer.json (the token "
+      raise errors.InputError(f"{path}: no tokenizer.json (the token "
                               "mapping needs it)")
-    return tokenizers.Tokenizer.from_file(file)
+    try:
+      return tokenizers.Tokenizer.from_file(file)
+    except Exception as e:  # tokenizers raises a bare Exception
+      raise errors.InputError(f"{file} is not a valid tokenizer file "
+                              f"({one_line(e)})") from e
 
   def specials():
     tok = tokenizer()
     extra = os.path.join(path, "tokenizer_config.json")
-    tok_config = _read_json(extra) if os.path.exists(extra) else {}
+    tok_config = read_json_object(extra) if os.path.exists(extra) else {}
     out = {}
     for key in ("bos", "eos", "pad"):
-      out[key] = _token_id(tok, tok_config.get(f"{key}_token"))
+      out[key] = _token_id(tok, tok_config.get(f"{key}_token"),
+                           f"{extra}: {key}_token")
       if out[key] is None:
-        out[key] = _token_id(tok, config.get(f"{key}_token_id"))
+        out[key] = _token_id(tok, config.get(f"{key}_token_id"),
+                             f"{config_file}: {key}_token_id")
     out["control"] = sorted(i for i, t in tok.get_added_tokens_decoder()
                             .items() if t.special)
     return out
 
   return Source(path, fields, info, tensor, files.__contains__, tokenizer,
                 specials)
+
+
+def _check_rows(rows, shape, name: str, file: str) -> None:
+  """The vocabulary rows `token_map` keeps exist in the stored tensor (an
+  index past the end would be clamped, silently, by a JAX gather)."""
+  if len(shape) < 1 or max(rows) >= shape[0] or min(rows) < 0:
+    raise errors.InputError(
+        f"{file}: {name} has shape {tuple(shape)}; the token map needs rows "
+        f"{min(rows)}..{max(rows)} (a vocab_size larger than the stored "
+        "embedding?)")
 
 
 # --- GGUF --------------------------------------------------------------------
@@ -300,49 +516,78 @@ def unpermute_rows(w, num_heads: int):
           .swapaxes(1, 2).reshape(out, d_in))
 
 
+def read_gguf(path: str, only: Sequence[str] | None = None,
+              skip: Sequence[str] = ()):
+  """A `gguf.GGUFReader` of `path` and its metadata `{key: value}` (only
+  the keys `only` when given, none of `skip`), a truncated, header-only or
+  corrupt file refused as one line naming it."""
+  import gguf
+
+  try:
+    reader = gguf.GGUFReader(path)
+    meta = {k: f.contents() for k, f in reader.fields.items()
+            if (only is None or k in only) and k not in skip}
+  except (OSError, MemoryError):
+    raise
+  except Exception as e:  # the reader fails in numpy, struct, indexing...
+    raise errors.InputError(f"{path} is not a readable GGUF file (truncated "
+                            f"or corrupt: {type(e).__name__}: "
+                            f"{one_line(e)})") from e
+  return reader, meta
+
+
 def open_gguf(path: str) -> Source:
   """Opens a GGUF file of Llama architecture (memory-mapped)."""
   import gguf
 
-  reader = gguf.GGUFReader(path)
-  meta = {k: f.contents() for k, f in reader.fields.items()
-          if k != "tokenizer.chat_template"}
+  reader, meta = read_gguf(path, skip=("tokenizer.chat_template",))
   arch = meta.get("general.architecture")
   if arch not in GGUF_ARCHITECTURES:
-    raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; "
-                     f"supported: {', '.join(GGUF_ARCHITECTURES)}")
+    raise errors.InputError(
+        f"{path}: GGUF architecture {_short(arch)} is not supported; "
+        f"supported: {', '.join(GGUF_ARCHITECTURES)}")
   tensors = {t.name: t for t in reader.tensors}
   scaling = meta.get(f"{arch}.rope.scaling.type", "none")
   if "rope_freqs.weight" in tensors or scaling not in ("none", ""):
-    raise ValueError(f"{path}: GGUF RoPE scaling ({scaling}, rope_freqs) is "
-                     "not supported; load the Hugging Face snapshot instead")
+    raise errors.InputError(
+        f"{path}: GGUF RoPE scaling ({scaling}, rope_freqs) is not "
+        "supported; load the Hugging Face snapshot instead")
+  where = f"{path} (GGUF metadata)"
 
-  def key(name, default=None):
-    return meta.get(f"{arch}.{name}", default)
+  def whole(name, default=_REQUIRED, minimum=1):
+    return _whole(meta, f"{arch}.{name}", where, default, minimum)
 
-  d, heads = int(key("embedding_length")), int(key("attention.head_count"))
-  kv = int(key("attention.head_count_kv", heads))
-  head_dim = int(key("attention.key_length", 0)
-                 or key("rope.dimension_count", 0) or d // heads)
+  def real(name, default):
+    return _real(meta, f"{arch}.{name}", where, default)
+
+  d, heads = whole("embedding_length"), whole("attention.head_count")
+  kv = whole("attention.head_count_kv", heads)
+  head_dim = (whole("attention.key_length", 0, 0)
+              or whole("rope.dimension_count", 0, 0))
+  if not head_dim and d % heads:
+    raise errors.InputError(f"{where}: embedding_length {d} is not a "
+                            f"multiple of attention.head_count {heads}")
   tokens = meta.get("tokenizer.ggml.tokens") or []
+  if not isinstance(tokens, list):
+    raise errors.InputError(f"{where}: tokenizer.ggml.tokens is not a list")
   fields = dict(
-      vocab_size=int(key("vocab_size", 0) or len(tokens)),
-      num_layers=int(key("block_count")),
+      vocab_size=whole("vocab_size", 0, 0) or len(tokens),
+      num_layers=whole("block_count"),
       d_model=d,
       num_heads=heads,
       num_kv_heads=kv,
-      head_dim_override=head_dim,
-      mlp_dim=int(key("feed_forward_length")),
+      head_dim_override=head_dim or d // heads,
+      mlp_dim=whole("feed_forward_length"),
       rope="1d",
-      rope_base=float(key("rope.freq_base", 10000.0)),
+      rope_base=real("rope.freq_base", 10000.0),
       rope_scaling=(),
-      norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+      norm_eps=real("attention.layer_norm_rms_epsilon", 1e-5),
       qkv_bias=False,
       qk_norm=False,
       tie_embeddings="output.weight" not in tensors,
   )
   info = dict(format="gguf", model_type=arch,
-              context=key("context_length"), sliding_window=None,
+              context=meta.get(f"{arch}.context_length"), sliding_window=None,
               name=meta.get("general.name"),
               tokenizer=meta.get("tokenizer.ggml.model"))
   permuted = {"self_attn.q_proj.weight": heads, "self_attn.k_proj.weight": kv}
@@ -355,13 +600,23 @@ def open_gguf(path: str) -> Source:
 
   def tensor(name, rows=None, unpermute=True):
     if not has(name):
-      raise ValueError(f"{path}: no tensor {name!r} ({gguf_name(name)}) in "
-                       "the GGUF file")
+      raise errors.InputError(f"{path}: no tensor {name!r} "
+                              f"({gguf_name(name)}) in the GGUF file")
     t = tensors[gguf_name(name)]
+    if rows is not None:
+      _check_rows(rows, t.data.shape, t.name, path)
     data = t.data if rows is None else t.data[np.asarray(rows)]
-    w = np.asarray(gguf.quants.dequantize(data, t.tensor_type), np.float32)
+    try:
+      w = np.asarray(gguf.quants.dequantize(data, t.tensor_type), np.float32)
+    except (NotImplementedError, ValueError) as e:
+      raise errors.InputError(f"{path}: cannot dequantise tensor {t.name} "
+                              f"({one_line(e)})") from e
     n = permuted.get(".".join(name.split(".")[3:]))
     if unpermute and n:
+      if w.ndim != 2 or w.shape[0] % (2 * n):
+        raise errors.InputError(
+            f"{path}: {t.name} has shape {w.shape}; a q/k projection of {n} "
+            "heads needs rows in whole pairs per head")
       w = unpermute_rows(w, n)
     return jnp.asarray(w)
 
@@ -369,11 +624,16 @@ def open_gguf(path: str) -> Source:
   def tokenizer():
     kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":
-      raise ValueError(f"{path}: GGUF tokenizer model {kind!r} is not "
-                       "supported; supported: gpt2 (byte-level BPE)")
-    return _bpe_tokenizer(tokens, meta.get("tokenizer.ggml.merges") or [],
-                          meta.get("tokenizer.ggml.token_type") or [],
-                          meta.get("tokenizer.ggml.pre"))
+      raise errors.InputError(
+          f"{path}: GGUF tokenizer model {_short(kind)} is not supported; "
+          "supported: gpt2 (byte-level BPE)")
+    try:
+      return _bpe_tokenizer(tokens, meta.get("tokenizer.ggml.merges") or [],
+                            meta.get("tokenizer.ggml.token_type") or [],
+                            meta.get("tokenizer.ggml.pre"))
+    except Exception as e:  # tokenizers raises a bare Exception
+      raise errors.InputError(f"{where}: the tokenizer cannot be built "
+                              f"({type(e).__name__}: {one_line(e)})") from e
 
   types = meta.get("tokenizer.ggml.token_type") or []
   specials = dict(
@@ -412,11 +672,23 @@ def _bpe_tokenizer(tokens, merges, types, pre):
 # --- the registry and the public face ----------------------------------------
 
 
+def why_not(path: str) -> str:
+  """Why `path` is not a pretrained model (`is_pretrained` is False), in a
+  few words: what is missing."""
+  if not os.path.exists(path):
+    return "no such file or folder"
+  if not os.path.isdir(path):
+    return "a file whose name does not end in .gguf"
+  if not os.path.isfile(os.path.join(path, "config.json")):
+    return "no config.json"
+  return f"config.json but neither model.safetensors nor {INDEX}"
+
+
 def _is_snapshot(path: str) -> bool:
   return (os.path.isfile(os.path.join(path, "config.json"))
           and (os.path.isfile(os.path.join(path, "model.safetensors"))
                or os.path.isfile(os.path.join(
-                   path, "model.safetensors.index.json"))))
+                   path, INDEX))))
 
 
 def _is_gguf(path: str) -> bool:
@@ -454,9 +726,10 @@ def open_source(path: str) -> Source:
 def _open_cached(path: str) -> Source:
   name = format_of(path)
   if name is None:
-    raise ValueError(f"{path} is neither a Hugging Face snapshot directory "
-                     "(config.json + model.safetensors[.index.json]) nor a "
-                     ".gguf file")
+    raise errors.InputError(
+        f"{path} is neither a Hugging Face snapshot directory (config.json "
+        "+ model.safetensors[.index.json]) nor a .gguf file: "
+        f"{why_not(path)}")
   source = FORMATS[name][1](path)
   window = source.info.get("sliding_window")
   if window:
@@ -468,7 +741,7 @@ def _open_cached(path: str) -> Source:
 
 def _check_vocab(vocab: str) -> None:
   if vocab not in VOCABS:
-    raise ValueError(f"vocab must be one of {VOCABS}, got {vocab!r}")
+    raise errors.InputError(f"vocab must be one of {VOCABS}, got {vocab!r}")
 
 
 def model_config(path: str, vocab: str = "cell") -> dict:
@@ -505,8 +778,8 @@ def _single_token(tok, text: str, path: str) -> int:
   if len(ids) > 1 and pieces[0] in ("\u2581", "\u0120"):
     ids, pieces = ids[1:], pieces[1:]
   if len(ids) != 1:
-    raise ValueError(f"{path}: {text!r} encodes to {len(ids)} tokens "
-                     f"{pieces}; one token per cell needs exactly one")
+    raise errors.InputError(f"{path}: {text!r} encodes to {len(ids)} tokens "
+                            f"{pieces}; one token per cell needs exactly one")
   return ids[0]
 
 
@@ -535,14 +808,17 @@ def _token_map(source: Source) -> list[int]:
   path, tok = source.path, source.tokenizer()
   ids = [_single_token(tok, s, path) for s in CELL_STRINGS]
   if len(set(ids)) != len(ids):
-    raise ValueError(f"{path}: the cell strings {CELL_STRINGS} map to "
-                     f"repeated ids {ids}")
+    raise errors.InputError(f"{path}: the cell strings {CELL_STRINGS} map to "
+                            f"repeated ids {ids}")
+  vocab_size = source.arch["vocab_size"]
+  if max(ids) >= vocab_size:
+    raise errors.InputError(f"{path}: the tokenizer's ids {ids} of the cell "
+                            f"strings reach past vocab_size {vocab_size}")
   specials = source.specials()
   eos = specials["eos"]
-  if eos is None or eos in ids:
-    raise ValueError(f"{path}: no usable EOS token id ({eos})")
+  if eos is None or eos in ids or not 0 <= eos < vocab_size:
+    raise errors.InputError(f"{path}: no usable EOS token id ({eos})")
   used = [*ids, eos]
-  vocab_size = source.arch["vocab_size"]
 
   def fallback(name):
     free = [i for i in specials["control"]
@@ -551,13 +827,13 @@ def _token_map(source: Source) -> list[int]:
       return free[-1]
     if vocab_size - 1 not in used:
       return vocab_size - 1
-    raise ValueError(f"{path}: no free id for {name}")
+    raise errors.InputError(f"{path}: no free id for {name}")
 
   out = {}
   for name in ("bos", "pad"):
     value = specials[name]
     out[name] = (value if value is not None and value not in used
-                 and value < vocab_size else fallback(name))
+                 and 0 <= value < vocab_size else fallback(name))
     used.append(out[name])
   return [*ids, out["bos"], eos, out["pad"]]
 
@@ -641,10 +917,10 @@ def load_base(path: str, template, vocab: str = "cell", *,
     x = source.tensor(name, vocab_rows, unpermute=unpermute)
     x = x.T if transpose else x
     if tuple(x.shape) != tuple(shape):
-      raise ValueError(f"{path}: {name} has shape {tuple(x.shape)}; the "
-                       f"model expects {tuple(shape)} at "
-                       f"{'.'.join(map(str, keys))} (a config of another "
-                       "size or vocab?)")
+      raise errors.InputError(
+          f"{path}: {name} has shape {tuple(x.shape)}; the model expects "
+          f"{tuple(shape)} at {'.'.join(map(str, keys))} (a config of "
+          "another size or vocab?)")
     return x
 
   def fill(key_path, leaf):
@@ -726,18 +1002,37 @@ def max_logit_diff(path: str, text: str = CHECK_PROMPT,
 
 
 def main(argv: Sequence[str]) -> int:
+  """The CLI: 0 on success, 1 when `check` exceeds the tolerance, 2 with
+  one line `error: ...` for a bad input (a file that cannot be used or
+  read; a package missing)."""
   if len(argv) != 3 or argv[1] not in ("info", "check"):
     print("usage: python -m ttt.pretrained info DIR|FILE | check DIR",
           file=sys.stderr)
     return 2
   command, path = argv[1], argv[2]
-  if command == "info":
-    return _info(path)
-  if format_of(path) != "safetensors":
-    print(f"check needs a Hugging Face snapshot directory, got {path}",
-          file=sys.stderr)
+  try:
+    if command == "info":
+      return _info(path)
+    if format_of(path) != "safetensors":
+      raise errors.InputError(f"check needs a Hugging Face snapshot "
+                              f"directory, got {path}: {why_not(path)}")
+    worst = max_logit_diff(path)
+  except ModuleNotFoundError as e:
+    package = (e.name or "").split(".")[0]
+    if package in ("torch", "transformers"):
+      print(f"error: check compares with transformers, which needs "
+            f"transformers and torch ({package} is not installed): "
+            f"{CHECK_INSTALL}", file=sys.stderr)
+    elif package in LLM_PACKAGES:
+      print(f"error: {package} is not installed (pretrained models need "
+            f"the llm extra): pip install {' '.join(LLM_PACKAGES)}",
+            file=sys.stderr)
+    else:
+      raise
     return 2
-  worst = max_logit_diff(path)
+  except (errors.InputError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   print(f"{path}: max |logit difference| over the kept vocabulary "
         f"{worst:.3g} (positions 0.. and 5000..; tolerance "
         f"{CHECK_TOLERANCE:g})")

@@ -271,8 +271,12 @@ def make_run_wide(*, ttt, adapter, model, data_cfg, seed: int,
     carry = sharding.replicate((state, opt, jnp.bool_(True)), mesh)
     treedef = jax.tree.structure(carry)
     path = os.path.join(directory, STATE_FILE)
+    # `config`: the digest of the run's fingerprint (the folder's name),
+    # stored in the state: a state copied into another config's folder
+    # is refused, not resumed
     want = dict(total=total, batch=batch, rows=int(len(task)),
-                length=int(length), tasks=len(order))
+                length=int(length), tasks=len(order),
+                config=os.path.basename(os.path.normpath(directory)))
     got = _load(path, jax.tree.leaves(carry), want)
     step, seconds, losses = 0, 0.0, []
     if got is not None:

@@ -360,7 +360,63 @@ def _read_results(path: str) -> dict:
       or not all(isinstance(t, dict) and "id" in t for t in res["tasks"])):
     raise InputError(f"{path} is not a run's results (an object with "
                      f"'summary' and a list of task records); {remedy}")
+  for t in res["tasks"]:
+    if t.get("skipped") or t.get("correct") is None:
+      continue
+    tests = t.get("tests")
+    if not (isinstance(tests, list) and tests and all(
+        isinstance(q, dict) and "correct" in q and "truth" in q
+        and isinstance(q.get("candidates", []), list) for q in tests)):
+      raise InputError(f"{path}: task {t['id']!r} is scored but has no "
+                       "test-input records ('tests' with 'correct', "
+                       f"'truth', 'candidates'); {remedy}")
   return res
+
+
+def _check_fingerprints(config, workdir: str, runs: list[str],
+                        derived: dict) -> None:
+  """Every finished row's `fingerprint.json` is the one its config gives
+  now (`--render_only` runs nothing, so nothing else checks it): an
+  InputError naming the row and the fields that differ."""
+  from ttt import job as job_lib
+
+  tc = config.table
+  for name in runs:
+    path = os.path.join(workdir, name, "fingerprint.json")
+    if not os.path.exists(os.path.join(workdir, name, "results.json")):
+      continue
+    try:
+      with open(path, encoding="utf-8") as f:
+        stored = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise InputError(f"row {name}: {path} is unreadable ({e}); rerun the "
+                       "table command (the row is redone)") from e
+    if not isinstance(stored, dict):
+      raise InputError(f"row {name}: {path} is not a fingerprint")
+    stored = {k: v for k, v in stored.items()
+              if k not in job_lib.NEUTRAL or job_lib.NEUTRAL[k] != v}
+    changed = None
+    for double in (False, True):  # (a test double's run: greedy, and
+      # fewer selections recorded)
+      _, overrides = run_overrides(name, tc, derived, double)
+      job = job_lib.parse(row_config(config.job, overrides))
+      if double:
+        from ttt import pipeline
+        job = pipeline.test_double_job(job)
+      now = json.loads(json.dumps(evaluate.strict(job_lib.fingerprint(
+          job))))
+      diff = sorted(k for k in set(stored) | set(now)
+                    if stored.get(k) != now.get(k))
+      if not diff:
+        break
+      changed = diff if changed is None or len(diff) < len(changed) \
+          else changed
+    else:
+      raise InputError(
+          f"row {name} in {workdir} was run with another config (changed: "
+          f"{', '.join(changed[:8])}): its results are not this table's; "
+          "use another --workdir, or delete the row's folder and rerun the "
+          "table command")
 
 
 def run_overrides(name: str, tc, derived: dict, test_double: bool = False
@@ -409,7 +465,8 @@ def run_table(config, workdir: str, predictors: dict | None = None,
     # finished rows on disk
     table = _write_table(workdir, order,
                          *_collect(workdir, runs[:n + 1], derived),
-                         derived, tc)
+                         derived, tc,
+                         tuple(config.job.run.get("task_ids", ()) or ()))
   return table
 
 
@@ -425,16 +482,30 @@ def render_table(config, workdir: str) -> dict:
     raise FileNotFoundError(
         f"{workdir}: no finished row of {list(order)} (each writes "
         "<row>/results.json when done)")
-  return _write_table(workdir, order, outcomes, timings, derived, tc)
+  _check_fingerprints(config, workdir, runs, derived)
+  return _write_table(workdir, order, outcomes, timings, derived, tc,
+                      tuple(config.job.run.get("task_ids", ()) or ()))
 
 
 def _write_table(workdir: str, order: list[str], outcomes: dict,
-                 timings: dict, derived: dict, tc) -> dict:
+                 timings: dict, derived: dict, tc, task_ids: tuple = ()
+                 ) -> dict:
   """Writes table.json / table.md / ttt_steps.png for the rows done so far
-  (in `order`); `pending` lists the rest."""
+  (in `order`); `pending` lists the rest. Every row must hold every task
+  of the table (`task_ids`, else every task some row holds): a row run on
+  another task list is named with the tasks it lacks (InputError), never
+  silently shrinks the table."""
   done = [name for name in order if name in outcomes]
-  # every row on the tasks every row scored (skips are the same by design)
-  ids = sorted(set.intersection(*(set(outcomes[n]) for n in done)))
+  want = set(task_ids) or set.union(*(set(outcomes[n]) for n in done))
+  for n in done:
+    missing = sorted(want - set(outcomes[n]))
+    if missing:
+      raise InputError(
+          f"row {n} in {workdir} lacks {len(missing)} of the table's "
+          f"{len(want)} tasks ({', '.join(map(repr, missing[:8]))}"
+          f"{' ...' if len(missing) > 8 else ''}): it was run on another "
+          "task list; delete the row's folder and rerun the table command")
+  ids = sorted(want)
   rows = {}
   for name in done:
     s = row_stats(outcomes[name], ids, tc.bootstrap, tc.seed)

@@ -27,19 +27,28 @@ The tokenizer side is `TextCodec` (`open_codec(path, style)`): the chat
 template (the snapshot's `tokenizer_config.json` Jinja template, else
 Llama-3's header format), the loss mask, prompt ids and decoding of
 generated ids; `ttt.codec` puts it behind the `Codec` face the stages use.
+
+A chat template is the model's file, so it is held to account: one that
+fails to parse, uses an unknown filter or raises while rendering, one whose
+rendering is empty or leaves out a message's text (the task), and one that
+runs past the rendering bounds (`MAX_RENDER_CHARS` of output,
+`MAX_RENDER_STEPS` loop iterations and calls, `MAX_RENDER_SECONDS`: nested
+loops) is refused with a `ttt.errors.InputError` naming where the template
+came from; so is a list of named templates without a 'default' one.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
-import json
 import os
+import threading
+import time
 from typing import NamedTuple
 
 import numpy as np
 
-from ttt import arc, augment, data, tokens
+from ttt import arc, augment, data, errors, tokens
 
 STYLES = ("new", "default", "barc")
 
@@ -254,33 +263,95 @@ def _token_text(value) -> str | None:
   return value if isinstance(value, str) else None
 
 
+# Bounds on one rendering of a model's chat template: a broken or hostile
+# template (nested loops, an exponential macro) must end with an error, not
+# hang the run or fill the memory. MARC's longest prompts are ~10^5
+# characters and a chat template loops over a handful of messages.
+MAX_RENDER_CHARS = 1 << 22  # characters of output
+MAX_RENDER_STEPS = 1_000_000  # loop iterations + calls
+MAX_RENDER_SECONDS = 10.0  # wall clock, checked every 1024 steps
+_BOUNDED = "ttt_bounded_loop__"  # the global the loops are wrapped in
+
+
 def read_tokenizer_config(path: str) -> dict:
   """A snapshot's `tokenizer_config.json` ({} when there is none); for a
-  GGUF file, its `tokenizer.chat_template` metadata as `chat_template`."""
-  if os.path.isfile(path) and path.endswith(".gguf"):
-    import gguf
+  GGUF file, its `tokenizer.chat_template` metadata as `chat_template`.
 
-    field = gguf.GGUFReader(path).fields.get("tokenizer.chat_template")
-    return {"chat_template": field.contents()} if field is not None else {}
+  Raises:
+    ttt.errors.InputError: the file is not valid JSON or not an object, or
+      the GGUF file cannot be read (naming the file).
+  """
+  from ttt import pretrained
+
+  if os.path.isfile(path) and path.endswith(".gguf"):
+    _, meta = pretrained.read_gguf(path, only=("tokenizer.chat_template",))
+    return ({"chat_template": meta["tokenizer.chat_template"]}
+            if "tokenizer.chat_template" in meta else {})
   file = os.path.join(path, "tokenizer_config.json")
   if not os.path.isdir(path) or not os.path.exists(file):
     return {}
-  with open(file) as f:
-    return json.load(f)
+  return pretrained.read_json_object(file)
 
 
-def make_template(tok_config: dict, bos: str | None = None):
+def template_origin(path: str) -> str:
+  """Where `read_tokenizer_config(path)`'s chat template comes from, for
+  errors: the file and its field, or the GGUF metadata key."""
+  if os.path.isfile(path) and path.endswith(".gguf"):
+    return f"{path} (GGUF metadata tokenizer.chat_template)"
+  return f"{os.path.join(path, 'tokenizer_config.json')} (chat_template)"
+
+
+def _pick_template(source, origin: str) -> tuple[str | None, str]:
+  """(the Jinja source, its origin) of a `chat_template` value: a string,
+  or Hugging Face's list of named templates, whose 'default' is taken."""
+  if isinstance(source, list):
+    named = {}
+    for t in source:
+      if not (isinstance(t, dict) and isinstance(t.get("name"), str)
+              and isinstance(t.get("template"), str)):
+        raise errors.InputError(
+            f"{origin}: a list of named templates holds "
+            f"{{'name': ..., 'template': ...}} objects, not {repr(t)[:60]}")
+      named[t["name"]] = t["template"]
+    if "default" not in named:
+      raise errors.InputError(
+          f"{origin}: named chat templates "
+          f"{', '.join(map(repr, named)) or '(none)'} and no 'default' one; "
+          "ttt-jax renders the 'default' template (there is no setting to "
+          "pick another): add one named 'default'")
+    return named["default"], f"{origin} (the one named 'default')"
+  if source is not None and not isinstance(source, str):
+    raise errors.InputError(f"{origin}: the chat template is "
+                            f"{repr(source)[:40]} ({type(source).__name__}), "
+                            "not a Jinja template (a string, or a list of "
+                            "named ones)")
+  return source, origin
+
+
+def make_template(tok_config: dict, bos: str | None = None,
+                  origin: str = "chat_template"):
   """`render(messages, add_generation_prompt) -> str`: the model's chat
   template (`tokenizer_config.json`'s Jinja `chat_template`, rendered the
   way Hugging Face renders it) or, without one, Llama-3's header format
   (BOS, then `<|start_header_id|>role<|end_header_id|>\\n\\n` + the content
   stripped + `<|eot_id|>` per message: each message stripped, as torchtune
   and Hugging Face's Llama-3 template do; another model's template decides
-  for itself)."""
-  source = tok_config.get("chat_template")
-  if isinstance(source, list):  # named templates: the default one
-    source = {t.get("name"): t.get("template") for t in source}.get(
-        "default")
+  for itself).
+
+  Args:
+    tok_config: the tokenizer config (`read_tokenizer_config`).
+    bos: the BOS token's text when the config names none.
+    origin: where the template comes from (`template_origin`), named in
+      errors; the returned function carries it as `render.origin`.
+
+  Raises:
+    ttt.errors.InputError: (here) a template that is not a string or list
+      of named ones, a list without 'default', a template that does not
+      parse or names an unknown filter or test; (from `render`) one that
+      raises, runs past the bounds (`MAX_RENDER_*`), renders nothing, or
+      leaves out a message's text.
+  """
+  source, origin = _pick_template(tok_config.get("chat_template"), origin)
   bos = _token_text(tok_config.get("bos_token")) or bos
   if not source:
     start = LLAMA3_BOS if bos is None else bos
@@ -293,22 +364,9 @@ def make_template(tok_config: dict, bos: str | None = None):
         out += LLAMA3_HEADER.format(role="assistant")
       return out
 
+    render_llama3.origin = "Llama-3's header format (no chat template)"
     return render_llama3
-  import jinja2
-  from jinja2 import sandbox
-
-  def raise_exception(message):
-    raise jinja2.exceptions.TemplateError(message)
-
-  def strftime_now(fmt):
-    return datetime.datetime.now().strftime(fmt)
-
-  env = sandbox.ImmutableSandboxedEnvironment(
-      trim_blocks=True, lstrip_blocks=True,
-      extensions=["jinja2.ext.loopcontrols"])
-  env.globals.update(raise_exception=raise_exception,
-                     strftime_now=strftime_now)
-  template = env.from_string(source)
+  template, budget = _bounded_template(source, origin)
   specials = {k: _token_text(tok_config.get(k)) or ""
               for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
   if bos is not None and not specials["bos_token"]:
@@ -319,11 +377,146 @@ def make_template(tok_config: dict, bos: str | None = None):
     # unless `date_string` is given: their own default, fixed, so that a
     # row does not change from one day to the next (MARC's TTT prompt for
     # such models hard-codes the same date)
-    return template.render(messages=messages,
-                           add_generation_prompt=add_generation_prompt,
-                           date_string=TEMPLATE_DATE, **specials)
+    budget.steps, budget.deadline = 0, time.monotonic() + MAX_RENDER_SECONDS
+    pieces, size = [], 0
+    try:
+      for piece in template.generate(
+          messages=messages, add_generation_prompt=add_generation_prompt,
+          date_string=TEMPLATE_DATE, **specials):
+        size += len(piece)
+        if size > MAX_RENDER_CHARS:
+          raise errors.InputError(
+              f"{origin}: the chat template writes more than "
+              f"{MAX_RENDER_CHARS:,} characters for one chat; refused")
+        pieces.append(piece)
+    except errors.InputError:
+      raise
+    except Exception as e:  # the template's own error, whatever it is
+      raise errors.InputError(
+          f"{origin}: the chat template fails to render "
+          f"({type(e).__name__}: {' '.join(str(e).split())})") from e
+    out = "".join(pieces)
+    _check_rendered(out, messages, origin)
+    return out
 
+  render.origin = origin
   return render
+
+
+def _check_rendered(out: str, messages, origin: str) -> None:
+  """A rendered chat must show the model every message's text (stripped:
+  templates trim it); an empty rendering or one that drops the task is
+  refused instead of training and decoding on the wrong text."""
+  if not out.strip():
+    raise errors.InputError(f"{origin}: the chat template renders an empty "
+                            "prompt")
+  for m in messages:
+    if m["content"].strip() not in out:
+      raise errors.InputError(
+          f"{origin}: the chat template's rendering leaves out the "
+          f"{m['role']} message's text (the task): the model would not see "
+          "it")
+
+
+def _bounded_template(source: str, origin: str):
+  """(jinja2 template, its budget) of a chat template in Hugging Face's
+  sandbox (immutable, `trim_blocks`, `lstrip_blocks`, loop controls,
+  `raise_exception` and `strftime_now`), bounded: each `for` loop's
+  iterable is wrapped so that every iteration counts a step, every call
+  counts a step (a macro's recursion), and `*` / `**` are refused when
+  their result would be huge (no constant folding of them at compile time
+  either). `render` resets `budget.steps` and `budget.deadline`."""
+  import jinja2
+  from jinja2 import nodes, sandbox
+
+  class Budget(threading.local):
+    """One rendering's steps and deadline (per thread; `render` resets
+    them)."""
+
+    steps = 0
+    deadline = float("inf")
+
+  budget = Budget()
+
+  def step():
+    budget.steps += 1
+    if budget.steps > MAX_RENDER_STEPS:
+      raise errors.InputError(
+          f"{origin}: the chat template runs more than "
+          f"{MAX_RENDER_STEPS:,} loop iterations and calls for one chat "
+          "(nested loops?); refused")
+    if budget.steps % 1024 == 0 and time.monotonic() > budget.deadline:
+      raise errors.InputError(
+          f"{origin}: the chat template renders for more than "
+          f"{MAX_RENDER_SECONDS:g} s; refused")
+
+  class Bounded:
+    """An iterable counting a step per item (its length the wrapped one's,
+    so `loop.length` reads the same)."""
+
+    def __init__(self, items):
+      self._items = items
+
+    def __len__(self):
+      return len(self._items)
+
+    def __iter__(self):
+      for item in self._items:
+        step()
+        yield item
+
+  class Environment(sandbox.ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call(self, context, obj, /, *args, **kwargs):
+      step()
+      return super().call(context, obj, *args, **kwargs)
+
+    def call_binop(self, context, operator, left, right):
+      _check_binop(operator, left, right, origin)
+      return super().call_binop(context, operator, left, right)
+
+  def raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+  def strftime_now(fmt):
+    return datetime.datetime.now().strftime(fmt)
+
+  env = Environment(trim_blocks=True, lstrip_blocks=True,
+                    extensions=["jinja2.ext.loopcontrols"])
+  env.globals.update(raise_exception=raise_exception,
+                     strftime_now=strftime_now)
+  env.globals[_BOUNDED] = Bounded
+  try:
+    tree = env.parse(source)
+    for loop in tree.find_all(nodes.For):
+      call = nodes.Call(nodes.Name(_BOUNDED, "load"), [loop.iter], [], None,
+                        None)
+      call.set_lineno(loop.lineno)
+      call.set_environment(env)
+      loop.iter = call
+    template = env.from_string(tree)
+  except jinja2.TemplateError as e:  # syntax, unknown filter or test
+    where = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+    raise errors.InputError(
+        f"{origin}: the chat template does not parse{where}: "
+        f"{' '.join(str(e).split())}") from e
+  return template, budget
+
+
+def _check_binop(operator: str, left, right, origin: str) -> None:
+  """Refuses a `*` or `**` whose result would be huge (a string or list
+  repeated past `MAX_RENDER_CHARS`, a power of thousands of digits)."""
+  if operator == "*":
+    for seq, n in ((left, right), (right, left)):
+      if (isinstance(seq, (str, list, tuple)) and isinstance(n, int)
+          and len(seq) * n > MAX_RENDER_CHARS):
+        raise errors.InputError(f"{origin}: the chat template repeats a "
+                                f"sequence {n:,} times; refused")
+  elif (isinstance(left, int) and isinstance(right, int) and abs(left) > 1
+        and right * abs(left).bit_length() > 1 << 16):
+    raise errors.InputError(f"{origin}: the chat template computes "
+                            f"{left} ** {right}; refused")
 
 
 # --- the codec ----------------------------------------------------------------
@@ -391,8 +584,10 @@ class TextCodec:
     full = self.render(lay.messages + [lay.answer],
                        add_generation_prompt=False)
     if not full.startswith(prompt):
-      raise ValueError("the chat template renders the answer's turn by "
-                       "changing what comes before it: no loss mask")
+      raise errors.InputError(
+          f"{getattr(self.render, 'origin', 'the chat template')}: the chat "
+          "template renders the answer's turn by changing what comes before "
+          "it: no loss mask")
     spans = [(len(prompt), len(full))]
     outputs = {"outputs": lay.output_spans, "marc": lay.output_spans[1:],
                "query": []}[loss]
@@ -497,15 +692,17 @@ def open_codec(path: str, style: str = "new") -> TextCodec:
   end-of-turn / end-of-text ids as stop tokens.
 
   Raises:
-    ttt.errors.InputError: `path` is not a pretrained model.
+    ttt.errors.InputError: `path` is not a pretrained model, or its
+      tokenizer or chat template cannot be used (`make_template`; the
+      template is rendered once here, so a broken one fails now).
   """
-  from ttt import errors, pretrained
+  from ttt import pretrained
 
   if not path or not pretrained.is_pretrained(path):
     raise errors.InputError(
         f"data.codec='text' needs a pretrained model's tokenizer: init_from "
         f"must be a Hugging Face snapshot folder or a .gguf file, got "
-        f"{path!r}")
+        f"{path!r}" + (f" ({pretrained.why_not(path)})" if path else ""))
   source = pretrained.open_source(path)
   tok = source.tokenizer()
   specials = source.specials()
@@ -513,7 +710,8 @@ def open_codec(path: str, style: str = "new") -> TextCodec:
   tok_config = read_tokenizer_config(path)
   bos = specials.get("bos")
   render = make_template(tok_config, None if bos is None
-                         else tok.id_to_token(int(bos)))
+                         else tok.id_to_token(int(bos)),
+                         template_origin(path))
   stops = [tok.token_to_id(LLAMA3_EOT), specials.get("eos"),
            tok.token_to_id("<|end_of_text|>"), tok.token_to_id("<|im_end|>")]
   return TextCodec(tok, render, style, vocab_size, stops,
@@ -535,5 +733,6 @@ def _pad_id(tok, render, specials: dict, vocab_size: int, stops) -> int:
   for i in candidates:
     if i is not None and 0 <= i < vocab_size and i not in used:
       return int(i)
-  raise ValueError("the tokenizer has no id to pad with (no pad token, no "
-                   "spare row, every special token used by the chat)")
+  raise errors.InputError("the tokenizer has no id to pad with (no pad "
+                          "token, no spare row, every special token used by "
+                          "the chat)")

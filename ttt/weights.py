@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
-from ttt import ckpt, configlib, lora, pretrained, sharding
+from ttt import ckpt, configlib, errors, lora, pretrained, sharding
 from ttt import model as model_lib
 
 
@@ -51,6 +51,30 @@ class Weights(NamedTuple):
   source: str = ""
 
 
+def _check_stored_types(path: str, stored: dict) -> None:
+  """InputError naming the checkpoint's `model_config.json` and the field
+  when a stored architecture field has another type than the model's
+  (`"num_layers": "4"`, a list for a number, ...)."""
+  defaults = dataclasses.asdict(model_lib.ModelConfig())
+  for k, v in stored.items():
+    if k not in defaults:
+      continue
+    d = defaults[k]
+    ok = (isinstance(v, bool) if isinstance(d, bool)
+          else isinstance(v, int) and not isinstance(v, bool)
+          if isinstance(d, int)
+          else isinstance(v, (int, float)) and not isinstance(v, bool)
+          if isinstance(d, float)
+          else isinstance(v, str) if isinstance(d, str)
+          else isinstance(v, (list, tuple)) if isinstance(d, tuple)
+          else True)
+    if not ok:
+      raise errors.InputError(
+          f"model checkpoint {path}: {ckpt.CONFIG_FILE} has model.{k} = "
+          f"{v!r} ({type(v).__name__}); it must be a "
+          f"{type(d).__name__} like the default {d!r}")
+
+
 def load(init_from: str, model: model_lib.ModelConfig,
          adapter: model_lib.AdapterConfig, seed: int, vocab: str = "cell"
          ) -> tuple[Weights, model_lib.ModelConfig]:
@@ -68,6 +92,9 @@ def load(init_from: str, model: model_lib.ModelConfig,
 
   Raises:
     FileNotFoundError: `init_from` names no directory (with what to do).
+    ttt.errors.InputError: a directory that is neither a Hugging Face
+      snapshot nor a ttt-jax checkpoint (saying what each lacks); a
+      pretrained model's file that cannot be used (`ttt.pretrained`).
   """
   fields = dataclasses.asdict(model)
   if init_from and pretrained.is_pretrained(init_from):
@@ -80,11 +107,13 @@ def load(init_from: str, model: model_lib.ModelConfig,
           "init_from at its exported model), run the shipped one "
           "(--config.init_from=checkpoints/tiny with the tiny model), or "
           "name a Hugging Face snapshot directory or a .gguf file")
+    _check_checkpoint_folder(init_from)
     # the checkpoint's shape wins, a field it does not store is the
     # default (not the config's: e.g. an older file has no num_kv_heads,
     # and scan_layers is how its weights are laid out); how it computes
     # (the compute dtype, the attention blocks) stays the config's
     stored = ckpt.load_weights_config(init_from)["model"]
+    _check_stored_types(init_from, stored)
     fields = {**dataclasses.asdict(model_lib.ModelConfig()),
               **{k: v for k, v in stored.items() if k in fields},
               "dtype": model.dtype, "attention_block": model.attention_block}
@@ -139,24 +168,52 @@ def _load_pretrained(path: str, fields: dict, adapter, seed: int,
   return Weights(graphdef, template, base, source), config
 
 
+def _check_checkpoint_folder(init_from: str) -> None:
+  """Refuses a folder that is neither kind of base, saying what each kind
+  lacks (a snapshot without config.json is not reported as a broken
+  ttt-jax checkpoint)."""
+  if not os.path.isfile(os.path.join(init_from, ckpt.CONFIG_FILE)):
+    raise errors.InputError(
+        f"{init_from} is neither a Hugging Face snapshot "
+        f"({pretrained.why_not(init_from)}) nor a ttt-jax checkpoint (no "
+        f"{ckpt.CONFIG_FILE})")
+
+
 def digest(init_from: str) -> str:
   """The base's content hash: 'sha256:...' of a project checkpoint's
   files (`ckpt.digest`) or of a pretrained model's files (read in blocks),
-  the path itself when it names nothing, '' for none."""
+  the path itself when it names nothing, '' for none.
+
+  A pretrained model's files are every file its reader reads
+  (`pretrained.source_files`: a snapshot's shards wherever its index puts
+  them inside the snapshot) and, as before that, every JSON and weights
+  file at the top of a snapshot folder, each hashed with its path relative
+  to the folder (so an unchanged flat snapshot keeps its digest).
+  """
   if not init_from:
     return ""
   if pretrained.is_pretrained(init_from):
-    files = ([init_from] if os.path.isfile(init_from) else sorted(
-        os.path.join(init_from, n) for n in os.listdir(init_from)
-        if n.endswith((".json", ".safetensors", ".gguf"))))
+    if os.path.isfile(init_from):
+      root, names = os.path.dirname(init_from), [
+          os.path.basename(init_from)]
+    else:
+      root = init_from
+      top = [os.path.join(root, n) for n in os.listdir(root)
+             if n.endswith((".json", ".safetensors", ".gguf"))
+             and os.path.isfile(os.path.join(root, n))]
+      names = sorted({os.path.relpath(f, root) for f in
+                      top + pretrained.source_files(root)})
     h = hashlib.sha256()
-    for f in files:
-      h.update(os.path.basename(f).encode() + b"\0")
-      with open(f, "rb") as fh:
+    for name in names:
+      h.update(name.encode() + b"\0")
+      with open(os.path.join(root, name), "rb") as fh:
         for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
           h.update(block)
     return "sha256:" + h.hexdigest()
-  return ckpt.digest(init_from) if os.path.isdir(init_from) else init_from
+  if os.path.isdir(init_from):
+    _check_checkpoint_folder(init_from)
+    return ckpt.digest(init_from)
+  return init_from
 
 
 def place(weights: Weights, mesh, dtype=None) -> Weights:
@@ -196,3 +253,23 @@ def count_adapter(weights: Weights) -> int:
   """Parameters adapted per task (one task's adapter: the LoRA / prefix
   factors, or every weight in the full modes)."""
   return model_lib.count_params(weights.template)
+
+
+def check_finite(weights: Weights, init_from: str) -> None:
+  """InputError when a base weight (or a tuned one's starting value) is
+  NaN or infinite: the base's logits would not be finite, and every decode
+  would find no answer. Names the first such weight and the count."""
+  named = [(jax.tree_util.keystr(p), x) for part in (weights.base,
+                                                    weights.template)
+           for p, x in jax.tree_util.tree_flatten_with_path(part)[0]
+           if jnp.issubdtype(x.dtype, jnp.floating)]
+  counts = jax.jit(lambda xs: [jnp.sum(~jnp.isfinite(x)) for x in xs])(
+      [x for _, x in named])  # (one program for every leaf)
+  bad = [(name, int(n)) for (name, _), n in zip(named, counts, strict=True)
+         if int(n)]
+  if bad:
+    raise errors.InputError(
+        f"base model {init_from or '(untrained)'}: "
+        f"{sum(n for _, n in bad)} weights are not finite (NaN or inf; "
+        f"first in {bad[0][0]}), so the base's logits are not finite and "
+        "no answer could be decoded; use an intact checkpoint")

@@ -55,8 +55,24 @@ class Workdir(NamedTuple):
 
 def _lock(path: str):
   """An exclusive advisory lock on `path/.lock` (WorkdirError naming the
-  holder's pid when another process holds it)."""
-  f = open(os.path.join(path, ".lock"), "a+", encoding="utf-8")  # noqa: SIM115
+  holder's pid when another process holds it). The lock file is opened
+  with O_NOFOLLOW: a symbolic link planted at `.lock` (a workdir under a
+  shared folder) is refused, never followed and overwritten."""
+  name = os.path.join(path, ".lock")
+  try:
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+  except OSError as e:
+    if os.path.islink(name):
+      raise WorkdirError(
+          f"{name} is a symbolic link (to {os.readlink(name)!r}): refusing "
+          "to follow it; remove it, or use another --workdir") from None
+    raise WorkdirError(f"{name}: cannot open the lock file ({e.strerror})"
+                       ) from None
+  if not os.path.isfile(name) or os.path.islink(name):
+    os.close(fd)
+    raise WorkdirError(f"{name} is not a regular file; remove it, or use "
+                       "another --workdir")
+  f = os.fdopen(fd, "r+", encoding="utf-8")
   try:
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
@@ -203,7 +219,8 @@ def stored_plan(wd: Workdir, budget: tuple[float, str], ids: list[str]
     return None
   at = {i: n for n, i in enumerate(ids)}
   if not (isinstance(got, dict) and isinstance(got.get("chunks"), list)
-          and all(isinstance(c, list) and all(i in at for i in c)
+          and all(isinstance(c, list)
+                  and all(isinstance(i, str) and i in at for i in c)
                   for c in got["chunks"])):
     logging.warning("%s is not a chunk plan of these tasks; planning the "
                     "chunks again", path)
