@@ -229,8 +229,12 @@ def load_weights_config(path: str) -> dict:
   """The JSON written beside the weights by `save_weights`."""
   file = os.path.join(os.path.abspath(path), CONFIG_FILE)
   if not os.path.exists(file):
-    raise FileNotFoundError(f"no model checkpoint at {path} (missing "
-                            f"{CONFIG_FILE})")
+    raise FileNotFoundError(
+        f"no model checkpoint at {path}: it is neither a ttt-jax checkpoint "
+        f"(no {CONFIG_FILE}) nor a Hugging Face snapshot (no config.json)"
+        if not os.path.exists(os.path.join(os.path.abspath(path),
+                                           "config.json"))
+        else f"no model checkpoint at {path} (missing {CONFIG_FILE})")
   try:
     with open(file, encoding="utf-8") as f:
       out = json.load(f)
