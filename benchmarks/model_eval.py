@@ -19,6 +19,14 @@ before TTT; the table's headline row says what it is worth after TTT.
 
 Prints one JSON line: {"models": {path: {...}}, "workload": {...}}.
 
+`--long_context` (issue 42: what the model does past the 1,024 positions
+it was trained at): the sample list's tasks (`configs/table_tasks/
+arc1_evaluation_random100.txt`) whose full sequence needs 1,025-2,048
+tokens, each test pair scored twice -- `long_all`: after all its
+demonstrations (positions up to 2,048), `long_cut`: after the
+demonstrations that fit 1,024 (dropped from the end) -- on the pairs both
+can score, plus `short`: the sample's tasks that fit 1,024 whole.
+
 CPU (about 2 minutes per model):
   python benchmarks/model_eval.py --models checkpoints/tiny,/tmp/pt/model \\
       --re_arc_dir /path/to/re_arc/tasks
@@ -65,6 +73,36 @@ def table_sequences(num_tasks: int, max_len: int) -> list:
   return pretrain_data.heldout_rows([by_id[i] for i in ids], max_len)
 
 
+def long_context_sequences(long_len: int = 2048, short_len: int = 1024
+                           ) -> dict:
+  """{'long_all', 'long_cut', 'short'} rows (see module docstring)."""
+  from ttt import tokens
+  by_id = {t.id: t for t in arc.load_arc(1, "evaluation")}
+  sets = dict(long_all=[], long_cut=[], short=[])
+  for i in table_config.task_ids(1, sample=True):
+    t = by_id[i]
+    for q, a in t.test:
+      whole = arc.Task(t.id, list(t.train), [(q, a)])
+      n = tokens.sequence_length(whole)
+      if n <= short_len:
+        sets["short"].append(tokens.encode_task(whole, short_len,
+                                                loss="query"))
+        continue
+      if n > long_len:
+        continue
+      train = list(t.train)
+      while train and tokens.sequence_length(
+          arc.Task(t.id, train, [(q, a)])) > short_len:
+        train = train[:-1]
+      if not train:
+        continue  # the query alone does not fit 1024: no pair
+      sets["long_all"].append(tokens.encode_task(whole, long_len,
+                                                 loss="query"))
+      sets["long_cut"].append(tokens.encode_task(
+          arc.Task(t.id, train, [(q, a)]), short_len, loss="query"))
+  return sets
+
+
 def load(path: str):
   """(graphdef, params) of a stored base model (float32 compute)."""
   stored = ckpt.load_weights_config(path)["model"]
@@ -104,11 +142,15 @@ def main():
   p.add_argument("--max_len", type=int, default=1024)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--long_context", action="store_true",
+                 help="score the sample's long tasks past 1024 positions "
+                 "(module docstring)")
   a = p.parse_args()
   t0 = time.perf_counter()
-  sets = dict(heldout=heldout_sequences(a.re_arc_dir, a.sequences,
-                                        a.max_len, a.seed),
-              table=table_sequences(a.table_tasks, a.max_len))
+  sets = (long_context_sequences() if a.long_context else
+          dict(heldout=heldout_sequences(a.re_arc_dir, a.sequences,
+                                         a.max_len, a.seed),
+               table=table_sequences(a.table_tasks, a.max_len)))
   mesh = sharding.make_mesh(axis=sharding.DATA_AXIS)
   batch = sharding.padded_count(a.batch, mesh.size)
   models = {m: score(m, sets, batch, mesh)
@@ -119,6 +161,7 @@ def main():
       workload=dict(heldout="re-ARC" if a.re_arc_dir else "ARC test pairs",
                     sequences=a.sequences, table_tasks=a.table_tasks,
                     max_len=a.max_len, seed=a.seed,
+                    long_context=a.long_context,
                     seconds=round(time.perf_counter() - t0, 1)))))
 
 

@@ -31,7 +31,9 @@ The oracle itself -- log M, log μ̂ and log π_ref of a node's children from
 its prefix state -- is `sampling.oracles.children`.
 
 `load_instance(path_or_dict)` reads the JSON form (see `instance_from_json`);
-bad instances raise `InstanceError` naming the problem.
+bad instances raise `InstanceError` naming the problem (a parameter or a
+derived log mass beyond float32's range included: the samplers compute in
+float32).
 """
 
 from __future__ import annotations
@@ -347,7 +349,10 @@ def make_instance(S: int = 2, n: int = 8, target: str = "uniform",
     alpha: α ≥ 1; seed: seeds the 'random'/'randsign' patterns.
 
   Raises:
-    InstanceError: naming what is wrong.
+    InstanceError: naming what is wrong -- among it a parameter float32
+      cannot hold (alpha, beta, a log weight beyond ±3.4e38) or one whose
+      derived log masses it cannot (`_check_log_masses`): the samplers
+      compute in float32.
   """
   S = _integer("alphabet_size", S, 2)
   n = _integer("depth", n, 1, MAX_DEPTH)
