@@ -268,10 +268,7 @@ def _png(path: str, rgb: np.ndarray) -> None:
   data = (b"\x89PNG\r\n\x1a\n"
           + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  write_bytes(path, data)
 
 
 def _grid_image(grid, cell: int) -> np.ndarray:
@@ -451,7 +448,12 @@ def strict(obj):
 
 
 def write_text(path: str, text: str) -> None:
-  """Writes `text` atomically: a fresh temporary file in the target's
+  """Writes `text` (UTF-8) atomically, as `write_bytes`."""
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` atomically: a fresh temporary file in the target's
   folder (`tempfile.mkstemp`: a new name, created exclusively, so a link
   planted at a fixed `.tmp` name is never followed), then `os.replace`
   (which replaces a link at `path` itself, never its target). A failed
@@ -463,8 +465,8 @@ def write_text(path: str, text: str) -> None:
                              + ".", suffix=".tmp")
   try:
     os.fchmod(fd, 0o644)  # (mkstemp's 0600 would hide results from others)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
     os.replace(tmp, path)
   except BaseException as e:
     try:

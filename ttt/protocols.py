@@ -138,14 +138,22 @@ def _pad_length(ds, length: int, pad: int):
 
 
 def _save(path: str, leaves: list, meta: dict) -> None:
-  """Writes the leaves and meta to `path` atomically (temp file, rename)."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.savez(f, meta=np.array(json.dumps(meta)),
-             **{f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)})
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """Writes the leaves and meta to `path` atomically (a fresh temporary
+  file from `mkstemp`, never a fixed name a planted link could hold; then
+  `os.replace`)."""
+  import tempfile
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, meta=np.array(json.dumps(meta)),
+               **{f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)})
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 def _load(path: str, like: list, meta_want: dict):
