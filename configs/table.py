@@ -164,4 +164,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       derived=True))
   if a.select:  # every rule recorded beside the headline's own
     config.table.also = ALL_RULES
+  if a.sample:  # a uniform sample of the 400: estimates for all of them
+    config.table.population = 400
   return config

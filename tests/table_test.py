@@ -349,3 +349,31 @@ def test_skipped_tasks_count_as_failures():
   assert per_task == {"a": (True, 1, 1, 1), "b": (False, 0, 2, 0)}
   stats = table.row_stats(per_task, ["a", "b"], 100, 0)
   assert stats["pass2"] == 0.5 and stats["test_inputs"] == 3
+
+
+def test_population_interval_covers_and_renders():
+  """The 400-task estimate's interval (issue 42): exact coverage >= 95%
+  for every true count of a small population, the whole population gives
+  the count itself, and the sample table prints it."""
+  N, n = 60, 20
+  intervals = [table.population_interval(k, n, N) for k in range(n + 1)]
+  for big_k in range(N + 1):
+    cover = sum(math.comb(big_k, k) * math.comb(N - big_k, n - k)
+                for k, (lo, hi) in enumerate(intervals) if lo <= big_k <= hi)
+    assert cover / math.comb(N, n) >= 0.95 - 1e-12, big_k
+  assert [lo for lo, _ in intervals] == sorted(lo for lo, _ in intervals)
+  assert table.population_interval(7, 30, 30) == (7, 7)
+  lo, hi = table.population_interval(15, 100, 400)
+  assert lo < 60 < hi and (lo, hi) == (38, 89)
+  with pytest.raises(ValueError, match="population"):
+    table.population_interval(5, 10, 8)
+  tc = table_config.get_config("cpu,sample").table
+  assert tc.population == 400
+  rows = dict(headline=dict(
+      description="d", tasks=100, pass2=0.15, pass2_lo=0.1, pass2_hi=0.2,
+      pass2_tasks=15, pass2_inputs=15, test_inputs=110, coverage=0.2,
+      ttt_s=1.0, inference_s=1.0, population=400, population_estimate=60.0,
+      population_lo=38, population_hi=89))
+  md = table.markdown(dict(tasks=[str(i) for i in range(100)], rows=rows,
+                           bootstrap=10, seed=0, pending=[]))
+  assert "| headline | 60/400 = 15.0% | [38, 89] = [9.5%, 22.2%] |" in md

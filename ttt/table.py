@@ -191,6 +191,38 @@ def mcnemar_exact(x, y) -> tuple[int, int, float]:
   return b, c, min(1.0, 2 * tail)
 
 
+def population_interval(k: int, n: int, population: int,
+                        level: float = 0.95) -> tuple[int, int]:
+  """Exact interval for the number of solved tasks in a population of
+  `population` tasks, from `k` solved of a uniform sample of `n` drawn
+  without replacement: the hypergeometric analogue of Clopper-Pearson --
+  every K whose two one-sided tail probabilities at `k` both exceed
+  (1 - level) / 2.
+
+  Returns:
+    (lowest K, highest K) not rejected; a sample of the whole population
+    gives (k, k).
+  """
+  if not 0 <= k <= n <= population:
+    raise ValueError(f"need 0 <= k <= n <= population, got k={k}, n={n}, "
+                     f"population={population}")
+  alpha = (1.0 - level) / 2
+  total = math.comb(population, n)
+
+  def pmf(x, big_k):
+    if x < 0 or x > n or x > big_k or n - x > population - big_k:
+      return 0.0
+    return math.comb(big_k, x) * math.comb(population - big_k, n - x) / total
+
+  ok = []
+  for big_k in range(k, population - (n - k) + 1):
+    lower = sum(pmf(x, big_k) for x in range(0, k + 1))  # P(X <= k)
+    upper = sum(pmf(x, big_k) for x in range(k, n + 1))  # P(X >= k)
+    if lower > alpha and upper > alpha:
+      ok.append(big_k)
+  return (min(ok), max(ok)) if ok else (k, k)
+
+
 # --- the table ---------------------------------------------------------------
 
 
@@ -244,6 +276,10 @@ TABLE_FIELDS = {
     "bootstrap": (True, "an integer >= 1 (resamples per interval)"),
     "seed": (True, "an integer >= 0 (the bootstrap's seed)"),
     "derived": (False, "True or False"),
+    "population": (False, "an integer >= 0: the number of tasks the task "
+                   "list is a uniform sample of (0: not a sample); each row "
+                   "then gets an estimate for the whole population with "
+                   "its exact interval"),
     "also": (False, "a tuple of selection rules (ttt.select.RULES) the "
              "headline run records beside its own (default: "
              + ", ".join(DEFAULT_ALSO) + ")"),
@@ -288,6 +324,10 @@ def check_table_config(tc) -> None:
       fail(key, v)
   if "derived" in keys and not isinstance(tc["derived"], (bool, np.bool_)):
     fail("derived", tc["derived"])
+  if "population" in keys:
+    v = tc["population"]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+      fail("population", v)
   if "also" in keys:
     from ttt import select
     also = tc["also"]
@@ -526,6 +566,12 @@ def _write_table(workdir: str, order: list[str], outcomes: dict,
       b, c, p = mcnemar_exact(x, y)
       s.update(versus=ref, diff=d, diff_lo=lo, diff_hi=hi, only_this=b,
                only_ref=c, mcnemar_p=p)
+    population = int(tc.get("population", 0) or 0)
+    if population >= len(ids) > 0:
+      lo, hi = population_interval(s["pass2_tasks"], len(ids), population)
+      s.update(population=population,
+               population_estimate=s["pass2_tasks"] / len(ids) * population,
+               population_lo=lo, population_hi=hi)
     rows[name] = s
   table = dict(tasks=ids, rows=rows, bootstrap=tc.bootstrap, seed=tc.seed,
                pending=[n for n in order if n not in outcomes])
@@ -561,6 +607,22 @@ def markdown(table: dict) -> str:
            if not r.get("selected_from") else
            f"({r['selected_from']}'s) | {r['inference_s']:.0f} (selection) |"
            ))
+  est = [(name, r) for name, r in table["rows"].items()
+         if "population" in r]
+  if est:
+    lines += ["", f"The whole population ({est[0][1]['population']} tasks; "
+              f"the {len(table['tasks'])} above are a uniform sample of "
+              "it): tasks solved, estimate and exact 95% interval "
+              "(hypergeometric, `ttt.table.population_interval`):", "",
+              "| row | estimate | 95% interval |", "|---|---|---|"]
+    for name, r in est:
+      p = r["population"]
+      lines.append(
+          f"| {name} | {r['population_estimate']:.0f}/{p} = "
+          f"{100 * r['population_estimate'] / p:.1f}% | "
+          f"[{r['population_lo']}, {r['population_hi']}] = "
+          f"[{100 * r['population_lo'] / p:.1f}%, "
+          f"{100 * r['population_hi'] / p:.1f}%] |")
   lines += ["", *_solved_matrix(table["rows"])]
   return "\n".join(lines) + "\n"
 
