@@ -109,10 +109,9 @@ MEDIUM = dict(num_layers=8, d_model=384, num_heads=6, mlp_dim=1152)
 
 
 def _write(out: str, name: str, obj) -> None:
-  tmp = os.path.join(out, name + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, default=str)
-  os.replace(tmp, os.path.join(out, name))
+  from ttt import evaluate  # (atomic, through a fresh temporary file)
+  evaluate.write_text(os.path.join(out, name),
+                      json.dumps(obj, indent=1, default=str))
 
 
 def _run(cmd: list[str], limit: float, env=None) -> dict:

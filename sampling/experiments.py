@@ -35,9 +35,11 @@ Expected slopes (§4.4): SJ + loops → 2, lifted → 1 on consistent oracles
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
+import tempfile
 import time
 from typing import Any
 
@@ -398,9 +400,8 @@ def run(config: Any, workdir: str) -> dict:
   res["seconds"] = time.perf_counter() - t0
 
   if sharding.is_main():
-    with open(os.path.join(workdir, "results.json"), "w",
-              encoding="utf-8") as f:
-      json.dump(res, f, indent=1, default=float)
+    _write_file(os.path.join(workdir, "results.json"), json.dumps(
+        res, indent=1, default=float).encode("utf-8"))
     plots = write_plots(res, workdir)
     write_report(res, workdir, plots)
   sharding.barrier("experiments.run")
@@ -510,12 +511,29 @@ def write_plots(res: dict, workdir: str) -> list[str]:
   return files
 
 
+def _write_file(path: str, data: bytes) -> None:
+  """Writes `data` atomically through a fresh temporary file (`mkstemp`:
+  a link planted in the workdir is replaced, never written through)."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                             suffix=".tmp")
+  try:
+    os.fchmod(fd, 0o644)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
 def _save(fig, workdir, name) -> str:
   import matplotlib.pyplot as plt
 
-  path = os.path.join(workdir, name)
-  fig.savefig(path, dpi=110)
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=110, format="png")
   plt.close(fig)
+  _write_file(os.path.join(workdir, name), buf.getvalue())
   return name
 
 
@@ -624,6 +642,5 @@ def write_report(res: dict, workdir: str, plots: list[str]) -> str:
     for p in plots:
       lines += [f"![{p}]({p})", "", f"*{CAPTIONS.get(p, p)}*", ""]
   path = os.path.join(workdir, "report.md")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+  _write_file(path, ("\n".join(lines) + "\n").encode("utf-8"))
   return path

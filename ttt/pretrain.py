@@ -225,9 +225,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   cfg = configlib.from_config(PretrainConfig, config.pretrain)
   os.makedirs(workdir, exist_ok=True)
   if sharding.is_main():
-    with open(os.path.join(workdir, "config.json"), "w",
-              encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    from ttt import evaluate as records
+    records.write_text(os.path.join(workdir, "config.json"),
+                       config.to_json_best_effort(indent=2))
   mesh = sharding.make_mesh(axis=sharding.DATA_AXIS)
   if cfg.batch_size % mesh.size:
     raise InputError(f"pretrain.batch_size={cfg.batch_size} must be a "

@@ -672,5 +672,8 @@ def _plot(table: dict, path: str) -> None:
   ax.set_ylabel("pass@2 (% of tasks)")
   ax.set_title(f"{len(table['tasks'])} tasks, 95% bootstrap intervals")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  import io
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=120, format="png")
   plt.close(fig)
+  evaluate.write_bytes(path, buf.getvalue())
