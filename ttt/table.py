@@ -425,6 +425,11 @@ def _check_fingerprints(config, workdir: str, runs: list[str],
     path = os.path.join(workdir, name, "fingerprint.json")
     if not os.path.exists(os.path.join(workdir, name, "results.json")):
       continue
+    if not os.path.exists(path):  # (results written by hand: the task
+      # list is still checked)
+      logging.warning("row %s in %s has no fingerprint.json: its config "
+                      "cannot be checked", name, workdir)
+      continue
     try:
       with open(path, encoding="utf-8") as f:
         stored = json.load(f)
