@@ -46,3 +46,24 @@ def arc1_eval():
   from ttt import arc
 
   return arc.load_arc(1, "evaluation")
+
+
+def tiny_job_config(**run):
+  """The main job's config at its smallest (1 layer, float32, 3 tasks in
+  chunks of 2, 2 TTT steps, one view besides the identity): `run` fields
+  override the run group."""
+  from configs import arc_ttt
+
+  c = arc_ttt.get_config("tiny")
+  c.init_from = ""
+  c.model.num_layers = 1
+  c.model.dtype = "float32"
+  c.run.num_tasks = 3
+  c.run.chunk_size = 2
+  c.run.update(run)
+  c.ttt.steps = 2
+  c.data.num_sequences = 4
+  c.decode.max_new_tokens = 24
+  c.views.orders = 1
+  c.views.transforms = ("transpose",)
+  return c
