@@ -23,17 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(**run):
-  c = arc_ttt.get_config("tiny")
-  c.init_from = ""
-  c.model.num_layers = 1
-  c.model.dtype = "float32"
-  c.run.num_tasks = 3
-  c.run.chunk_size = 2
-  c.run.update(run)
-  c.ttt.steps = 2
-  c.data.num_sequences = 4
-  c.decode.max_new_tokens = 24
-  c.views.orders = 1
+  from conftest import tiny_job_config
+
+  c = tiny_job_config(**run)
   c.views.transforms = ("transpose", "rot90")
   return c
 
