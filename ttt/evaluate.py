@@ -209,6 +209,24 @@ def score(results: Iterable[dict]) -> dict:
   return out
 
 
+def summarise(results: list[dict], timings: dict, counts: dict,
+              decode_method: str) -> dict:
+  """The run's summary: `score(results)`, `timings_s`, the padded share of
+  TTT and prompt tokens and the decoding's cost, from the chunks' summed
+  `counts` (real / computed tokens, model calls)."""
+  out = score(results)
+  out["timings_s"] = timings
+  out["padded_share"] = {
+      k: (round(1 - counts[f"{k}_real"] / counts[f"{k}_computed"], 4)
+          if counts.get(f"{k}_computed") else None)
+      for k in ("ttt", "prompt")}
+  out["decode"] = dict(
+      method=decode_method, model_calls=int(counts.get("decode_calls", 0)),
+      prompt_tokens=int(counts.get("prompt_real", 0)),
+      seconds=round(timings["inference"], 2))
+  return out
+
+
 def submission(results: Iterable[dict]) -> dict:
   """The ARC Prize submission dict, every task present."""
   out = {}
@@ -518,6 +536,38 @@ NO_ANSWER = (
     "`decode.max_steps` too small, VGB `decode.leaf_loop=0`, a prompt "
     "that leaves no room under `data.max_len`. The submission holds a 1x1 "
     "zero grid there.")
+
+
+def write_outputs(workdir: str, results: list[dict], summary: dict,
+                  tasks: list, header: str, num_renderings: int,
+                  expected: dict[str, int]) -> None:
+  """Writes the run's `submission.json` (checked against `expected`,
+  entries per task id), `results.json` and `report.md`; a report that
+  cannot be written is logged in full, the two JSON files being complete.
+  """
+  sub = submission(results)
+  check_submission(sub, expected)
+  write_json(os.path.join(workdir, "submission.json"), sub)
+  write_json(os.path.join(workdir, "results.json"),
+             dict(summary=summary, tasks=results))
+  try:
+    write_report(workdir, results, summary, {t.id: t for t in tasks},
+                 summary["timings_s"], header, num_renderings)
+  except Exception:  # noqa: BLE001 (logged in full; the run's files stay)
+    logging.exception("report.md could not be written (results.json and "
+                      "submission.json are complete)")
+
+
+def log_done(summary: dict, path: str) -> None:
+  """Logs the run's result (and a warning when inputs got no answer)."""
+  if summary.get("no_answer_inputs"):
+    logging.warning(NO_ANSWER.format(n=summary["no_answer_inputs"],
+                                     of=summary["run_inputs"]))
+  logging.info("done: pass@2 %d/%d tasks (%.1f%%), coverage %.1f%%, "
+               "written to %s; time %s", summary["pass2_tasks"],
+               summary["scored_tasks"], 100 * summary["pass2"],
+               100 * summary["coverage"], path,
+               {k: round(v, 1) for k, v in summary["timings_s"].items()})
 
 
 def write_report(workdir: str, results: list[dict], summary: dict,

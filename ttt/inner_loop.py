@@ -35,8 +35,6 @@ import optax
 from ttt import configlib, lora, optim
 from ttt import model as model_lib
 
-PROTOCOLS = ("per_task", "shared", "joint")  # `ttt.adapt.PROTOCOLS` builds
-
 
 @dataclasses.dataclass(frozen=True)
 class TTTConfig:
@@ -68,9 +66,6 @@ class TTTConfig:
     if self.run_wide_batch < 0:
       raise ValueError(f"ttt.run_wide_batch must be >= 0, got "
                        f"{self.run_wide_batch!r}")
-    if self.protocol not in PROTOCOLS:
-      raise ValueError(f"ttt.protocol must be one of {PROTOCOLS}, got "
-                       f"{self.protocol!r}")
     if not 0 <= self.warmup_frac < 1:  # NaN fails too
       raise ValueError("ttt.warmup_frac must be in [0, 1), got "
                        f"{self.warmup_frac!r}")

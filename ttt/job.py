@@ -19,13 +19,13 @@ import os
 from typing import NamedTuple
 
 from ttt import (
+  adapt,
   codec,
   configlib,
   data,
   decoders,
   evaluate,
   inner_loop,
-  protocols,
   select,
   views,
   weights,
@@ -129,15 +129,19 @@ def parse(config) -> Job:
   select.check(job.vote)
   codec.check(job.data, decoders.method(job.decode).needs_grammar,
               job.decode.method)  # data.codec, its style, the method
-  protocols.check(job.ttt, job.adapter)  # joint needs a task embedding
+  adapt.check(job.ttt, job.adapter)  # ttt.protocol; a task embedding
   return job
 
 
-def with_model(job: Job, model_fields: dict) -> Job:
-  """`job` with the model group a loaded checkpoint dictates (its shape
-  wins; every program builds from it)."""
-  return job._replace(model=configlib.from_config(model_lib.ModelConfig,
-                                                  model_fields))
+def as_test_double(job: Job) -> Job:
+  """The job a test double (`predictor`) runs: it answers each view once
+  and nothing trains (a rule that rescores with the model is refused:
+  `ttt.pipeline.make_stages`), so its decode group -- and its fingerprint
+  -- is greedy, one sample, TTT off."""
+  return job._replace(
+      decode=dataclasses.replace(job.decode, method="greedy",
+                                 temperature=0.0, samples=1),
+      ttt=dataclasses.replace(job.ttt, enabled=False))
 
 
 # What determines a run's results (a resumed run must match it); the
@@ -210,13 +214,8 @@ def describe(job: Job, model_calls: int, untrained: bool,
           f"{decoders.method(job.decode).describe(job.decode)} "
           f"({model_calls} model calls); vote {job.vote.method}; data "
           f"{data_text}.")
-  if job.ttt.enabled and job.ttt.protocol != "per_task":
-    text += (f" **Protocol {job.ttt.protocol}: one adaptation over the "
-             "demonstrations of all the run's test tasks at once** (never "
-             "their test outputs)"
-             + ("; each task decoded with its own learned prefix."
-                if protocols.needs_task_embedding(job.ttt.protocol)
-                else "; every task decoded with the one adapter."))
+  if job.ttt.enabled:
+    text += adapt.protocol(job.ttt).report
   if base:  # what the base is (a pretrained LM's token mapping)
     text += f" Base: {evaluate.md_text(base)}."
   if untrained:

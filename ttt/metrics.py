@@ -12,10 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import resource
-import sys
-import threading
 import time
 from typing import Any
 
@@ -103,120 +99,6 @@ def peak_tflops(override: float | None = None) -> float | None:
     if name in kind:
       return peak
   return None
-
-
-def peak_memory_gb() -> float | None:
-  """Peak device memory in use so far (GiB), where the backend reports it."""
-  stats = jax.devices()[0].memory_stats() or {}
-  peak = stats.get("peak_bytes_in_use")
-  return None if peak is None else round(peak / 2**30, 2)
-
-
-# --- memory ----------------------------------------------------------------
-
-GB = 2**30
-
-
-def rss_bytes() -> int:
-  """The process's resident memory now (bytes; its peak where the current
-  value is not readable)."""
-  try:
-    with open("/proc/self/statm", encoding="ascii") as f:
-      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-  except (OSError, ValueError, IndexError):
-    return peak_rss_bytes()
-
-
-def peak_rss_bytes() -> int:
-  """The process's peak resident memory (bytes) since it started (Linux:
-  VmHWM; nothing here resets it)."""
-  try:
-    with open("/proc/self/status", encoding="ascii") as f:
-      found = re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M)
-    if found:
-      return int(found.group(1)) * 1024
-  except OSError:
-    pass
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return peak if sys.platform == "darwin" else peak * 1024  # (macOS: bytes)
-
-
-class _RssSampler:
-  """A daemon thread reading the process's resident memory every
-  `interval` seconds; `take()` returns the largest value seen since the
-  previous `take()` (or since it started). It never resets the kernel's
-  own high-water mark (`VmHWM`, what `/usr/bin/time -v` reports), as
-  writing `/proc/self/clear_refs` did."""
-
-  def __init__(self, interval: float = 0.01):
-    self._lock = threading.Lock()
-    self._max = rss_bytes()
-    self._interval = interval
-    threading.Thread(target=self._run, daemon=True,
-                     name="ttt-rss-sampler").start()
-
-  def _run(self):
-    while True:
-      now = rss_bytes()
-      with self._lock:
-        self._max = max(self._max, now)
-      time.sleep(self._interval)
-
-  def take(self) -> int:
-    now = rss_bytes()
-    with self._lock:
-      peak, self._max = max(self._max, now), now
-    return peak
-
-
-_SAMPLER: list = []  # the process's one sampler, started on first use
-
-
-def _sampler() -> _RssSampler:
-  with _SAMPLER_LOCK:
-    if not _SAMPLER:
-      _SAMPLER.append(_RssSampler())
-  return _SAMPLER[0]
-
-
-_SAMPLER_LOCK = threading.Lock()
-
-
-def device_memory() -> dict[str, int]:
-  """{'in_use', 'peak', 'limit'} bytes of the first local device, where
-  its backend reports them (GPU, TPU); {} on CPU."""
-  stats = jax.local_devices()[0].memory_stats() or {}
-  names = dict(in_use="bytes_in_use", peak="peak_bytes_in_use",
-               limit="bytes_limit")
-  return {k: int(stats[v]) for k, v in names.items() if v in stats}
-
-
-class MemoryMeter:
-  """Peak memory per stage: `tick(stage)` after each stage records the
-  process's peak resident memory since the previous tick (and, where the
-  backend reports it, device memory in use), in GiB.
-
-  The peak is the largest resident memory a sampling thread saw since the
-  previous tick (every 10 ms, `_RssSampler`): each stage gets its own,
-  and the kernel's high-water mark of the process is left alone, so
-  `/usr/bin/time -v` still reports the whole run's peak. A spike shorter
-  than the sampling interval can be missed (`exact` says the figures are
-  sampled, not the kernel's mark).
-  """
-
-  def __init__(self):
-    self._sampler = _sampler()
-    self._sampler.take()  # this meter's first stage starts now
-    self.exact = False
-    self.stages: dict[str, float] = {}
-    self.device: dict[str, float] = {}
-
-  def tick(self, stage: str) -> None:
-    peak = self._sampler.take() / GB
-    self.stages[stage] = round(max(self.stages.get(stage, 0.0), peak), 3)
-    dev = device_memory()
-    if "in_use" in dev:
-      self.device[stage] = round(dev["in_use"] / GB, 3)
 
 
 class CompileClock:

@@ -18,7 +18,7 @@ per-chunk calls take data only, and `job` goes no deeper than `run`:
 
     job      = ttt.job.parse(config)           # typed groups, registries
     plan     = ttt.plan.plan_run(tasks, ...)   # queries, chunks, capacities
-    weights  = ttt.weights.load(...)           # Weights + its ModelConfig
+    weights  = ttt.weights.load_placed(...)    # on the mesh, + ModelConfig
     stages   = make_stages(job, plan, weights, mesh)   # adapt, decode, select
     for each chunk not yet in the workdir:
       records, timings, counts = run_chunk(stages, plan, chunk)
@@ -26,7 +26,7 @@ per-chunk calls take data only, and `job` goes no deeper than `run`:
 Chunks are padded to the plan's capacities with validity masks, so every
 program compiles once per run (with `run.fixed_shapes`; else once per
 length bucket and task slot count: a memory budget may size chunks per
-length bucket, `ttt.plan.fit_memory`, each chunk running on the stages
+length bucket, `ttt.memory.fit_memory`, each chunk running on the stages
 of its own capacities, `Plan.at`). An empty `init_from` runs an
 UNTRAINED model, said loudly in the log and the report.
 """
@@ -34,9 +34,7 @@ UNTRAINED model, said loudly in the log and the report.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -44,12 +42,13 @@ from typing import NamedTuple
 import numpy as np
 from absl import logging
 
-from ttt import adapt, decoders, evaluate, metrics, select, sharding
+from ttt import adapt, decoders, evaluate, memory, metrics, select, sharding
 from ttt import codec as codec_lib
 from ttt import job as job_lib
 from ttt import plan as plan_lib
 from ttt import weights as weights_lib
 from ttt import workdir as workdir_lib
+from ttt.errors import InputError
 
 
 class Stages(NamedTuple):
@@ -76,10 +75,11 @@ def make_stages(job: job_lib.Job, plan: plan_lib.Plan, weights, mesh,
   Args:
     job: the parsed config (its model group the loaded checkpoint's).
     plan: the run's plan (capacities fix every shape).
-    weights: the placed `ttt.weights.Weights`, or None with `predictor`.
+    weights: the placed `ttt.weights.Weights` (None with `predictor`).
     mesh: the task mesh.
     predictor: a test double `(task, test_index, view) -> grid` decoding
-      instead of the model.
+      instead of the model: the stages then hold no model (no adapters,
+      `ttt.adapt.no_model`; a selection rule that rescores is refused).
     codec_: the run's `ttt.codec.Codec` (None: the cell codec).
   """
   caps, rc = plan.caps, job.run
@@ -89,14 +89,20 @@ def make_stages(job: job_lib.Job, plan: plan_lib.Plan, weights, mesh,
   vote_spec = select.SelectSpec(caps.queries, caps.groups, caps.per_group,
                                 plan.per_view, job.data.max_len,
                                 rc.length_bucket, codec_)
+  if predictor is not None:  # the stage choice: no model
+    if select.rescores(job.vote):
+      rescored = sorted(m for m in select.rules(job.vote)
+                        if select.RULES[m].rescored)
+      raise InputError(f"{rescored} needs the model (no predictor)")
+    return Stages(adapt.no_model(seed=rc.seed, caps=caps),
+                  decoders.predictor_decoder(predictor),
+                  select.make_selection(job.vote, None, mesh, vote_spec))
   return Stages(
       adapt=adapt.make_adapt(
           ttt=job.ttt, adapter=job.adapter, model=job.model,
           data_cfg=job.data, seed=rc.seed, length_bucket=rc.length_bucket,
           weights=weights, mesh=mesh, caps=caps, codec_=codec_),
-      decoder=(decoders.make(job.decode, weights, mesh, spec)
-               if predictor is None
-               else decoders.predictor_decoder(predictor)),
+      decoder=decoders.make(job.decode, weights, mesh, spec),
       selection=select.make_selection(job.vote, weights, mesh, vote_spec))
 
 
@@ -107,9 +113,9 @@ def run_chunk(stages: Stages, plan: plan_lib.Plan, chunk: list[int]
   Returns:
     (task records in chunk order, timings in seconds per stage, counts:
     real and computed TTT / prompt tokens and model calls of decoding,
-    memory: {stage: peak resident GiB} (`metrics.MemoryMeter`)).
+    memory: {stage: peak resident GiB} (`memory.MemoryMeter`)).
   """
-  clock = _Clock()
+  clock = memory.StageClock()
   cd = stages.adapt.build(plan, chunk)
   clock.tick("data")
   adapters, ttt_metrics = stages.adapt.train(cd)
@@ -133,61 +139,6 @@ def run_chunk(stages: Stages, plan: plan_lib.Plan, chunk: list[int]
                 decode_calls=float(decoded.model_calls))
   return (records, dict(clock.times, **vote_times), counts,
           dict(clock.memory.stages))
-
-
-def _protocol_dir(wd, job) -> str:
-  """`<workdir>/protocol/<digest of the run's fingerprint>`: a run-wide
-  adaptation's saved state is only ever resumed by the same config (a run
-  killed before its first chunk has no chunk for `open_workdir` to check;
-  the state file records the digest too, so a state copied into another
-  config's folder is refused). Other configs' states are kept: a second
-  config started in the same workdir never deletes the first's."""
-  digest = hashlib.sha256(json.dumps(
-      evaluate.strict(job_lib.fingerprint(job)), sort_keys=True).encode()
-                          ).hexdigest()[:16]
-  return os.path.join(wd.file("protocol"), digest)
-
-
-def test_double_job(job):
-  """The job a test double (`predictor`) runs: it answers each view once
-  (and a rule that rescores with the model is refused:
-  `select.make_selection`), so its decode group -- and its fingerprint --
-  is greedy, one sample."""
-  return job._replace(decode=dataclasses.replace(
-      job.decode, method="greedy", temperature=0.0, samples=1))
-
-
-def chunk_size_warning(memory, chunk_size: int, n_tasks: int
-                       ) -> str | None:
-  """What the log says when the memory plan cut `run.chunk_size` (None when
-  it did not: a run of fewer tasks than `chunk_size` has smaller chunks by
-  construction, not for want of memory)."""
-  if memory.per_bucket:
-    return (f"memory: chunks sized per length bucket {memory.per_bucket} "
-            f"(run.chunk_size={chunk_size} does not fit "
-            f"{memory.budget:.2f} GiB at every length)")
-  if memory.chunk_size < min(chunk_size, n_tasks):
-    return (f"memory: chunks of {memory.chunk_size} tasks (run.chunk_size="
-            f"{chunk_size} does not fit {memory.budget:.2f} GiB)")
-  return None
-
-
-def _max_into(total: dict, part: dict) -> None:
-  for k, v in part.items():
-    total[k] = max(total.get(k, 0.0), v)
-
-
-class _Clock:
-  """Seconds and peak resident memory per stage since the last tick."""
-
-  def __init__(self):
-    self.t0, self.times = time.perf_counter(), {}
-    self.memory = metrics.MemoryMeter()
-
-  def tick(self, stage: str) -> None:
-    now = time.perf_counter()
-    self.times[stage], self.t0 = now - self.t0, now
-    self.memory.tick(stage)
 
 
 # ------------------------------------------------------------------------------
@@ -217,35 +168,40 @@ def run(config, workdir: str, predictor: Callable | None = None,
   compile_clock, t_start = metrics.CompileClock(), time.perf_counter()
   job = job_lib.parse(config)
   if predictor is not None:
-    job = test_double_job(job)
+    job = job_lib.as_test_double(job)
+  fingerprint = job_lib.fingerprint(job)  # (hashes the base: once a run)
   wd = workdir_lib.open_workdir(
-      workdir, job_lib.fingerprint(job), job.run.overwrite,
+      workdir, fingerprint, job.run.overwrite,
       config.to_json_best_effort(indent=2)
       if hasattr(config, "to_json_best_effort")
       else json.dumps(job._asdict(), default=str, indent=2),
       job_lib.NEUTRAL)
   try:
-    return _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start)
+    return _run(job, wd, workdir_lib.state_dir(wd, fingerprint), predictor,
+                stop_after_chunks, compile_clock, t_start)
   finally:
     wd.close()
     compile_clock.close()
 
 
-def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
+def _run(job, wd, state_dir_, predictor, stop_after_chunks, compile_clock,
+         t_start):
   # --- tasks and plan ---------------------------------------------------------
   writer = metrics.MetricsWriter(wd.file("metrics.jsonl"))
   codec = codec_lib.make(job.data, job.init_from)  # cells, or MARC's text
-  tasks, skipped = plan_lib.load_tasks(job.run, codec)  # (arc.py logs each
-  # skip)
+  tasks, skipped = plan_lib.load_tasks(job.run, codec)  # (each skip logged)
   if any(t.test[k][1] is None for t in tasks for k in range(len(t.test))):
     logging.info("tasks without a known answer are predicted and marked "
                  "unscored (correct: null)")
   mesh = sharding.make_mesh()
-  with_model = predictor is None
-  plan = plan_lib.plan_run(tasks, mesh, run=job.run, data_cfg=job.data,
-                           views_cfg=job.views, decode=job.decode,
-                           trains=with_model and job.ttt.enabled,
-                           codec_=codec)
+
+  def replan(size):
+    return plan_lib.plan_run(
+        tasks, mesh, run=dataclasses.replace(job.run, chunk_size=size),
+        data_cfg=job.data, views_cfg=job.views, decode=job.decode,
+        trains=job.ttt.enabled, codec_=codec)
+
+  plan = replan(job.run.chunk_size)
   for n, why in plan.too_long.items():
     logging.warning("skipping task %r: %s", tasks[n].id, why)
   logging.info("%d tasks to run in %d chunks (%d skipped at load); "
@@ -254,68 +210,29 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
 
   # --- the base model and the stages ------------------------------------------
   t0 = time.perf_counter()
-  weights = None
-  if with_model:
-    weights, model_cfg = weights_lib.load(job.init_from, job.model,
-                                          job.adapter, job.run.seed,
-                                          codec.vocab)
+  weights, facts = None, dict(adapter={}, untrained=False, source="")
+  if predictor is None:  # the stage choice: the model, or a test double
+    weights, model_cfg, facts = weights_lib.load_placed(
+        job.init_from, job.model, job.adapter, job.run.seed, codec.vocab,
+        mesh, job.ttt.protocol)
     job = job._replace(model=model_cfg)  # the checkpoint's shape wins
-    weights = weights_lib.place(weights, mesh,
-                                weights_lib.compute_dtype(model_cfg))
-    weights_lib.check_finite(weights, job.init_from)
-    per_task = weights_lib.count_adapter(weights)
-    logging.info("model: %s, %d base parameters, adapter %s: %d parameters "
-                 "per task (%.1f MB per task in training: weights, "
-                 "gradients and AdamW's two moments in float32), protocol "
-                 "%s", job.init_from or "UNTRAINED",
-                 weights_lib.count_base(weights, job.adapter),
-                 job.adapter.mode, per_task, per_task * 16 / 1e6,
-                 job.ttt.protocol)
   timings = dict(model_load=time.perf_counter() - t0, data=0.0, ttt=0.0,
                  inference=0.0, voting=0.0)
-  memory = None
-  if with_model:  # the chunk size the memory budget allows (programs'
-    # analysis at the run's shapes; smaller chunks only when it must)
-    def replan(size):
-      return plan_lib.plan_run(
-          tasks, mesh, run=dataclasses.replace(job.run, chunk_size=size),
-          data_cfg=job.data, views_cfg=job.views, decode=job.decode,
-          trains=job.ttt.enabled, codec_=codec)
+  plan, built, mem = memory.fit_run(
+      plan, lambda p: make_stages(job, p, weights, mesh, predictor, codec),
+      replan, job.run, job.data.max_len, mesh.size, wd,
+      [t.id for t in tasks])
 
-    budget = plan_lib.memory_budget(job.run.memory_gb)
-    ids = [t.id for t in tasks]
-    plan, built, memory = plan_lib.fit_memory(
-        plan, lambda p: make_stages(job, p, weights, mesh, None, codec),
-        replan, budget, job.data.max_len, job.run.chunk_size, mesh.size,
-        workdir_lib.stored_plan(wd, budget, ids))  # (a resume's chunks)
-    workdir_lib.write_plan(wd, budget, [[ids[n] for n in c]
-                                        for c in plan.chunks]
-                           if memory.per_bucket else None)
-    logging.info("memory: budget %.2f GiB (%s), %.2f GiB resident, needs "
-                 "%.2f GiB at %d tasks per chunk (%s); programs per device "
-                 "%s", memory.budget, memory.source, memory.resident,
-                 memory.need, memory.chunk_size, memory.rule,
-                 {k: round(v, 3) for k, v in memory.programs.items()})
-    warning = chunk_size_warning(memory, job.run.chunk_size, len(tasks))
-    if warning:
-      logging.warning("%s", warning)
-  else:
-    built = {plan.caps: make_stages(job, plan, weights, mesh, predictor,
-                                    codec)}
-
-  # --- a run-wide protocol's adaptation (resumable; per_task: nothing) ----
-  if with_model:  # each set of stages (one per slot count) holds it: the
-    # first adapts, the others read the state it saved (the same seconds)
-    state_dir = _protocol_dir(wd, job)
-    timings["ttt"] += max(s.adapt.prepare(plan, state_dir)
-                          for s in built.values())
+  # --- a run-wide protocol's adaptation (resumable; per_task: nothing):
+  # each set of stages (one per slot count) holds it: the first adapts,
+  # the others read the state it saved (the same seconds)
+  timings["ttt"] += max(s.adapt.prepare(plan, state_dir_)
+                        for s in built.values())
 
   # --- the chunks (finished ones resumed) ---------------------------------
-  results: list[dict] = []
-  counts: dict[str, float] = {}
-  peaks: dict[str, float] = {}  # stage -> peak resident GiB over chunks
+  tally = workdir_lib.Tally(timings)
   new_chunks = done_tasks = 0
-  setup_peak = metrics.peak_rss_bytes() / metrics.GB  # loading, compiling
+  setup_peak = memory.peak_rss_bytes() / memory.GB  # loading, compiling
   t_loop = time.perf_counter()
   for c, chunk in enumerate(plan.chunks):
     cplan = plan.at(c)  # the chunk's capacities (sized per length bucket)
@@ -324,10 +241,7 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
     # Process 0's files decide, so every host skips or runs the same chunks.
     if bool(sharding.broadcast(np.int32(stored is not None))):
       if stored is not None:  # hosts without process 0's files lack them
-        results += stored["records"]
-        workdir_lib.add_into(timings, stored.get("timings", {}))
-        workdir_lib.add_into(counts, stored.get("padding", {}))
-        _max_into(peaks, stored.get("memory_gb", {}))
+        tally.add(stored)
       logging.info("chunk %d/%d: already done (resumed)", c + 1,
                    len(plan.chunks))
       continue
@@ -337,86 +251,44 @@ def _run(job, wd, predictor, stop_after_chunks, compile_clock, t_start):
       sharding.barrier("pipeline.run")
       return dict(stopped=True, chunks_done=c)
     logging.info("chunk %d/%d: %d tasks", c + 1, len(plan.chunks), len(chunk))
-    records, t, pad, mem = run_chunk(built[cplan.caps], cplan, chunk)
-    workdir_lib.write_chunk(wd, c, dict(records=records, timings=t,
-                                        padding=pad, memory_gb=mem,
-                                        slots=cplan.caps.tasks))
-    _max_into(peaks, mem)
+    records, t, pad, peak = run_chunk(built[cplan.caps], cplan, chunk)
+    done = dict(records=records, timings=t, padding=pad, memory_gb=peak,
+                slots=cplan.caps.tasks)
+    workdir_lib.write_chunk(wd, c, done)
+    tally.add(done)
     new_chunks += 1
     done_tasks += len(chunk)
-    results += records
-    workdir_lib.add_into(timings, t)
-    workdir_lib.add_into(counts, pad)
-    partial = evaluate.score(results)
+    partial = evaluate.score(tally.results)
     remaining = sum(len(x) for x in plan.chunks[c + 1:])
     eta = (time.perf_counter() - t_loop) / max(done_tasks, 1) * remaining
-    writer.write(c, chunk=c, tasks_done=len(results),
+    writer.write(c, chunk=c, tasks_done=len(tally.results),
                  pass2=partial["pass2"], coverage=partial["coverage"],
                  **{f"time_{k}": v for k, v in t.items()})
     logging.info("chunk %d/%d: %d/%d tasks, pass@2 so far %d/%d (%.1f%%), "
-                 "ETA %.0fs", c + 1, len(plan.chunks), len(results),
+                 "ETA %.0fs", c + 1, len(plan.chunks), len(tally.results),
                  len(tasks), partial["pass2_tasks"], partial["scored_tasks"],
                  100 * partial["pass2"], eta)
 
   # --- summary, submission, report --------------------------------------------
   at = {t.id: n for n, t in enumerate(tasks)}  # the run's order
-  results = skipped + sorted(results, key=lambda r: at[r["id"]])
-  summary = evaluate.score(results)
+  results = skipped + sorted(tally.results, key=lambda r: at[r["id"]])
   timings["compile"] = compile_clock.seconds
   timings["total"] = time.perf_counter() - t_start
-  summary["timings_s"] = timings
-  summary["padded_share"] = {
-      k: (round(1 - counts[f"{k}_real"] / counts[f"{k}_computed"], 4)
-          if counts.get(f"{k}_computed") else None)
-      for k in ("ttt", "prompt")}
-  summary["decode"] = dict(
-      method=job.decode.method, model_calls=int(counts.get("decode_calls", 0)),
-      prompt_tokens=int(counts.get("prompt_real", 0)),
-      seconds=round(timings["inference"], 2))
-  summary["untrained_model"] = not job.init_from and with_model
-  summary["ttt"] = dict(
+  summary = evaluate.summarise(results, timings, tally.counts,
+                               job.decode.method)
+  summary.update(untrained_model=facts["untrained"], ttt=dict(
       enabled=job.ttt.enabled, protocol=job.ttt.protocol,
       steps_per_task=job.ttt.steps, adapter_mode=job.adapter.mode,
-      **({} if weights is None else dict(
-          adapter_params_per_task=weights_lib.count_adapter(weights),
-          # weights, gradients and AdamW's two moments, float32
-          adapter_train_mb_per_task=round(
-              weights_lib.count_adapter(weights) * 16 / 1e6, 2))))
-  summary["memory_gb"] = dict(
-      peak_rss=round(max([setup_peak, *peaks.values()]), 3),
-      setup=round(setup_peak, 3), stages=peaks,
-      **({} if memory is None else dict(
-          budget=round(memory.budget, 3), budget_source=memory.source,
-          resident=round(memory.resident, 3), need=round(memory.need, 3),
-          chunk_size=memory.chunk_size, rule=memory.rule,
-          chunk_size_per_bucket=memory.per_bucket,
-          programs={k: round(v, 4) for k, v in memory.programs.items()})))
+      **facts["adapter"]), memory_gb=memory.summary(mem, setup_peak,
+                                                     tally.peaks))
   if sharding.is_main():
-    sub = evaluate.submission(results)
-    evaluate.check_submission(sub, plan_lib.expected_entries(
-        job.run, tasks, [r["id"] for r in results]))
-    evaluate.write_json(wd.file("submission.json"), sub)
-    evaluate.write_json(wd.file("results.json"),
-                        dict(summary=summary, tasks=results))
     header = job_lib.describe(job, summary["decode"]["model_calls"],
-                              summary["untrained_model"],
-                              weights.source if weights else "")
-    try:  # results.json and submission.json are already complete
-      evaluate.write_report(wd.path, results, summary,
-                            {t.id: t for t in tasks}, timings, header,
-                            job.run.num_renderings)
-    except Exception:  # noqa: BLE001 (logged in full; the run's files stay)
-      logging.exception("report.md could not be written (results.json and "
-                        "submission.json are complete)")
+                              summary["untrained_model"], facts["source"])
+    evaluate.write_outputs(wd.path, results, summary, tasks, header,
+                           job.run.num_renderings, plan_lib.expected_entries(
+                               job.run, tasks, [r["id"] for r in results]))
     writer.write(len(plan.chunks), final=True, **summary)
-  if summary.get("no_answer_inputs"):
-    logging.warning(evaluate.NO_ANSWER.format(
-        n=summary["no_answer_inputs"], of=summary["run_inputs"]))
-  logging.info("done: pass@2 %d/%d tasks (%.1f%%), coverage %.1f%%, "
-               "written to %s; time %s", summary["pass2_tasks"],
-               summary["scored_tasks"], 100 * summary["pass2"],
-               100 * summary["coverage"], wd.path,
-               {k: round(v, 1) for k, v in timings.items()})
+  evaluate.log_done(summary, wd.path)
   sharding.barrier("pipeline.run")
   return summary
 

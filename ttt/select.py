@@ -35,7 +35,6 @@ from ttt import codec as codec_lib
 from ttt import data, lora, sharding, views, vote
 from ttt import model as model_lib
 from ttt.decoders import common
-from ttt.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,8 +319,8 @@ def make_selection(cfg: VoteConfig, weights, mesh,
 
   Args:
     cfg: the vote group.
-    weights: a `ttt.weights.Weights`, or None (a test double decodes: no
-      rule may rescore).
+    weights: a `ttt.weights.Weights` (None only where no rule rescores:
+      a test double's stages, `ttt.pipeline.make_stages`).
     mesh: the task mesh.
     spec: the run's selection shapes.
   """
@@ -330,9 +329,6 @@ def make_selection(cfg: VoteConfig, weights, mesh,
   picks = {m: RULES[m].make(spec, programs) for m in chosen}
   scorer = None
   if rescores(cfg):
-    if weights is None:
-      raise InputError(f"{sorted(m for m in chosen if RULES[m].rescored)} "
-                       "needs the model (no predictor)")
     scorer = programs["score"] = make_row_scorer(weights.graphdef)
 
   def select_fn(queries, slots, predictions, adapters):

@@ -446,8 +446,7 @@ def _check_fingerprints(config, workdir: str, runs: list[str],
       _, overrides = run_overrides(name, tc, derived, double)
       job = job_lib.parse(row_config(config.job, overrides))
       if double:
-        from ttt import pipeline
-        job = pipeline.test_double_job(job)
+        job = job_lib.as_test_double(job)
       now = json.loads(json.dumps(evaluate.strict(job_lib.fingerprint(
           job))))
       diff = sorted(k for k in set(stored) | set(now)

@@ -133,6 +133,33 @@ def load(init_from: str, model: model_lib.ModelConfig,
   return Weights(graphdef, template, base, source), net.config
 
 
+def load_placed(init_from: str, model: model_lib.ModelConfig, adapter,
+                seed: int, vocab: str, mesh, protocol: str = ""):
+  """`load`, placed on `mesh` in its compute dtype and checked finite;
+  logs what was loaded.
+
+  Returns:
+    (placed `Weights`, the checkpoint's `ModelConfig`, facts for the run's
+    summary and report: adapter (its parameters per task and training MB
+    per task), untrained (no `init_from`), source (what the base is)).
+  """
+  weights, model_cfg = load(init_from, model, adapter, seed, vocab)
+  weights = place(weights, mesh, compute_dtype(model_cfg))
+  check_finite(weights, init_from)
+  per_task = count_adapter(weights)
+  logging.info("model: %s, %d base parameters, adapter %s: %d parameters "
+               "per task (%.1f MB per task in training: weights, "
+               "gradients and AdamW's two moments in float32), protocol "
+               "%s", init_from or "UNTRAINED", count_base(weights, adapter),
+               adapter.mode, per_task, per_task * 16 / 1e6, protocol)
+  # weights, gradients and AdamW's two moments, float32
+  facts = dict(adapter=dict(adapter_params_per_task=per_task,
+                            adapter_train_mb_per_task=round(
+                                per_task * 16 / 1e6, 2)),
+               untrained=not init_from, source=weights.source)
+  return weights, model_cfg, facts
+
+
 def _load_pretrained(path: str, fields: dict, adapter, seed: int,
                      vocab: str = "cell"):
   """A pretrained LM (cut to the cell vocabulary, or with its full one),

@@ -14,6 +14,7 @@ Process 0 decides and writes; every host learns its decision.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -166,6 +167,18 @@ def open_workdir(path: str, fingerprint: dict, overwrite: bool,
   return Workdir(path, lock)
 
 
+def state_dir(wd: Workdir, fingerprint: dict) -> str:
+  """`<workdir>/protocol/<digest of the run's fingerprint>`: where a
+  run-wide adaptation keeps its state, so that only the same config ever
+  resumes it (a run killed before its first chunk has no chunk for
+  `open_workdir` to check; the state file records the digest too, so a
+  state copied into another config's folder is refused). Other configs'
+  states are kept: nothing here deletes."""
+  digest = hashlib.sha256(json.dumps(evaluate.strict(fingerprint),
+                                     sort_keys=True).encode()).hexdigest()
+  return os.path.join(wd.file("protocol"), digest[:16])
+
+
 def stored_chunk(wd: Workdir, index: int, ids: list[str],
                  slots: int | None = None) -> dict | None:
   """Finished chunk `index` if its file holds exactly the tasks `ids`
@@ -268,3 +281,25 @@ def add_into(total: dict, part: dict) -> None:
   for k, v in part.items():
     if isinstance(v, (int, float)):
       total[k] = total.get(k, 0.0) + v
+
+
+def max_into(total: dict, part: dict) -> None:
+  """`total[k] = max(total[k], part[k])` for every key of `part`."""
+  for k, v in part.items():
+    total[k] = max(total.get(k, 0.0), v)
+
+
+class Tally:
+  """What the run's chunks add up to: their task records, seconds per
+  stage (added into `timings`), token and call counts, peak resident GiB
+  per stage; `add(chunk)` takes a chunk file's dict (`write_chunk`)."""
+
+  def __init__(self, timings: dict):
+    self.results: list[dict] = []
+    self.timings, self.counts, self.peaks = timings, {}, {}
+
+  def add(self, chunk: dict) -> None:
+    self.results += chunk["records"]
+    add_into(self.timings, chunk.get("timings", {}))
+    add_into(self.counts, chunk.get("padding", {}))
+    max_into(self.peaks, chunk.get("memory_gb", {}))

@@ -10,6 +10,8 @@ one file here (its kernel, its `Method`) plus one line in `METHODS`.
 * 'dfs' (`dfs`): every well-formed answer with p >= min_prob, exactly.
 * 'vgb' (`vgb`): SJ-walk chains over the answer's token tree, the sampling
   half's transition rule with the model as π_ref.
+* 'vgb_lifted' (`vgb_lifted`): the same chains on the sampling half's
+  balanced lifted (non-reversible) rule, read out at a random time.
 
 `predictor_decoder(fn)` is the test double: the same face around a host
 function instead of the model.
@@ -20,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ttt import views
-from ttt.decoders import dfs, sampled, vgb
+from ttt.decoders import dfs, sampled, vgb, vgb_lifted
 from ttt.decoders.common import (  # noqa: F401  (the face)
   DecodeConfig,
   Decoded,
@@ -34,6 +36,7 @@ METHODS: dict[str, Method] = {
     "sample": sampled.SAMPLE,
     "dfs": dfs.METHOD,
     "vgb": vgb.METHOD,
+    "vgb_lifted": vgb_lifted.METHOD,
 }
 
 

@@ -42,14 +42,16 @@ class DecodeConfig:
   method: str = "greedy"  # a key of ttt.decoders.METHODS
   max_new_tokens: int = tokens.MAX_ANSWER_TOKENS  # per view, at most 931
   temperature: float = 0.0  # 'sample': softmax(logits / temperature)
-  samples: int = 1  # 'sample': answers per view; 'vgb': chains per view
+  samples: int = 1  # 'sample': answers per view; 'vgb*': chains per view
   min_prob: float = 0.1  # 'dfs': keep every answer with p >= min_prob
   max_candidates: int = 8  # 'dfs': answers kept per view, at most
   max_steps: int = 0  # 'dfs': model calls per view (0: no cap); 'vgb':
-  #   the walk's horizon in lazy steps (0: 2 x max_new_tokens)
-  leaf_loop: float = 64.0  # 'vgb': loop weight λ at complete answers (~2 x
-  #   answer length keeps chains at answers; 0: the plain walk)
-  start: str = "greedy"  # 'vgb': chains start at 'root' or 'greedy' answer
+  #   the walk's horizon in lazy steps, 'vgb_lifted': in steps, read out
+  #   at a uniform time in its second half (0: 2 x max_new_tokens)
+  leaf_loop: float = 64.0  # 'vgb*': loop weight λ at complete answers (~2 x
+  #   answer length keeps chains at answers; 'vgb': 0 is the plain walk;
+  #   'vgb_lifted' needs >= 1)
+  start: str = "greedy"  # 'vgb*': chains start at 'root' or 'greedy' answer
 
   def validate(self) -> None:
     from ttt import decoders  # the registry (imports this module)

@@ -21,6 +21,10 @@ the textbook walk; 'greedy' first descends along the constrained-greedy
 answer (no time passes), so short horizons explore around it; the
 stationary law is the same. The chains' answers (task frame) fill the
 query's first view's `decode.samples` slots; the other slots stay empty.
+
+The walk's kernel (`make_walk_fn`: chain state `Walker`, `node`, `advance`,
+the KV-cache loop) and host side (`make_walk_decoder`) take the transition
+rule as an argument; `ttt.decoders.vgb_lifted` runs the lifted rule on them.
 """
 
 from __future__ import annotations
@@ -43,15 +47,18 @@ def prefix_views(query, per_view: int) -> list:
           if int(v.element.dihedral) == 0]
 
 
-class _Walker(NamedTuple):
-  """Per-chain state of the VGB walk (leading axis C when batched)."""
+class Walker(NamedTuple):
+  """Per-chain state of a walk over the answer tree (leading axis C when
+  batched); shared by 'vgb' and 'vgb_lifted'."""
 
   depth: jax.Array  # int32: tokens on the current node
   path: jax.Array  # int32[N]
   grammar: jax.Array  # int32[N + 1, 3]: (row, col, width) by depth
   logmu: jax.Array  # float32[N + 1]: log μ̂ of the path's prefixes
   child: jax.Array  # float32[N + 1, vocab]: log μ̂(y·a) − log μ̂(y)
-  time: jax.Array  # int32: lazy steps taken
+  time: jax.Array  # int32: steps taken (lazy steps for the SJ walk)
+  until: jax.Array  # int32: the read-out time (the horizon, or T*)
+  heading_down: jax.Array  # bool: the lifted walk's direction (SJ: True)
   key: jax.Array
   forced: jax.Array  # bool: still in the greedy descent (no time passes)
   done: jax.Array  # bool
@@ -72,21 +79,29 @@ def child_logmu(logits, tmaps, usable, row, col, width, depth,
                    -jnp.inf)
 
 
-def _vgb_move(st: _Walker, horizon: int, holds):
-  """One jump (sampling.walks.sj_move) or, while forced, one greedy step.
-  Returns (state, token, depth it is written at, moved down)."""
-  key, kh, km = jax.random.split(st.key, 3)
+def node(st: Walker):
+  """(leaf bool[], log μ̂(y) (−inf at the root), log μ̂(y·a) float[vocab]
+  (−inf: malformed, or y is a complete answer)) at the chain's node."""
   d = st.depth
   leaf = (d > 0) & (st.path[jnp.maximum(d - 1, 0)] == tokens.EOS)
   kids = jnp.where(leaf, -jnp.inf, st.logmu[d] + st.child[d])
-  h, go_up, a = walks.sj_move(kh, km, leaf, jnp.where(d > 0, st.logmu[d],
-                                                      -jnp.inf), kids, holds)
+  return leaf, jnp.where(d > 0, st.logmu[d], -jnp.inf), kids
+
+
+def advance(st: Walker, key, leaf, kids, h, to_child, to_parent, turn, a):
+  """Applies a transition drawn at the chain's node -- to child `a`, to the
+  parent, or a turn of the direction bit, at `h` steps -- or, while forced,
+  one greedy step (no time passes); a transition past `st.until` ends the
+  chain where it is. Returns (state, token, depth it is written at, moved
+  down)."""
+  d = st.depth
   forced = st.forced & ~leaf & jnp.isfinite(kids).any()
   a = jnp.where(forced, jnp.argmax(kids), a).astype(jnp.int32)
-  go_up = go_up & ~forced
-  over = ~forced & (st.time + h > horizon)
+  over = ~forced & (st.time + h > st.until)
   move = ~st.done & ~over
-  down, up = move & ~go_up, move & go_up
+  down = move & (forced | to_child)
+  up = move & ~forced & to_parent
+  turn = move & ~forced & turn
   row, col, width = (st.grammar[d, i] for i in range(3))
   _, row2, col2 = common.answer_coords(a, row, col, 0)
   width2 = jnp.where((a == tokens.ROW_END) & (width == 0), col, width)
@@ -98,9 +113,19 @@ def _vgb_move(st: _Walker, horizon: int, holds):
           down, jnp.stack([row2, col2, width2]), st.grammar[nxt])),
       logmu=st.logmu.at[nxt].set(jnp.where(
           down, st.logmu[d] + st.child[d, a], st.logmu[nxt])),
-      time=jnp.where(forced, st.time, jnp.where(over, horizon, st.time + h)),
+      time=jnp.where(forced, st.time,
+                     jnp.where(over, st.until, st.time + h)),
+      heading_down=st.heading_down ^ turn,
       key=key, forced=forced, done=st.done | over)
   return st, a, d, down
+
+
+def _vgb_move(st: Walker, holds):
+  """One jump of the SJ walk (`sampling.walks.sj_move`)."""
+  key, kh, km = jax.random.split(st.key, 3)
+  leaf, log_parent, kids = node(st)
+  h, go_up, a = walks.sj_move(kh, km, leaf, log_parent, kids, holds)
+  return advance(st, key, leaf, kids, h, ~go_up, go_up, False, a)
 
 
 def make_query_fn(graphdef, max_new: int, chains: int, horizon: int,
@@ -109,9 +134,32 @@ def make_query_fn(graphdef, max_new: int, chains: int, horizon: int,
   segments[K], usable[K], tmaps[K, vocab], key) -> (answers int32[C,
   max_new], ok bool[C], calls int32[C])`, unjitted."""
   holds = walks.sj_holds(0.5, leaf_loop)
+  return make_walk_fn(graphdef, max_new, chains, start,
+                      lambda k: (k, jnp.int32(horizon)),
+                      lambda st: _vgb_move(st, holds), "vgb_query")
 
-  def vgb_query(base, adapter, prompts, lengths, coords, segments, usable,
-                tmaps, key):
+
+def make_walk_fn(graphdef, max_new: int, chains: int, start: str, until,
+                 move, name: str):
+  """The one-query kernel of a walk over the answer tree, unjitted:
+  `(base, adapter, prompts[K, P], lengths[K], coords[K, P, 3],
+  segments[K], usable[K], tmaps[K, vocab], key) -> (answers int32[C,
+  max_new], ok bool[C], calls int32[C])`.
+
+  Args:
+    until: `key -> (key, int32[])`: a chain's read-out time.
+    move: `Walker -> (Walker, token, depth, moved down)` for one chain
+      (`advance` applied to a transition drawn at `node`).
+    name: the kernel's name (the program's, in compile logs).
+
+  Every iteration moves every chain once, then feeds each chain x view its
+  token at its depth (the KV cache of the chain's path: moving up only
+  moves the write index back), and stores the children's μ̂ where a chain
+  moved down.
+  """
+
+  def walk_query(base, adapter, prompts, lengths, coords, segments, usable,
+                 tmaps, key):
     model = lora.merge(graphdef, adapter, base)
     num_k = prompts.shape[0]
     last, cache = common.prefill(model, prompts, lengths, coords, max_new)
@@ -120,23 +168,25 @@ def make_query_fn(graphdef, max_new: int, chains: int, horizon: int,
     child0 = child_logmu(last, tmaps, usable, *zero, 0, max_new)
 
     def init(k):
-      return _Walker(
+      k, t_end = until(k)
+      return Walker(
           depth=jnp.int32(0),
           path=jnp.full(max_new, tokens.PAD, jnp.int32),
           grammar=jnp.zeros((max_new + 1, 3), jnp.int32),
           logmu=jnp.zeros(max_new + 1, jnp.float32),
           child=jnp.zeros((max_new + 1, tokens.VOCAB_SIZE),
                           jnp.float32).at[0].set(child0),
-          time=jnp.int32(0), key=k, forced=jnp.bool_(start == "greedy"),
+          time=jnp.int32(0), until=t_end, heading_down=jnp.bool_(True),
+          key=k, forced=jnp.bool_(start == "greedy"),
           done=~usable.any(), calls=jnp.int32(0))
 
     st = jax.vmap(init)(jax.random.split(key, chains))
-    move = jax.vmap(lambda s: _vgb_move(s, horizon, holds))
+    step = jax.vmap(move)
     n_use = usable.sum().astype(jnp.int32)
 
     def body(carry):
       st, cache = carry
-      st, a, d, down = move(st)
+      st, a, d, down = step(st)
       # every chain x view feeds its token (used only where it moved down)
       row = jnp.take_along_axis(st.grammar[:, :, 0], d[:, None], 1)[:, 0]
       col = jnp.take_along_axis(st.grammar[:, :, 1], d[:, None], 1)[:, 0]
@@ -170,7 +220,8 @@ def make_query_fn(graphdef, max_new: int, chains: int, horizon: int,
                         tokens.PAD)
     return answers, ok, st.calls
 
-  return vgb_query
+  walk_query.__name__ = walk_query.__qualname__ = name
+  return walk_query
 
 
 def make_program(graphdef, max_new: int, chains: int, horizon: int,
@@ -183,11 +234,22 @@ def make_program(graphdef, max_new: int, chains: int, horizon: int,
                                         leaf_loop, start))
 
 
-def _make(cfg: common.DecodeConfig, weights, mesh,
-          spec: common.DecodeSpec) -> common.Decoder:
-  program = make_program(weights.graphdef, cfg.max_new, cfg.samples,
-                         horizon(cfg), cfg.leaf_loop, cfg.start)
-  rep = cfg.samples
+def make_walk_decoder(make_program_fn):
+  """`Method.make` of a walk over the answer tree, around
+  `make_program_fn(graphdef, max_new, chains, horizon, leaf_loop, start)`
+  (`make_program`'s signature and program)."""
+
+  def make(cfg: common.DecodeConfig, weights, mesh,
+           spec: common.DecodeSpec) -> common.Decoder:
+    program = make_program_fn(weights.graphdef, cfg.max_new, cfg.samples,
+                              horizon(cfg), cfg.leaf_loop, cfg.start)
+    return _walk_decoder(program, cfg.samples, weights, mesh, spec)
+
+  return make
+
+
+def _walk_decoder(program, rep: int, weights, mesh,
+                  spec: common.DecodeSpec) -> common.Decoder:
 
   def decode(queries, slots, adapters) -> common.Decoded:
     if not queries:
@@ -227,15 +289,18 @@ def horizon(cfg: common.DecodeConfig) -> int:
   return cfg.max_steps or 2 * cfg.max_new_tokens
 
 
-def _validate(cfg: common.DecodeConfig) -> None:
+def validate_walk(cfg: common.DecodeConfig, min_leaf_loop: float) -> None:
+  """Validation of a walk's fields (`leaf_loop` >= min_leaf_loop)."""
   common.single_answer(cfg)
-  if cfg.leaf_loop < 0 or cfg.start not in ("root", "greedy"):
-    raise ValueError("decode.leaf_loop must be >= 0 and decode.start "
-                     "'root' or 'greedy'")
+  if cfg.leaf_loop < min_leaf_loop or cfg.start not in ("root", "greedy"):
+    raise ValueError(f"decode.leaf_loop must be >= {min_leaf_loop:g} for "
+                     f"{cfg.method!r} (got {cfg.leaf_loop!r}) and "
+                     f"decode.start 'root' or 'greedy' (got {cfg.start!r})")
 
 
 METHOD = common.Method(
     per_view=lambda cfg: cfg.samples, views_of=prefix_views,
-    validate=_validate,
-    describe=lambda cfg: f"vgb ({cfg.samples} chains)", make=_make,
+    validate=lambda cfg: validate_walk(cfg, 0.0),
+    describe=lambda cfg: f"vgb ({cfg.samples} chains)",
+    make=make_walk_decoder(make_program),
     needs_grammar=True)  # the walk's tree is the cell grammar's

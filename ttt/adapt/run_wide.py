@@ -1,13 +1,11 @@
 """The run-wide TTT protocols: one adaptation over all the run's tasks.
 
-`ttt.protocol` picks how the TTT stage adapts (`ttt.adapt.PROTOCOLS`, one
-face, `ttt.adapt.Adapt`):
+Two entries of `ttt.adapt.PROTOCOLS` (`SHARED`, `JOINT`: the same `make`,
+told whether each task learns its own prefix):
 
-* `per_task` (`ttt.adapt`): a fresh adapter per task, trained on that task's
-  rows alone (MARC, the ARChitects' PoE paper).
-* `shared` (here): ONE adapter trained on the rows of every task of the run
+* `shared`: ONE adapter trained on the rows of every task of the run
   (the ARChitects in 2024), then used for each task.
-* `joint` (here): one adaptation over the rows of every task in which each
+* `joint`: one adaptation over the rows of every task in which each
   task has its own learned prefix (a task embedding: mdlARC, TRM, HRM),
   trained together with the shared part (LoRA, or every weight in
   'full+prefix' mode); each task is then decoded with its own prefix. Needs
@@ -42,6 +40,7 @@ host resumes from it only where it can read process 0's workdir.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -54,26 +53,19 @@ from absl import logging
 
 from ttt import codec as codec_lib
 from ttt import data, inner_loop, lora, sharding
+from ttt.adapt.common import (
+  Adapt,
+  ChunkData,
+  Protocol,
+  slot_index,
+  untrained,
+)
 from ttt.errors import InputError
 
 SAVE_EVERY_S = 60.0  # seconds of adaptation between saves of its state
 STATE_FILE = "state.npz"
 _RUN_KEY = 2**31 - 2**20  # fold_in index of the run-wide row draw (task
 # indices are below it; mesh padding slots sit just under 2**31 - 1)
-
-
-def needs_task_embedding(protocol: str) -> bool:
-  """Whether `protocol` trains a learned prefix per task."""
-  return protocol == "joint"
-
-
-def check(ttt, adapter) -> None:
-  """Raises ValueError for a protocol the adapter mode cannot run."""
-  if needs_task_embedding(ttt.protocol) and not adapter.num_prefix:
-    raise ValueError(
-        f"ttt.protocol='joint' learns an embedding per task: it needs a "
-        f"prefix adapter mode ('prefix', 'lora+prefix' or 'full+prefix'), "
-        f"got adapter.mode={adapter.mode!r}")
 
 
 def run_rows(plan, data_cfg, codec_, seed: int, length: int,
@@ -197,44 +189,39 @@ def _rows_on_mesh(tree, mesh):
   return jax.tree.map(put, tree)
 
 
-def make_run_wide(*, ttt, adapter, model, data_cfg, seed: int,
-                  length_bucket: int, weights, mesh, caps, codec_=None,
-                  save_every_s: float | None = None):
-  """The TTT stage of the `shared` and `joint` protocols (the face of
-  `ttt.adapt.Adapt`; arguments as `ttt.adapt.make_per_task`).
+def make(task_embedding: bool, *, ttt, adapter, model, data_cfg, seed: int,
+         length_bucket: int, weights, mesh, caps, codec_=None,
+         save_every_s: float | None = None) -> Adapt:
+  """The TTT stage of a run-wide protocol (arguments as
+  `ttt.adapt.per_task.make`; `task_embedding`: each task trains its own
+  prefix, `joint`, or every task shares one adapter, `shared`).
 
   `prepare(plan, directory, stop_after=0)` runs the adaptation (resuming
   from `directory`; `stop_after` > 0 stops after that many segments, how
   tests kill it) and returns its seconds (those of earlier attempts
   included); `build` / `train` per chunk then assemble adapters from it.
   """
-  from ttt import adapt as adapt_lib  # (adapt's registry imports us)
-
   codec_ = codec_lib.default(codec_)
-  check(ttt, adapter)
-  per_task = (inner_loop.task_leaf if needs_task_embedding(ttt.protocol)
-              else None)
-  trains = weights is not None and ttt.enabled
+  per_task = inner_loop.task_leaf if task_embedding else None
+  trains = ttt.enabled
   every = SAVE_EVERY_S if save_every_s is None else save_every_s
   key1 = jax.random.fold_in(jax.random.key(seed), 1)
   groups = SimpleNamespace(model=model, adapter=adapter, ttt=ttt)
   programs: dict = {}
   run: dict = {}  # the adaptation: state, order, rows per task, metrics
 
-  if weights is not None:
-    init = lora.make_init(groups, key1)
-    programs["init"] = jax.jit(init,
-                               out_shardings=sharding.task_sharding(mesh))
-    programs["assemble"] = jax.jit(
-        lambda state, j: jax.vmap(lambda t: inner_loop.pick_task(
-            state, t, per_task or (lambda p: False)))(j),
-        out_shardings=sharding.task_sharding(mesh))
-    # one task's fresh shared part; every task's fresh prefix (jit keeps
-    # only what each returns: no copies of the weights per task)
-    init_one = jax.jit(lambda params, i: jax.tree.map(
-        lambda x: x[0], init(params, i)))
-    init_prefix = jax.jit(lambda params, i: lora.split_prefix(
-        init(params, i))[0])
+  init = lora.make_init(groups, key1)
+  programs["init"] = jax.jit(init, out_shardings=sharding.task_sharding(mesh))
+  programs["assemble"] = jax.jit(
+      lambda state, j: jax.vmap(lambda t: inner_loop.pick_task(
+          state, t, per_task or (lambda p: False)))(j),
+      out_shardings=sharding.task_sharding(mesh))
+  # one task's fresh shared part; every task's fresh prefix (jit keeps
+  # only what each returns: no copies of the weights per task)
+  init_one = jax.jit(lambda params, i: jax.tree.map(
+      lambda x: x[0], init(params, i)))
+  init_prefix = jax.jit(lambda params, i: lora.split_prefix(
+      init(params, i))[0])
 
   def fresh_state(order):
     params = weights.template if adapter.tunes_all else None
@@ -331,26 +318,18 @@ def make_run_wide(*, ttt, adapter, model, data_cfg, seed: int,
     run["losses"] = losses
     return seconds + time.perf_counter() - t0
 
-  def build(plan, chunk: list[int]) -> adapt_lib.ChunkData:
-    slots = [n for n in chunk if n not in plan.too_long]
-    index = np.array(slots + [adapt_lib.PAD_INDEX - s
-                              for s in range(len(slots), caps.tasks)],
-                     np.int32)
-    key = jax.random.key(seed)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(index))
+  def build(plan, chunk: list[int]) -> ChunkData:
+    slots, index, keys = slot_index(plan, chunk, caps.tasks, seed)
     rows = np.array([run.get("counts", {}).get(n, 0) for n in slots]
                     + [0] * (caps.tasks - len(slots)), np.int32)
-    return adapt_lib.ChunkData(slots, index, keys, None, rows)
+    return ChunkData(slots, index, keys, None, rows)
 
   def train(cd):
     n = len(cd.slots)
-    if weights is None or not trains:
-      params = (weights.template if weights is not None and adapter.tunes_all
-                else None)
-      adapters = (None if weights is None else programs["init"](
-          params, sharding.shard_tasks(cd.task_index, mesh)))
-      return adapters, dict(final_loss=[None] * n, nonfinite=[False] * n,
-                            rows=[0] * n)
+    if not trains:
+      params = weights.template if adapter.tunes_all else None
+      return programs["init"](params, sharding.shard_tasks(
+          cd.task_index, mesh)), untrained(n)
     if "state" not in run:
       raise RuntimeError("the run-wide adaptation has not run: call "
                          "Adapt.prepare before the chunks")
@@ -372,11 +351,22 @@ def make_run_wide(*, ttt, adapter, model, data_cfg, seed: int,
 
   def inputs(length: int) -> dict:
     del length  # the per-chunk programs do not see rows
-    if weights is None:
-      return {}
     params = weights.template if adapter.tunes_all else None
     return {"init": (params, sharding.shard_tasks(
         np.arange(caps.tasks, dtype=np.int32), mesh))}
 
-  return adapt_lib.Adapt(build, train, token_counts, ttt.steps, programs,
-                         inputs, prepare)
+  return Adapt(build, train, token_counts, programs, inputs, prepare)
+
+
+def _report(name: str, decoded: str) -> str:
+  return (f" **Protocol {name}: one adaptation over the demonstrations of "
+          "all the run's test tasks at once** (never their test outputs); "
+          f"{decoded}.")
+
+
+SHARED = Protocol(functools.partial(make, False), task_embedding=False,
+                  report=_report("shared",
+                                 "every task decoded with the one adapter"))
+JOINT = Protocol(functools.partial(make, True), task_embedding=True,
+                 report=_report("joint", "each task decoded with its own "
+                                "learned prefix"))
