@@ -31,7 +31,8 @@ import ml_collections
 import numpy as np
 
 from configs import arc_ttt, common
-from ttt import arc, lora, metrics, pipeline, sharding, tokens, views
+from ttt import arc, lora, pipeline, sharding, tokens, views
+from ttt import memory as memory_lib
 from ttt import model as model_lib
 from ttt.decoders import sampled
 
@@ -120,7 +121,7 @@ def main():
   out.update(decode_bench(args))
   if args.pipeline_tasks:
     out.update(pipeline_bench(args))
-  out["peak_memory_gb"] = metrics.peak_memory_gb()
+  out["peak_memory_gb"] = memory_lib.peak_memory_gb()
   out["workload"] = dict(preset=args.preset, dtype=args.dtype,
                          prompt_len=args.prompt_len, max_new=args.max_new)
   print(json.dumps(out))

@@ -5,7 +5,7 @@ flags apply, e.g. the task list) it builds the plan and the stages at each
 chunk size of `--chunk_sizes` and prints one JSON line: per chunk size the
 task slots, each program's memory per device (`compile().memory_analysis()`:
 arguments + outputs - aliased + temporaries, GiB), the estimate
-`ttt.plan.fit_memory` compares with the budget (resident + the largest
+`ttt.memory.fit_memory` compares with the budget (resident + the largest
 program over the devices sharing the memory), and the linear rule's
 prediction from the two smallest sizes. Nothing runs but compilation.
 
@@ -34,6 +34,7 @@ def main(argv):
 
   from ttt import codec as codec_lib
   from ttt import job as job_lib
+  from ttt import memory as memory_lib
   from ttt import pipeline, sharding
   from ttt import plan as plan_lib
   from ttt import weights as weights_lib
@@ -47,7 +48,7 @@ def main(argv):
   job = job._replace(model=model_cfg)
   weights = weights_lib.place(weights, mesh,
                               weights_lib.compute_dtype(model_cfg))
-  resident = plan_lib._resident()  # noqa: SLF001 (the estimate's own term)
+  resident = memory_lib._resident()  # noqa: SLF001 (the estimate's own term)
   rows = []
   for size in [int(s) for s in _SIZES.value]:
     plan = plan_lib.plan_run(
@@ -55,11 +56,11 @@ def main(argv):
         data_cfg=job.data, views_cfg=job.views, decode=job.decode,
         trains=job.ttt.enabled, codec_=codec)
     stages = pipeline.make_stages(job, plan, weights, mesh, None, codec)
-    figures = plan_lib.stage_memory(stages, plan, job.data.max_len)
+    figures = memory_lib.stage_memory(stages, plan, job.data.max_len)
     rows.append(dict(chunk_size=size, slots=plan.caps.tasks,
                      queries=plan.caps.queries,
                      programs={k: round(v, 4) for k, v in figures.items()},
-                     need_gb=round(plan_lib._need(figures, resident), 3)))  # noqa: SLF001
+                     need_gb=round(memory_lib._need(figures, resident), 3)))  # noqa: SLF001
   (a, b) = rows[0], rows[min(1, len(rows) - 1)]
   slope = ((b["need_gb"] - a["need_gb"]) / (b["slots"] - a["slots"])
            if b["slots"] > a["slots"] else 0.0)

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from configs import common
+from ttt import memory as memory_lib
 from ttt import metrics, pretrain, sharding
 
 
@@ -78,7 +79,7 @@ def main():
       pipeline_tokens_per_s=round(real / build_s, 1),
       step_ms=round(1e3 * dt / args.steps, 2),
       mfu=round(padded * fpt / (peak * 1e12), 4) if peak else None,
-      peak_memory_gb=metrics.peak_memory_gb(),
+      peak_memory_gb=memory_lib.peak_memory_gb(),
       loss=float(np.asarray(m["loss"])),
       workload=dict(preset=args.preset, batch=args.batch,
                     seq_len=args.seq_len, steps=args.steps, dtype=args.dtype,

@@ -69,6 +69,7 @@ from flax import nnx
 from configs import common
 from sampling import mesh as mesh_lib
 from ttt import data, inner_loop, lora, metrics
+from ttt import memory as memory_lib
 from ttt import model as model_lib
 
 
@@ -302,7 +303,7 @@ def main():
           "tokens_per_s", "tokens_per_cpu_s", "cpu_seconds",
           "looped_tokens_per_s", "speedup_vs_looped",
           "tasks_per_s", "looped_tasks_per_s", "step_ms", "mfu")},
-      peak_memory_gb=metrics.peak_memory_gb(),
+      peak_memory_gb=memory_lib.peak_memory_gb(),
       workload=dict(preset=args.preset, mode=args.mode, seq_len=args.seq_len,
                     batch=args.batch, steps=args.steps, rank=args.rank,
                     targets=args.targets, dtype=args.dtype,

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from ttt import arc, evaluate
+from ttt import arc, evaluate, files
 
 # ids a challenges file may hold (the refused ones included: the report
 # must be safe even for a record that never went through arc.check_task_id)
@@ -38,7 +38,7 @@ def test_safe_name_is_a_plain_file_name_for_any_id(tmp_path):
   folder = os.path.realpath(tmp_path / "renderings")
   names = {}
   for task_id in ids:
-    name = evaluate.safe_name(task_id)
+    name = files.safe_name(task_id)
     assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,39}-[0-9a-f]{12}",
                         name), (task_id, name)
     path = os.path.realpath(os.path.join(folder, name + ".png"))
@@ -47,9 +47,9 @@ def test_safe_name_is_a_plain_file_name_for_any_id(tmp_path):
     names.setdefault(name, set()).add(task_id)
   # distinct ids, distinct names; the same id, the same name
   assert all(len(v) == 1 for v in names.values())
-  assert evaluate.safe_name("a/b") == evaluate.safe_name("a/b")
-  assert evaluate.safe_name("a/b") != evaluate.safe_name("a_b")
-  assert evaluate.safe_name("00576224").startswith("00576224-")
+  assert files.safe_name("a/b") == files.safe_name("a/b")
+  assert files.safe_name("a/b") != files.safe_name("a_b")
+  assert files.safe_name("00576224").startswith("00576224-")
 
 
 def _task(task_id: str) -> arc.Task:
@@ -95,15 +95,15 @@ def test_no_id_writes_outside_the_workdir(tmp_path):
   inside = _files(workdir)
   assert _files(tmp_path) == {os.path.join("a", "b", "run", f)
                               for f in inside}
-  pictures = {os.path.join("renderings", evaluate.safe_name(i) + ".png")
+  pictures = {os.path.join("renderings", files.safe_name(i) + ".png")
               for i in ids}
   assert inside == pictures | {"report.md"}
   links = re.findall(r"!\[.*\]\((.*)\)$", report, re.M)
   assert sorted(links) == sorted(p.replace(os.sep, "/") for p in pictures)
   for i in ids:  # the picture under the task's heading is the task's own
-    section = report.split(f"### {evaluate.md_code(i)} — ", 1)[1]
+    section = report.split(f"### {files.md_code(i)} — ", 1)[1]
     link = re.search(r"!\[.*\]\((.*)\)$", section, re.M).group(1)
-    assert link == f"renderings/{evaluate.safe_name(i)}.png"
+    assert link == f"renderings/{files.safe_name(i)}.png"
     with open(workdir / link, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -133,7 +133,7 @@ def test_ids_and_reasons_cannot_inject_markdown(tmp_path):
   assert "<strong" not in html and "<em" not in html
   # images: only the report's own pictures
   assert re.findall(r'<img src="([^"]*)"', html) == [
-      f"renderings/{evaluate.safe_name(i)}.png" for i in
+      f"renderings/{files.safe_name(i)}.png" for i in
       [EVIL[n] for n in range(0, len(EVIL), 2)]
       + [EVIL[n] for n in range(1, len(EVIL), 2)]]
   # headings: the report's own, one per picture
@@ -151,7 +151,7 @@ def test_ids_and_reasons_cannot_inject_markdown(tmp_path):
 
 def test_md_text_renders_as_the_literal_text():
   for text in EVIL + ["plain 0-9 (a) [b]", "tab\there", "\x00"]:
-    html = _html(f"| x |\n|---|\n| {evaluate.md_text(text)} |\n")
+    html = _html(f"| x |\n|---|\n| {files.md_text(text)} |\n")
     cell = re.search(r"<td>(.*)</td>", html, re.S).group(1)
     import html as html_lib
 
@@ -159,9 +159,9 @@ def test_md_text_renders_as_the_literal_text():
     visible = "".join(c.encode("unicode_escape").decode() if c in
                       "\x00\t\n\u2028" else c for c in text)
     assert shown == visible, (text, cell)
-  assert evaluate.md_code("00576224") == "`00576224`"
-  assert evaluate.md_code("a|b") == "a\\|b"
-  assert evaluate.md_code("") == "(empty)"
+  assert files.md_code("00576224") == "`00576224`"
+  assert files.md_code("a|b") == "a\\|b"
+  assert files.md_code("") == "(empty)"
 
 
 def test_a_picture_that_fails_is_logged_and_the_report_written(
@@ -182,7 +182,7 @@ def test_a_picture_that_fails_is_logged_and_the_report_written(
                  for line in caplog.text.splitlines())
   assert "(no picture: drawing it failed with RuntimeError: boom)" in report
   assert sorted(os.listdir(tmp_path / "renderings")) == sorted(
-      evaluate.safe_name(i) + ".png" for i in ("good1", "good2"))
+      files.safe_name(i) + ".png" for i in ("good1", "good2"))
   assert "| `good2` |" in report  # the rest of the report is there
   # a record without its task (no Task to draw): the same
   monkeypatch.setattr(evaluate, "render_task", real)

@@ -225,8 +225,13 @@ def _first_view_make(cfg, weights, mesh, spec):
          for i, q in enumerate(queries)],
         int((out[:len(queries)] != tokens.PAD).sum()), rows.prompt_tokens)
 
+  def inputs(adapters, prompt_len):  # (the memory plan lowers on these)
+    args, keys = common.put(common.padding_rows(spec, mesh, prompt_len), (),
+                            spec, mesh)
+    return {"decode": (weights.base, adapters, *args, keys)}
+
   return common.Decoder(decode, empty_slots=True,
-                        programs={"decode": program})
+                        programs={"decode": program}, inputs=inputs)
 
 
 FIRST_VIEW = common.Method(

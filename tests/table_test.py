@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import table as table_config
-from ttt import augment, evaluate, table
+from ttt import augment, files, table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -218,7 +218,7 @@ def test_headline_is_the_default_recipe_and_references_fall_back(tmp_path):
     assert len(held) >= (3 if folder == "sample" else 5), (folder, held)
     for name in held:
       _, overrides = table.run_overrides(name, cfg.table, {})
-      got = json.loads(json.dumps(evaluate.strict(job_lib.fingerprint(
+      got = json.loads(json.dumps(files.strict(job_lib.fingerprint(
           job_lib.parse(table.row_config(cfg.job, overrides))))))
       with open(stored[name], encoding="utf-8") as f:
         assert got == json.load(f), (folder, name)

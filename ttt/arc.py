@@ -15,8 +15,8 @@ is refused -- the task skipped with the reason, like a malformed grid -- when
 it is empty, longer than `MAX_ID_LENGTH` characters, or holds a control,
 format, line/paragraph separator or surrogate character (`check_task_id`).
 Any other string is a valid id, '../x', 'a/b' and '<b>' included: nothing
-here names a file or writes markdown after an id -- `ttt.evaluate.safe_name`
-maps ids to file names and `ttt.evaluate.md_text` escapes them for markdown.
+here names a file or writes markdown after an id -- `ttt.files.safe_name`
+maps ids to file names and `ttt.files.md_text` escapes them for markdown.
 Messages and logs show an id as `shown_id` does (plain ids as they are, the
 rest as a bounded `repr`), so an id cannot forge a log line.
 

@@ -185,15 +185,15 @@ def save_weights(path: str, params: Any, model_config: dict, *,
     ckptr.wait_until_finished()
   if jax.process_index() != 0:
     return
-  from ttt import evaluate
+  from ttt import files
   try:  # (a parameter not held whole by this host: no digest)
     values = values_digest(cast)
   except (RuntimeError, ValueError):
     values = None
   if values:
-    evaluate.write_text(os.path.join(path, VALUES_FILE), json.dumps(
+    files.write_text(os.path.join(path, VALUES_FILE), json.dumps(
         dict(sha256=values), indent=2))
-  evaluate.write_text(os.path.join(path, CONFIG_FILE), json.dumps(
+  files.write_text(os.path.join(path, CONFIG_FILE), json.dumps(
       dict(model=dict(model_config), dtype=dtype, **(extra or {})),
       indent=2, sort_keys=True))
 

@@ -29,20 +29,15 @@ heading or a table row.
 
 from __future__ import annotations
 
-import hashlib
-import html
-import json
-import math
 import os
-import re
 import struct
-import unicodedata
 import zlib
 from collections.abc import Iterable
 
 import numpy as np
 from absl import logging
 
+from ttt import files
 from ttt.errors import InputError
 
 FALLBACK = [[0]]
@@ -52,90 +47,6 @@ PALETTE = np.array([
     [0, 0, 0], [0, 116, 217], [255, 65, 54], [46, 204, 64], [255, 220, 0],
     [170, 170, 170], [240, 18, 190], [255, 133, 27], [127, 219, 255],
     [135, 12, 37]], np.uint8)
-
-
-# --- task ids as file names and as markdown ----------------------------------
-
-_NAME_PREFIX = 40  # characters of the sanitised id kept in a file name
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def safe_name(task_id) -> str:
-  """The file name stem for a task: safe on every file system, any id.
-
-  A prefix of the id with every character but ASCII letters, digits, `_`
-  and `-` replaced by `_` (at most 40, never starting with `-`), then `-`
-  and 12 hex digits of the SHA-256 of the whole id: distinct ids get
-  distinct names (to the hash), and '..', '/abs', 'a/b', '', NUL, 'CON' or a
-  300-character id all give a plain name of at most 53 characters, never a
-  path.
-
-  Args:
-    task_id: the id (normally a str; anything else is `str()`-ed).
-
-  Returns:
-    e.g. ``00576224-8f1e0a6c2b3d``; add the extension yourself.
-  """
-  text = task_id if isinstance(task_id, str) else str(task_id)
-  digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-  prefix = _UNSAFE_NAME.sub("_", text[:_NAME_PREFIX])
-  if prefix.startswith("-"):  # never read as a command-line option
-    prefix = "_" + prefix[1:]
-  return f"{prefix or '_'}-{digest[:12]}"
-
-
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~:=^$-])")
-_PLAIN_CODE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
-
-
-def _visible(ch: str) -> str:
-  """A character of a category that must not reach a report, spelled out."""
-  if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp", "Co", "Cn"):
-    return ch.encode("unicode_escape").decode("ascii")  # newline: \\ and n
-  return ch
-
-
-def md_text(text) -> str:
-  """`text` as inert inline markdown (an id, a skip reason, a file name).
-
-  HTML-escapes `&`, `<`, `>`; backslash-escapes markdown's punctuation
-  (`\\`, backticks, `*`, `_`, `{}`, `[]`, `()`, `#`, `+`, `!`, `|`, `~`,
-  `:`, `=`, `^`, `$`, `-`); spells out control, format, separator and
-  surrogate characters (a newline becomes the two characters `\\n`). The
-  result is one line that renders as the literal text: no HTML, link,
-  autolink, image, heading, emphasis, code span or table cell border.
-
-  Args:
-    text: any value (`str()`-ed).
-
-  Returns:
-    The escaped string.
-  """
-  text = text if isinstance(text, str) else str(text)
-  text = "".join(_visible(ch) for ch in text)
-  text = _MD_SPECIAL.sub(r"\\\1", text)
-  text = re.sub(r"^(\d+)\.", r"\1\\.", text)  # not an ordered list item
-  return html.escape(text, quote=False)
-
-
-def md_code(text) -> str:
-  """`text` as a code span when it is plain (ASCII letters, digits, `_.-`:
-  nothing a code span could misread), ``(empty)`` for '', else as
-  `md_text`. For ids in tables and headings: `` `00576224` `` stays as it
-  always was.
-
-  Args:
-    text: any value (`str()`-ed).
-
-  Returns:
-    Inline markdown.
-  """
-  text = text if isinstance(text, str) else str(text)
-  if _PLAIN_CODE.fullmatch(text):
-    return f"`{text}`"
-  if not text:
-    return "(empty)"
-  return md_text(text)
 
 
 def grid_list(grid) -> list[list[int]]:
@@ -286,7 +197,7 @@ def _png(path: str, rgb: np.ndarray) -> None:
   data = (b"\x89PNG\r\n\x1a\n"
           + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-  write_bytes(path, data)
+  files.write_bytes(path, data)
 
 
 def _grid_image(grid, cell: int) -> np.ndarray:
@@ -454,55 +365,6 @@ def chunk_records(plan, chunk: list[int], slots: list[int], queries,
   return records
 
 
-def strict(obj):
-  """`obj` with every non-finite float replaced by None (strict JSON)."""
-  if isinstance(obj, float):
-    return obj if math.isfinite(obj) else None
-  if isinstance(obj, dict):
-    return {k: strict(v) for k, v in obj.items()}
-  if isinstance(obj, list | tuple):
-    return [strict(v) for v in obj]
-  return obj
-
-
-def write_text(path: str, text: str) -> None:
-  """Writes `text` (UTF-8) atomically, as `write_bytes`."""
-  write_bytes(path, text.encode("utf-8"))
-
-
-def write_bytes(path: str, data: bytes) -> None:
-  """Writes `data` atomically: a fresh temporary file in the target's
-  folder (`tempfile.mkstemp`: a new name, created exclusively, so a link
-  planted at a fixed `.tmp` name is never followed), then `os.replace`
-  (which replaces a link at `path` itself, never its target). A failed
-  write (disk full, say) removes the temporary file and raises an OSError
-  naming `path`."""
-  import tempfile
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path)
-                             + ".", suffix=".tmp")
-  try:
-    os.fchmod(fd, 0o644)  # (mkstemp's 0600 would hide results from others)
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException as e:
-    try:
-      os.unlink(tmp)
-    except OSError:
-      pass
-    if isinstance(e, OSError):
-      raise OSError(e.errno, f"could not write {path}: {e.strerror or e}"
-                    ) from e
-    raise
-
-
-def write_json(path: str, obj) -> None:
-  """Writes strict JSON (NaN/inf become null) atomically (temporary file,
-  then rename)."""
-  write_text(path, json.dumps(strict(obj), allow_nan=False))
-
-
 def task_table(results: list[dict]) -> str:
   """One markdown row per task: id, pass@2, test inputs right, coverage,
   final TTT loss, or why it was skipped."""
@@ -510,8 +372,8 @@ def task_table(results: list[dict]) -> str:
            "TTT loss | note |", "|---|---|---|---|---|---|"]
   for r in results:
     if r.get("skipped"):  # the reason may quote the task file: escaped
-      lines.append(f"| {md_code(r['id'])} | – | – | – | – | skipped: "
-                   f"{md_text(r['skipped'])} |")
+      lines.append(f"| {files.md_code(r['id'])} | – | – | – | – | skipped: "
+                   f"{files.md_text(r['skipped'])} |")
       continue
     tests = r["tests"]
     right = sum(bool(t["correct"]) for t in tests)
@@ -521,7 +383,8 @@ def task_table(results: list[dict]) -> str:
     note = "TTT loss non-finite: adapter reset" if (
         r.get("ttt") or {}).get("nonfinite") else ""
     verdict = {True: "✓", False: "✗", None: "unscored"}[r.get("correct")]
-    lines.append(f"| {md_code(r['id'])} | {verdict} | {right}/{len(tests)} | "
+    lines.append(f"| {files.md_code(r['id'])} | {verdict} | "
+                 f"{right}/{len(tests)} | "
                  f"{covered}/{len(tests)} | "
                  f"{'–' if loss is None else f'{loss:.3f}'} | {note} |")
   return "\n".join(lines)
@@ -547,8 +410,8 @@ def write_outputs(workdir: str, results: list[dict], summary: dict,
   """
   sub = submission(results)
   check_submission(sub, expected)
-  write_json(os.path.join(workdir, "submission.json"), sub)
-  write_json(os.path.join(workdir, "results.json"),
+  files.write_json(os.path.join(workdir, "submission.json"), sub)
+  files.write_json(os.path.join(workdir, "results.json"),
              dict(summary=summary, tasks=results))
   try:
     write_report(workdir, results, summary, {t.id: t for t in tasks},
@@ -619,7 +482,7 @@ def write_report(workdir: str, results: list[dict], summary: dict,
     lines.append(f"| test inputs with no answer | {s['no_answer_inputs']}/"
                  f"{s['run_inputs']} |")
   for k, v in timings.items():
-    lines.append(f"| time: {md_text(k)} | {v:.1f}s |")
+    lines.append(f"| time: {files.md_text(k)} | {v:.1f}s |")
   lines += memory_rows(s.get("memory_gb") or {})
   if s.get("no_answer_inputs"):
     lines += ["", "**No answer.** " + NO_ANSWER.format(
@@ -627,7 +490,7 @@ def write_report(workdir: str, results: list[dict], summary: dict,
   lines += ["", "## Accuracy of single predictions, by view category", "",
             "| category | accuracy |", "|---|---|"]
   for cat, acc in s["category_accuracy"].items():
-    lines.append(f"| {md_text(cat)} | {100 * acc:.1f}% |")
+    lines.append(f"| {files.md_text(cat)} | {100 * acc:.1f}% |")
   lines += ["", "## Every task", "", task_table(results)]
   lines += ["", "## Sample of tasks", "",
             "Each picture: one row per demonstration (input | output), then "
@@ -646,24 +509,25 @@ def write_report(workdir: str, results: list[dict], summary: dict,
     logging.warning("no renderings: cannot make %s: %s", folder, e)
     sample = []
   for r in sample:
-    name = f"renderings/{safe_name(r['id'])}.png"
+    name = f"renderings/{files.safe_name(r['id'])}.png"
     verdict = ("solved" if r.get("correct") else
                "unscored" if r.get("correct") is None else "not solved")
     marks = " ".join("✓" if t.get("correct") else "–" if t.get("correct")
                      is None else "✗" for t in r.get("tests", ()))
-    lines += [f"### {md_code(r['id'])} — {verdict} (test inputs: {marks})",
+    lines += [f"### {files.md_code(r['id'])} — {verdict} "
+              f"(test inputs: {marks})",
               ""]
     try:
       render_task(os.path.join(workdir, name), tasks_by_id[r["id"]], r)
     except Exception as e:  # noqa: BLE001 -- one picture never costs the rest
       logging.warning("report: no picture of task %r: %r", r["id"], e)
       lines += [f"(no picture: drawing it failed with "
-                f"{md_text(type(e).__name__)}: {md_text(e)})", ""]
+                f"{files.md_text(type(e).__name__)}: {files.md_text(e)})", ""]
       continue
-    lines += [f"![{md_text(r['id'])}: demonstrations, then test input | "
+    lines += [f"![{files.md_text(r['id'])}: demonstrations, then test input | "
               f"truth | attempt 1 | attempt 2]({name})", ""]
   path = os.path.join(workdir, "report.md")
-  write_text(path, "\n".join(lines) + "\n")
+  files.write_text(path, "\n".join(lines) + "\n")
   return path
 
 
@@ -675,17 +539,17 @@ def memory_rows(memory: dict) -> list[str]:
   if "peak_rss" in memory:
     lines.append(f"| memory: peak resident | {memory['peak_rss']:.2f} GiB |")
   for k, v in memory.get("stages", {}).items():
-    lines.append(f"| memory: peak in {md_text(k)} | {v:.2f} GiB |")
+    lines.append(f"| memory: peak in {files.md_text(k)} | {v:.2f} GiB |")
   if "budget" in memory:
     lines.append(f"| memory: budget | {memory['budget']:.2f} GiB "
-                 f"({md_text(memory['budget_source'])}): chunks of "
+                 f"({files.md_text(memory['budget_source'])}): chunks of "
                  f"{memory['chunk_size']} tasks, {memory['need']:.2f} GiB "
                  "estimated |")
   for k, v in (memory.get("chunk_size_per_bucket") or {}).items():
-    lines.append(f"| memory: chunks at TTT rows / prompts {md_text(k)} | "
+    lines.append(f"| memory: chunks at TTT rows / prompts {files.md_text(k)} | "
                  f"{v} tasks |")
   for k, v in memory.get("programs", {}).items():
-    lines.append(f"| memory: {md_text(k)} program (XLA, per device) | "
+    lines.append(f"| memory: {files.md_text(k)} program (XLA, per device) | "
                  f"{v:.3f} GiB |")
   return lines
 

@@ -24,7 +24,7 @@ from ttt import (
   configlib,
   data,
   decoders,
-  evaluate,
+  files,
   inner_loop,
   select,
   views,
@@ -52,7 +52,7 @@ class RunConfig:
   # GiB the run may use (0: 90% of the machine's memory, or the cgroup's
   # limit, or on GPU/TPU of a device's): chunks shrink below chunk_size
   # until XLA's memory analysis of the programs fits; a run that cannot
-  # fit one task is refused before any work (ttt.plan.fit_memory)
+  # fit one task is refused before any work (ttt.memory.fit_memory)
   memory_gb: float = 0.0
   # 'run': chunks follow the run's order; 'length': tasks of similar length
   # share a chunk (by their longest TTT row, else prompt), so with
@@ -207,9 +207,9 @@ def describe(job: Job, model_calls: int, untrained: bool,
   rc = job.run
   ttt_text = (f"TTT on ({job.ttt.steps} steps per task, protocol "
               f"{job.ttt.protocol})" if job.ttt.enabled else "TTT off")
-  data_text = (evaluate.md_code(os.path.basename(rc.challenges))
+  data_text = (files.md_code(os.path.basename(rc.challenges))
                if rc.challenges else f"ARC-AGI-{rc.version} {rc.split}")
-  text = (f"Model: {evaluate.md_code(job.init_from or 'UNTRAINED')}; "
+  text = (f"Model: {files.md_code(job.init_from or 'UNTRAINED')}; "
           f"adapter {job.adapter.mode}; {ttt_text}; decode "
           f"{decoders.method(job.decode).describe(job.decode)} "
           f"({model_calls} model calls); vote {job.vote.method}; data "
@@ -217,7 +217,7 @@ def describe(job: Job, model_calls: int, untrained: bool,
   if job.ttt.enabled:
     text += adapt.protocol(job.ttt).report
   if base:  # what the base is (a pretrained LM's token mapping)
-    text += f" Base: {evaluate.md_text(base)}."
+    text += f" Base: {files.md_text(base)}."
   if untrained:
     text += " **The base model is untrained: accuracy is meaningless.**"
   return text

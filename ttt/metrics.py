@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from ttt import evaluate
+from ttt import files
 
 
 def _plain(value: Any):
@@ -53,7 +53,7 @@ class MetricsWriter:
                   **{k: _plain(v) for k, v in values.items()})
     if self.enabled:
       with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(evaluate.strict(record), allow_nan=False) + "\n")
+        f.write(json.dumps(files.strict(record), allow_nan=False) + "\n")
       if self.echo:
         logging.info("metrics %s", json.dumps(record))
     return record
@@ -65,7 +65,7 @@ def truncate(path: str, last_step: int) -> int:
   records = read(path)
   keep = [r for r in records if r.get("step", 0) <= last_step]
   if len(keep) < len(records) and jax.process_index() == 0:
-    evaluate.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    files.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
   return len(records) - len(keep)
 
 

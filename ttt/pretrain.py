@@ -225,8 +225,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   cfg = configlib.from_config(PretrainConfig, config.pretrain)
   os.makedirs(workdir, exist_ok=True)
   if sharding.is_main():
-    from ttt import evaluate as records
-    records.write_text(os.path.join(workdir, "config.json"),
+    from ttt import files
+    files.write_text(os.path.join(workdir, "config.json"),
                        config.to_json_best_effort(indent=2))
   mesh = sharding.make_mesh(axis=sharding.DATA_AXIS)
   if cfg.batch_size % mesh.size:
@@ -240,8 +240,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if refused:  # the leakage guard: evaluation tasks never enter training
     logging.warning("%s", pretrain_data.refused_message(refused))
   if sharding.is_main():  # the sources, their counts and what was refused
-    from ttt import evaluate as records
-    records.write_json(os.path.join(workdir, "data.json"),
+    from ttt import files
+    files.write_json(os.path.join(workdir, "data.json"),
                         pretrain_data.describe_pool(cfg, sources, heldout,
                                                     refused))
   n_pairs = sum(len(s.pairs) for s in sources)

@@ -305,12 +305,12 @@ class Selection(NamedTuple):
     programs: {name: jitted program}.
     inputs: `(adapters, length) -> {name: args}`: the row scorer's
       arguments for its largest call on rows of `length` tokens, padding
-      rows (`ttt.plan`'s memory analysis; {} when no rule rescores).
+      rows (`ttt.memory`'s analysis; {} when no rule rescores).
   """
 
   select: Callable
   programs: dict
-  inputs: Callable = lambda adapters, length: {}
+  inputs: Callable
 
 
 def make_selection(cfg: VoteConfig, weights, mesh,

@@ -26,7 +26,7 @@ plain numpy, seeded by `config.table.seed`.
 `config.table` is checked (`check_table_config`) before the first row runs,
 so a bad field never fails after hours of work; a row's unreadable
 `results.json` is named with the remedy; task ids enter `table.md` escaped
-(`ttt.evaluate.md_text`).
+(`ttt.files.md_text`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from collections.abc import Callable
 import numpy as np
 from absl import logging
 
-from ttt import evaluate
+from ttt import files
 from ttt.errors import InputError
 
 # name -> (what it is, overrides of the job config as {dotted field: value})
@@ -447,7 +447,7 @@ def _check_fingerprints(config, workdir: str, runs: list[str],
       job = job_lib.parse(row_config(config.job, overrides))
       if double:
         job = job_lib.as_test_double(job)
-      now = json.loads(json.dumps(evaluate.strict(job_lib.fingerprint(
+      now = json.loads(json.dumps(files.strict(job_lib.fingerprint(
           job))))
       diff = sorted(k for k in set(stored) | set(now)
                     if stored.get(k) != now.get(k))
@@ -579,8 +579,8 @@ def _write_table(workdir: str, order: list[str], outcomes: dict,
     rows[name] = s
   table = dict(tasks=ids, rows=rows, bootstrap=tc.bootstrap, seed=tc.seed,
                pending=[n for n in order if n not in outcomes])
-  evaluate.write_json(os.path.join(workdir, "table.json"), table)  # atomic
-  evaluate.write_text(os.path.join(workdir, "table.md"), markdown(table))
+  files.write_json(os.path.join(workdir, "table.json"), table)  # atomic
+  files.write_text(os.path.join(workdir, "table.md"), markdown(table))
   _plot(table, os.path.join(workdir, "ttt_steps.png"))
   return table
 
@@ -644,7 +644,7 @@ def _solved_matrix(rows: dict) -> list[str]:
            "| task | " + " | ".join(rows) + " |",
            "|" + "---|" * (len(rows) + 1)]
   for i in sorted(ids, key=lambda i: (-count[i], i)):
-    lines.append(f"| {evaluate.md_text(i)} | " + " | ".join(
+    lines.append(f"| {files.md_text(i)} | " + " | ".join(
         "✓" if i in solved[n] else "" for n in rows) + " |")
   return lines
 
@@ -680,4 +680,4 @@ def _plot(table: dict, path: str) -> None:
   buf = io.BytesIO()
   fig.savefig(buf, dpi=120, format="png")
   plt.close(fig)
-  evaluate.write_bytes(path, buf.getvalue())
+  files.write_bytes(path, buf.getvalue())

@@ -44,13 +44,12 @@ import functools
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
 from ttt import arc, augment, data, errors, tokens
-
-STYLES = ("new", "default", "barc")
 
 # MARC's instruction for the 'new' and 'default' styles (its
 # GPTTextMessageRepresenterV2 with python-array grids).
@@ -85,29 +84,138 @@ _WORD_COLOUR = {w: c for c, w in enumerate(COLOUR_WORDS)}
 SEPARATOR = " -> "  # between a pair's input and output ('new', 'default')
 
 
-def check_style(style: str) -> None:
-  if style not in STYLES:
-    raise ValueError(f"text style must be one of {STYLES}, got {style!r}")
-
-
-def footer(style: str) -> str:
-  """What ends an output grid in `style` ('#' for 'new', else '')."""
-  check_style(style)
-  return "#" if style == "new" else ""
-
-
-def grid_text(grid: np.ndarray, style: str = "new") -> str:
-  """A grid as MARC writes it: numpy's `str()` or colour words ('barc')."""
-  check_style(style)
-  grid = np.asarray(grid)
-  if style == "barc":
-    return "\n".join(" ".join(COLOUR_WORDS[int(v)] for v in row)
-                     for row in grid)
+def _array_grid(grid: np.ndarray) -> str:
   # numpy's str() of an integer array under numpy's default print options,
   # pinned so that a caller's np.set_printoptions cannot change the text.
   return np.array2string(grid.astype(np.int64), max_line_width=75,
                          threshold=1000, edgeitems=3, separator=" ",
                          prefix="")
+
+
+def _word_grid(grid: np.ndarray) -> str:
+  return "\n".join(" ".join(COLOUR_WORDS[int(v)] for v in row)
+                   for row in grid)
+
+
+def _grid_or_none(rows: list[list[int]]) -> np.ndarray | None:
+  if not rows or not rows[0]:
+    return None
+  if any(len(r) != len(rows[0]) for r in rows):
+    return None
+  g = np.array(rows, dtype=np.int64)
+  if g.shape[0] > arc.MAX_SIDE or g.shape[1] > arc.MAX_SIDE:
+    return None
+  if ((g < 0) | (g > 9)).any():
+    return None
+  return g.astype(arc.GRID_DTYPE)
+
+
+def _parse_array(text: str) -> np.ndarray | None:
+  text = text.strip()
+  try:
+    values = [int(v) for v in text.replace("[", "").replace("]", "").split()]
+  except ValueError:
+    return None
+  n_rows = text.count("\n") + 1
+  n_cols = len(values) // n_rows
+  if n_cols == 0 or n_rows * n_cols != len(values):
+    return None
+  return _grid_or_none([values[r * n_cols:(r + 1) * n_cols]
+                        for r in range(n_rows)])
+
+
+def _parse_words(text: str) -> np.ndarray | None:
+  text = text.replace("Input:\n", "").replace("\nOutput:\n", "").strip()
+  try:
+    rows = [[_WORD_COLOUR[w] for w in line.split()]
+            for line in text.split("\n")]
+  except KeyError:
+    return None
+  return _grid_or_none(rows)
+
+
+def _array_layout(task: arc.Task, st: Style):
+  """MARC's 'new' / 'default' layout: the demonstrations in the system
+  message (input -> output + footer, one a line), the query in the user
+  message; (messages, answer text or None, output spans)."""
+  query, target = task.test[-1]
+  system, spans = ARRAY_PROMPT, []
+  for i, o in task.train:
+    system += st.grid(i) + SEPARATOR
+    start = len(system) - 1  # the space after '->' belongs to the output
+    system += st.grid(o) + st.footer
+    spans.append((start, len(system)))
+    system += "\n"
+  messages = [{"role": "system", "content": system},
+              {"role": "user", "content": st.grid(query) + SEPARATOR}]
+  return messages, None if target is None else st.answer(st.grid(target)), \
+      spans
+
+
+def _barc_layout(task: arc.Task, st: Style):
+  """MARC's messager for BARC's checkpoints: the demonstrations and the
+  query in the user message (no output spans: MARC never trains on it)."""
+  query, target = task.test[-1]
+  user = BARC_INTRO
+  for k, (i, o) in enumerate(task.train):
+    user += (f"Example {k + 1}:\nInput:\n{st.grid(i)}\n\n"
+             f"Output:\n{st.grid(o)}\n")
+  user += BARC_TEST + f"Input:\n{st.grid(query)}\n\n\n" + BARC_ASK
+  messages = [{"role": "system", "content": BARC_SYSTEM},
+              {"role": "user", "content": user}]
+  return messages, None if target is None else st.answer(st.grid(target)), []
+
+
+class Style(NamedTuple):
+  """A way MARC writes a task as text (a `STYLES` entry).
+
+  Attributes:
+    footer: what ends an output grid.
+    grid: `int[H, W] -> text`.
+    answer: a grid's text -> the assistant's whole answer.
+    layout: `(task, style) -> (messages, answer text or None, output
+      spans)` (`Layout`).
+    parse: an answer's text (its `#`s deleted, a code fence's inside
+      taken) -> int8[H, W] or None.
+  """
+
+  footer: str
+  grid: Callable[[np.ndarray], str]
+  answer: Callable[[str], str]
+  layout: Callable
+  parse: Callable[[str], np.ndarray | None]
+
+
+STYLES: dict[str, Style] = {
+    "new": Style("#", _array_grid, lambda g: g + "#", _array_layout,
+                 _parse_array),
+    "default": Style("", _array_grid, lambda g: g, _array_layout,
+                     _parse_array),
+    "barc": Style("", _word_grid, BARC_ANSWER.format, _barc_layout,
+                  _parse_words),
+}
+
+
+def style_of(style: str) -> Style:
+  """The `STYLES` entry named `style` (ValueError naming the known)."""
+  if style not in STYLES:
+    raise ValueError(f"text style must be one of {tuple(STYLES)}, got "
+                     f"{style!r}")
+  return STYLES[style]
+
+
+def check_style(style: str) -> None:
+  style_of(style)
+
+
+def footer(style: str) -> str:
+  """What ends an output grid in `style` ('#' for 'new', else '')."""
+  return style_of(style).footer
+
+
+def grid_text(grid: np.ndarray, style: str = "new") -> str:
+  """A grid as MARC writes it: numpy's `str()` or colour words ('barc')."""
+  return style_of(style).grid(np.asarray(grid))
 
 
 class Layout(NamedTuple):
@@ -130,35 +238,10 @@ class Layout(NamedTuple):
 
 def layout(task: arc.Task, style: str = "new") -> Layout:
   """`marc_messages` plus the character spans of the demonstrations' outputs."""
-  check_style(style)
+  st = style_of(style)
   if not task.test:
     raise arc.TaskError(task.id, "has no test pair to use as the query")
-  query, target = task.test[-1]
-  if style == "barc":
-    user = BARC_INTRO
-    for k, (i, o) in enumerate(task.train):
-      user += (f"Example {k + 1}:\nInput:\n{grid_text(i, style)}\n\n"
-               f"Output:\n{grid_text(o, style)}\n")
-    user += BARC_TEST + f"Input:\n{grid_text(query, style)}\n\n\n" + BARC_ASK
-    messages = [{"role": "system", "content": BARC_SYSTEM},
-                {"role": "user", "content": user}]
-    answer = (None if target is None else
-              BARC_ANSWER.format(grid_text(target, style)))
-    spans = []
-  else:
-    foot = footer(style)
-    system = ARRAY_PROMPT
-    spans = []
-    for i, o in task.train:
-      system += grid_text(i, style) + SEPARATOR
-      start = len(system) - 1  # the space after '->' belongs to the output
-      system += grid_text(o, style) + foot
-      spans.append((start, len(system)))
-      system += "\n"
-    messages = [{"role": "system", "content": system},
-                {"role": "user",
-                 "content": grid_text(query, style) + SEPARATOR}]
-    answer = None if target is None else grid_text(target, style) + foot
+  messages, answer, spans = st.layout(task, st)
   if answer is not None:
     answer = {"role": "assistant", "content": answer}
   return Layout(messages, answer, spans)
@@ -182,19 +265,6 @@ def marc_messages(task: arc.Task, style: str = "new"
   return out.messages, out.answer
 
 
-def _grid_or_none(rows: list[list[int]]) -> np.ndarray | None:
-  if not rows or not rows[0]:
-    return None
-  if any(len(r) != len(rows[0]) for r in rows):
-    return None
-  g = np.array(rows, dtype=np.int64)
-  if g.shape[0] > arc.MAX_SIDE or g.shape[1] > arc.MAX_SIDE:
-    return None
-  if ((g < 0) | (g > 9)).any():
-    return None
-  return g.astype(arc.GRID_DTYPE)
-
-
 def parse_answer(text: str, style: str = "new") -> np.ndarray | None:
   """A written answer as a grid, read the way MARC's prediction script does.
 
@@ -209,42 +279,21 @@ def parse_answer(text: str, style: str = "new") -> np.ndarray | None:
     is not a number (colour word), a count that does not reshape (ragged
     rows), an empty grid, a value outside 0-9 or a side over 30.
   """
-  check_style(style)
+  st = style_of(style)
   text = text.replace("#", "").replace("  ", " ")
   if "```" in text:
     text = text.split("```")[1].strip()
-  if style == "barc":
-    text = text.replace("Input:\n", "").replace("\nOutput:\n", "").strip()
-    try:
-      rows = [[_WORD_COLOUR[w] for w in line.split()]
-              for line in text.split("\n")]
-    except KeyError:
-      return None
-    return _grid_or_none(rows)
-  text = text.strip()
-  try:
-    values = [int(v) for v in text.replace("[", "").replace("]", "").split()]
-  except ValueError:
-    return None
-  n_rows = text.count("\n") + 1
-  n_cols = len(values) // n_rows
-  if n_cols == 0 or n_rows * n_cols != len(values):
-    return None
-  return _grid_or_none([values[r * n_cols:(r + 1) * n_cols]
-                        for r in range(n_rows)])
+  return st.parse(text)
 
 
 def max_answer_tokens(style: str = "new") -> int:
   """A bound on the tokens of the longest answer (a 30 x 30 grid) and its
   stop token under any tokenizer: its characters + 1 (a token writes at
   least one character). 1892 for 'new' (Llama-3 spends about 1,830)."""
+  st = style_of(style)
   widest = np.full((arc.MAX_SIDE, arc.MAX_SIDE), 8, np.int8)  # 'Purple':
   # the longest colour word (and one digit, as every colour, in numbers)
-  if style == "barc":
-    content = BARC_ANSWER.format(grid_text(widest, "barc"))
-  else:
-    content = grid_text(widest, style) + footer(style)
-  return len(content) + 1
+  return len(st.answer(st.grid(widest))) + 1
 
 
 # --- the chat template --------------------------------------------------------

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from ttt import errors, evaluate, sharding
+from ttt import errors, files, sharding
 
 
 class WorkdirError(errors.InputError):
@@ -128,7 +128,7 @@ def open_workdir(path: str, fingerprint: dict, overwrite: bool,
   lock = _lock(path) if main else None
   try:
     fp_path = os.path.join(path, "fingerprint.json")
-    now = json.loads(json.dumps(evaluate.strict(fingerprint)))
+    now = json.loads(json.dumps(files.strict(fingerprint)))
     before, changed = {}, []
     if main and os.path.exists(fp_path) and os.listdir(chunks):
       try:
@@ -158,8 +158,8 @@ def open_workdir(path: str, fingerprint: dict, overwrite: bool,
           os.remove(os.path.join(chunks, name))
       sharding.barrier("workdir.overwrite")
     if main:
-      evaluate.write_json(fp_path, now)
-      evaluate.write_text(os.path.join(path, "config.json"), config_json)
+      files.write_json(fp_path, now)
+      files.write_text(os.path.join(path, "config.json"), config_json)
   except BaseException:
     if lock is not None:
       lock.close()
@@ -174,7 +174,7 @@ def state_dir(wd: Workdir, fingerprint: dict) -> str:
   `open_workdir` to check; the state file records the digest too, so a
   state copied into another config's folder is refused). Other configs'
   states are kept: nothing here deletes."""
-  digest = hashlib.sha256(json.dumps(evaluate.strict(fingerprint),
+  digest = hashlib.sha256(json.dumps(files.strict(fingerprint),
                                      sort_keys=True).encode()).hexdigest()
   return os.path.join(wd.file("protocol"), digest[:16])
 
@@ -219,7 +219,7 @@ def stored_plan(wd: Workdir, budget: tuple[float, str], ids: list[str]
                 ) -> list[list[int]] | None:
   """The chunks (task indices) a resumed run planned, when it planned them
   for this same budget (to the MiB) and these task ids, so a resumed run
-  cuts the same chunks (`ttt.plan.fit_memory`'s `stored`); None
+  cuts the same chunks (`ttt.memory.fit_memory`'s `stored`); None
   otherwise, with a warning when the budget changed. One host only (other
   hosts may not read process 0's files: they plan again)."""
   path = os.path.join(wd.path, "chunks", PLAN_FILE)
@@ -260,7 +260,7 @@ def write_plan(wd: Workdir, budget: tuple[float, str],
       os.remove(path)
   elif sharding.is_main():
     gb = budget[0] if _mib(budget[0]) is not None else None
-    evaluate.write_json(path, dict(budget_gb=gb, budget_source=budget[1],
+    files.write_json(path, dict(budget_gb=gb, budget_source=budget[1],
                                    chunks=chunks))
 
 
@@ -272,7 +272,7 @@ def _mib(gb) -> int | None:
 def write_chunk(wd: Workdir, index: int, chunk: dict) -> None:
   """Writes a finished chunk atomically (process 0)."""
   if sharding.is_main():
-    evaluate.write_json(wd.chunk_path(index), chunk)
+    files.write_json(wd.chunk_path(index), chunk)
 
 
 def add_into(total: dict, part: dict) -> None:

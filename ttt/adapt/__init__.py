@@ -15,7 +15,7 @@ per-chunk calls take data only:
   task of the run, the shared part alone or with a learned prefix per task
   (`Protocol.task_embedding`).
 
-`no_model` (`common.py`) is the stage beside a test double's decoder. The
+`no_model` (`none.py`) is the stage beside a test double's decoder. The
 main job never branches on a protocol's name: a new protocol is a module
 here returning an `Adapt` plus one line in `PROTOCOLS`
 (`tests/protocol_test.py` registers one and runs the main job with it).
@@ -29,8 +29,8 @@ from ttt.adapt.common import (  # noqa: F401  (the face)
   Adapt,
   ChunkData,
   Protocol,
-  no_model,
 )
+from ttt.adapt.none import no_model  # noqa: F401  (the test double's)
 
 # ttt.protocol -> its entry (checked when the config is parsed)
 PROTOCOLS: dict[str, Protocol] = {

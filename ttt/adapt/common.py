@@ -1,10 +1,8 @@
-"""The TTT stage's face: `ChunkData`, `Adapt`, `Protocol`, the no-model stage.
+"""The TTT stage's face: `ChunkData`, `Adapt`, `Protocol`.
 
 Every protocol (`ttt.adapt.PROTOCOLS`) is a `Protocol` whose `make(...)`
 returns an `Adapt`; the main job calls its functions and never asks which
-protocol it runs. `no_model(...)` is the stage a test double runs beside
-its predictor decoder (`ttt.pipeline.make_stages` picks it): no programs,
-no adapters, nothing trains.
+protocol it runs.
 """
 
 from __future__ import annotations
@@ -107,18 +105,3 @@ def slot_index(plan, chunk: list[int], tasks: int, seed: int):
   key = jax.random.key(seed)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(index))
   return slots, index, keys
-
-
-def no_model(*, seed: int, caps, **unused) -> Adapt:
-  """The stage beside a test double's decoder: the chunk's slots, no
-  adapters (None), no programs; takes `make`'s arguments."""
-  del unused
-
-  def build(plan, chunk: list[int]) -> ChunkData:
-    slots, index, keys = slot_index(plan, chunk, caps.tasks, seed)
-    return ChunkData(slots, index, keys, None, np.zeros(caps.tasks, np.int32))
-
-  return Adapt(build=build,
-               train=lambda cd: (None, untrained(len(cd.slots))),
-               tokens=lambda cd: dict(ttt_real=0.0, ttt_computed=0.0),
-               programs={}, inputs=lambda length: {})
