@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sampling import exact, trees
+from sampling import tables, trees
 
 KINDS = ("generic", "nested", "needle")
 
@@ -64,8 +64,8 @@ def make_family(inst: trees.Instance, kind: str = "generic", size: int = 16,
   """A family of `size` candidates containing the instance's target."""
   if kind not in KINDS:
     raise ValueError(f"family kind must be one of {KINDS}")
-  table = exact.node_table(inst)
-  mu = exact.target_law(table)
+  table = tables.node_table(inst)
+  mu = tables.target_law(table)
   leaves = mu.shape[0]
   rng = np.random.default_rng(seed)
   cands = []
@@ -132,7 +132,7 @@ def eliminate(inst: trees.Instance, family: Family, delta: float = 0.01,
   |log μ̂(u) − log Z_i ν_i(u)| ≤ log α (the oracle's error bound); the
   greedy choice then weighs those interval tests against exact leaves.
   """
-  table = exact.node_table(inst)
+  table = tables.node_table(inst)
   leaf_logw = table.logmu[table.first_leaf:]  # exact at leaves (E0)
   logp = np.asarray(family.log_probs, np.float64)
   k, leaves = logp.shape
@@ -206,7 +206,7 @@ def make_sampler(inst: trees.Instance, family: Family, delta: float = 0.01,
   Elimination; per chain only the IMH queries), moves (accepted IMH moves).
   """
   e = eliminate(inst, family, delta, internal=internal)
-  table = exact.node_table(inst)
+  table = tables.node_table(inst)
   log_nu = jnp.asarray(family.log_probs[e.index], jnp.float32)
   log_w = jnp.asarray(table.logmu[table.first_leaf:], jnp.float32)
   S, n = inst.S, inst.n

@@ -1,8 +1,9 @@
-"""Exact laws for small trees (float64, CPU) and lumped chains at any n.
+"""Exact laws of the samplers on small trees (float64 numpy, CPU), and
+lumped chains at any n.
 
-`node_table(inst)` enumerates every node in level order (node = offset(d) +
-base-S value of the prefix) and evaluates log M and log μ̂ with the SAME JAX
-oracle the samplers use; everything after is float64 numpy:
+Everything here works on a `sampling.tables.NodeTable` (every node of the
+tree with log M, log μ̂ and log π_ref, evaluated by the samplers' own JAX
+oracle; `node_table` is re-exported here):
 
 * `topdown_law` (§2a recursion), `rejection_law` (accepted law of §2b);
 * `sj_chain` / `lifted_chain` / `mh_chain`: the transition structure of the
@@ -12,91 +13,27 @@ oracle the samplers use; everything after is float64 numpy:
 * `walk_law(...)`: the output law of a walk at horizon T conditioned on the
   read-out landing on a leaf, P(leaf) and expected moves -- for the lifted
   walk averaged over the read-out window ⌊T/2⌋..T;
-* `exact_output_law(inst, method, **params)` → float64[S^n] (leaves by
-  base-S integer) for 'top_down', 'rejection', 'js', 'lifted', 'vgb',
-  'ttt_elim'; `tv(p, q)`;
 * `lumped_cost(g, n, ...)`: Lemma S -- for depth-factor oracles μ̂(v) =
   g(|v|) M(v) the depth of SJ (and (depth, direction) of the lifted walk) is
   a Markov chain; expected moves per exact sample for any n (§4.2, §6.5).
+
+It knows no method by name: a sampler's exact output law, float64[S^n]
+(leaves by base-S integer), is its registry entry's `exact_law`, built from
+these pieces (`sampling.METHODS`, `sampling.exact_output_law`).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from sampling import oracles, trees
-
-MAX_EXACT_NODES = 1 << 16
-
-
-class NodeTable(NamedTuple):
-  """Every node of a small tree, level order (float64 numpy).
-
-  Attributes:
-    depth: int[N]; parent: int[N] (−1 at the root); symbol: int[N] the last
-      symbol (−1 at the root); logm: log M(v); logmu: log μ̂(v) (exact at
-      leaves); logref: log π_ref(last symbol | parent); first_leaf: index of
-      the first leaf; S, n.
-  """
-
-  depth: np.ndarray
-  parent: np.ndarray
-  symbol: np.ndarray
-  logm: np.ndarray
-  logmu: np.ndarray
-  logref: np.ndarray
-  first_leaf: int
-  S: int
-  n: int
-
-
-def node_table(inst: trees.Instance) -> NodeTable:
-  """Evaluates the oracle at every node (level by level, vmapped)."""
-  S, n = inst.S, inst.n
-  total = trees.num_nodes(S, n)
-  if total > MAX_EXACT_NODES:
-    raise ValueError(f"exact tools enumerate the tree: {total} nodes is "
-                     f"more than {MAX_EXACT_NODES}")
-  pre0 = trees.root(inst)
-
-  def expand(pre, d):
-    logm, logmu, ref = oracles.children(inst, pre, d)
-    kids = jax.vmap(lambda a: trees.push(inst, pre, d, a, logm, logmu, ref)
-                    )(jnp.arange(S))
-    return kids, logm, logmu, ref
-
-  level = jax.tree.map(lambda x: x[None], pre0)
-  depth, parent, symbol = [0], [-1], [-1]
-  logm, logmu, logref = [trees.log_z(inst)], [float(pre0.logmu[0])], [0.0]
-  for d in range(n):
-    kids, lm, lmu, ref = jax.jit(jax.vmap(lambda p, d=d: expand(p, d)))(level)
-    count = S ** d
-    off = trees.level_offset(S, d)
-    depth += [d + 1] * (count * S)
-    parent += list(np.repeat(np.arange(off, off + count), S))
-    symbol += list(np.tile(np.arange(S), count))
-    logm += list(np.asarray(lm, np.float64).ravel())
-    logmu += list(np.asarray(lmu, np.float64).ravel())
-    logref += list(np.asarray(ref, np.float64).ravel())
-    level = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), kids)
-  return NodeTable(np.array(depth), np.array(parent), np.array(symbol),
-                   np.array(logm), np.array(logmu), np.array(logref),
-                   trees.level_offset(S, n), S, n)
-
-
-def target_law(table: NodeTable) -> np.ndarray:
-  """μ* as float64[S^n]."""
-  lw = table.logm[table.first_leaf:]
-  p = np.exp(lw - np.max(lw))
-  return p / p.sum()
-
-
-def tv(p, q) -> float:
-  return 0.5 * float(np.abs(np.asarray(p) - np.asarray(q)).sum())
+from sampling.tables import (  # noqa: F401  (node_table: re-exported)
+  NodeTable,
+  node_table,
+  target_law,
+  tv,
+)
 
 
 def _children_index(table: NodeTable) -> np.ndarray:
@@ -311,72 +248,6 @@ def walk_law(table: NodeTable, chain: Chain, steps: int,
   p_leaf = float(leaves.sum())
   law = leaves / p_leaf if p_leaf > 0 else leaves
   return WalkLaw(law, p_leaf, moves_acc / count, tv(law, target_law(table)))
-
-
-def exact_output_law(inst: trees.Instance, method: str, steps: int = 256,
-                     leaf_loop: float | None = None, alpha: float | None = None,
-                     form: str = "sj", family=None, delta: float = 0.01,
-                     internal: bool = False, **unused) -> np.ndarray:
-  """The exact output law of a sampler, float64[S^n] (leaf = base-S index).
-
-  Args:
-    inst: the instance (small: ≤ 65536 nodes).
-    method: 'top_down', 'rejection', 'js', 'lifted', 'vgb', 'ttt_elim'.
-    steps: the horizon T in lazy-chain steps (walks).
-    leaf_loop: λ (default 0 for js/vgb, 2αn for lifted).
-    alpha: the α rejection assumes (default the instance's).
-    form: 'sj' or 'mh' for 'vgb'.
-    family, delta, internal: for 'ttt_elim', the candidate family, the TV
-      diameter to stop at, and interval tests at internal nodes (see
-      `sampling.bounded.eliminate`).
-
-  For walks the law is conditioned on the read-out landing on a leaf.
-
-  Raises:
-    ValueError: when the method has no law to give: a walk whose horizon
-      is shorter than the depth (it never reaches a leaf), or any output
-      that is not a probability vector (it is never returned).
-  """
-  del unused
-  if method in ("js", "vgb", "lifted") and steps < inst.n:
-    raise ValueError(
-        f"{method} with steps={steps} never reaches a leaf of a depth-"
-        f"{inst.n} tree (a walk moves one level per step), so it has no "
-        f"output law: give steps >= {inst.n} (the depth)")
-  law = _output_law(inst, node_table(inst), method, steps, leaf_loop,
-                    alpha, form, family, delta, internal)
-  total = float(np.sum(law))
-  if not (np.all(np.isfinite(law)) and np.all(law >= 0)
-          and abs(total - 1) <= 1e-6):
-    raise ValueError(
-        f"{method}'s output on this instance is not a law (it sums to "
-        f"{total:.6g}, not 1): it never outputs a leaf with these "
-        f"parameters (steps={steps}, leaf_loop={leaf_loop}, alpha={alpha})")
-  return law
-
-
-def _output_law(inst, table, method, steps, leaf_loop, alpha, form, family,
-                delta, internal) -> np.ndarray:
-  """`exact_output_law` before its check that the result is a law."""
-  if method == "top_down":
-    return topdown_law(table)
-  if method == "rejection":
-    return rejection_law(table, alpha or inst.alpha)[0]
-  if method == "js":
-    return walk_law(table, sj_chain(table, leaf_loop or 0.0), steps).law
-  if method == "vgb":
-    chain = (mh_chain(table, leaf_loop or 0.0) if form == "mh"
-             else sj_chain(table, leaf_loop or 0.0))
-    return walk_law(table, chain, steps).law
-  if method == "lifted":
-    lam = 2 * inst.alpha * inst.n if leaf_loop is None else leaf_loop
-    return walk_law(table, lifted_chain(table, max(lam, 1.0)), steps,
-                    window=True).law
-  if method == "ttt_elim":
-    from sampling import bounded
-
-    return bounded.exact_ttt_law(inst, family, delta, internal)
-  raise ValueError(f"unknown method {method!r}")
 
 
 # --- Lemma S: lumped chains for depth-factor oracles --------------------------

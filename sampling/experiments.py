@@ -48,12 +48,12 @@ import numpy as np
 from absl import logging
 
 import sampling
-from sampling import bounded, exact, montecarlo, trees
+from sampling import bounded, exact, montecarlo, tables, trees
 from sampling import mesh as sharding
 
 # The deepest binary tree the exact tools enumerate (`ns_tree`).
 MAX_EXACT_DEPTH = max(n for n in range(trees.MAX_DEPTH + 1)
-                      if trees.num_nodes(2, n) <= exact.MAX_EXACT_NODES)
+                      if trees.num_nodes(2, n) <= tables.MAX_EXACT_NODES)
 # The longest walk the sweep runs: int32 step counters, with room for a
 # holding time past the horizon.
 MAX_STEPS = 1 << 30
@@ -89,11 +89,11 @@ class ExperimentConfig:
     _ints("ns_tree", self.ns_tree, trees.MAX_DEPTH, empty=False)
     for n in self.ns_tree:
       nodes = trees.num_nodes(2, n)
-      if nodes > exact.MAX_EXACT_NODES:
+      if nodes > tables.MAX_EXACT_NODES:
         raise trees.InstanceError(
             f"sampling.ns_tree: depth {n} is too large for the exact tools "
             f"(they enumerate the tree: {nodes} nodes, more than "
-            f"{exact.MAX_EXACT_NODES}); give depths <= {MAX_EXACT_DEPTH}")
+            f"{tables.MAX_EXACT_NODES}); give depths <= {MAX_EXACT_DEPTH}")
     _ints("ns_lumped", self.ns_lumped, None, empty=False)
     _ints("ns_topdown", self.ns_topdown, None, empty=False)
     _ints("mc_ns", self.mc_ns, trees.MAX_DEPTH, empty=True)
@@ -208,7 +208,7 @@ def walk_curve(table, chain, horizons, window: bool) -> dict:
   evolution; the lifted read-out averages over ⌊T/2⌋..T)."""
   horizons = sorted(int(t) for t in horizons)
   n_nodes = len(table.logmu)
-  mu = exact.target_law(table)
+  mu = tables.target_law(table)
   p = np.zeros(len(chain.stay))
   p[0] = 1.0
   mv = exact.move_prob(chain)
@@ -231,7 +231,7 @@ def walk_curve(table, chain, horizons, window: bool) -> dict:
     pl = float(leaf.sum())
     out["steps"].append(t)
     out["p_leaf"].append(pl)
-    out["tv"].append(exact.tv(leaf / pl, mu) if pl > 0 else 1.0)
+    out["tv"].append(tables.tv(leaf / pl, mu) if pl > 0 else 1.0)
     out["moves_per_sample"].append(mv_avg / pl if pl > 0 else float("inf"))
   return out
 
@@ -335,8 +335,8 @@ def run(config: Any, workdir: str) -> dict:
     inst = trees.make_instance(2, n, cfg.target, cfg.pattern, cfg.alpha,
                                seed=cfg.seed, **({"p": cfg.p} if cfg.target
                                                  in ("product",) else {}))
-    table = exact.node_table(inst)
-    mu = exact.target_law(table)
+    table = tables.node_table(inst)
+    mu = tables.target_law(table)
     t_max = int(cfg.horizon_factor * cfg.alpha ** 2 * n ** 2)
     grid = np.unique(np.geomspace(n, t_max, cfg.num_horizons).astype(int))
     lam = 2 * cfg.alpha * n
@@ -351,11 +351,11 @@ def run(config: Any, workdir: str) -> dict:
         curves=curves,
         cost_to_delta={k: cost_to_delta(v, cfg.delta)
                        for k, v in curves.items()},
-        topdown=dict(tv=exact.tv(exact.topdown_law(table), mu),
+        topdown=dict(tv=tables.tv(exact.topdown_law(table), mu),
                      moves_per_sample=n),
-        rejection=dict(tv=exact.tv(law, mu), moves_per_sample=n / p_acc,
+        rejection=dict(tv=tables.tv(law, mu), moves_per_sample=n / p_acc,
                        p_accept=p_acc),
-        ttt_elim=dict(queries=elim.queries, tv=exact.tv(
+        ttt_elim=dict(queries=elim.queries, tv=tables.tv(
             np.exp(fam.log_probs[elim.index]), mu)))
     logging.info("tree n=%d done (%.0fs)", n, time.perf_counter() - t0)
   res["tree"] = {str(k): v for k, v in tree.items()}
@@ -383,7 +383,7 @@ def run(config: Any, workdir: str) -> dict:
     xs, st = sampling.sample(inst, method, key, cfg.mc_chains, **kw)
     emp = sampling.empirical_law(xs, 2, st["accepted"])
     law = sampling.exact_output_law(inst, method, **kw)
-    mc[method] = dict(tv_empirical_vs_exact=exact.tv(emp, law),
+    mc[method] = dict(tv_empirical_vs_exact=tables.tv(emp, law),
                       accepted=float(st["accepted"].mean()),
                       oracle_calls=float(st["oracle_calls"].mean()),
                       moves=float(st["moves"].mean()))

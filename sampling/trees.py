@@ -486,22 +486,39 @@ def _subtree_logm(leaf_logw: np.ndarray, S: int, n: int) -> np.ndarray:
   return np.concatenate(levels[::-1])
 
 
+def _has_mass(inst: Instance) -> np.ndarray:
+  """bool[(S^n − 1)/(S − 1)]: M(v) > 0 at each internal node, level order.
+
+  Read off what the instance holds (no oracle call, any size): a table
+  target's subtree masses; a DFA target's backward values V[|v|,
+  state(v)], the automaton run level by level; the other targets have
+  full support (p > 0, a softmax, uniform).
+  """
+  S, n = inst.S, inst.n
+  internal = num_nodes(S, n) - S ** n
+  if inst.target == "table":
+    return np.isfinite(inst.arrays["node_logm"][:internal])
+  if inst.target != "dfa":
+    return np.ones(internal, bool)
+  trans, logv = inst.arrays["trans"], inst.arrays["logv"]
+  state = np.array([int(inst.arrays["start"])])
+  levels = []
+  for d in range(n):  # children in level order: parent * S + symbol
+    levels.append(np.isfinite(logv[d, state]))
+    state = trans[state].ravel()
+  return np.concatenate(levels)
+
+
 def _check_table_oracle(inst: Instance) -> None:
   """A reachable node with μ̂ = 0 while its subtree has mass is an error."""
   S, n = inst.S, inst.n
-  if inst.target == "table":
-    logm = inst.arrays["node_logm"]
-  else:  # a named target: its true subtree masses, node by node
-    from sampling import exact
-
-    logm = exact.node_table(inst).logm
+  mass = _has_mass(inst)
   lm = inst.arrays["oracle_internal"]
   reach = np.array([True])
   for d in range(n):
     off = level_offset(S, d)
     mu = lm[off:off + S ** d]
-    m = logm[off:off + S ** d]
-    bad = reach & ~np.isfinite(mu) & np.isfinite(m)
+    bad = reach & ~np.isfinite(mu) & mass[off:off + S ** d]
     if bad.any():
       k = int(np.flatnonzero(bad)[0])
       raise InstanceError(

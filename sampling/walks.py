@@ -18,7 +18,8 @@ and `moves` (non-idle transitions). Spec: `../shared/docs/METHOD_SAMPLING.md`.
   (run to the first leaf, biased unless Lemma S applies -- a baseline).
 * `lifted` (§2d, our reconstruction): the balanced lifted walk; internal
   states never idle, leaves hold Geom(2 / (1 + λ)), λ ≥ 1; read-out at T*
-  uniform on ⌊T/2⌋..T.
+  uniform on ⌊T/2⌋..T (the rule, `lifted_move`, is also what
+  `ttt.decoders.vgb_lifted` runs over an answer's token tree).
 * `vgb` (§2e): form 'sj' is the SJ walk (the exact reduction μ̂ = π_ref V̂;
   `ttt.decoders.vgb` runs the same rule, `sj_move`, over an
   answer's token tree with a language model);
@@ -281,16 +282,61 @@ def make_js(inst: trees.Instance, steps: int, leaf_loop: float = 0.0,
   return chain
 
 
+def lifted_hold(leaf_loop: float) -> float:
+  """log P(a leaf state of the balanced lifted walk stays), λ ≥ 1 (§2d:
+  each of a leaf's two states moves on w.p. 2 / (1 + λ))."""
+  if leaf_loop < 1:
+    raise ValueError("the lifted walk needs leaf_loop >= 1")
+  return (math.log1p(-2.0 / (1.0 + leaf_loop)) if leaf_loop > 1
+          else -math.inf)
+
+
+def lifted_move(key_hold, key_turn, key_child, leaf, down, log_parent,
+                log_children, log_hold_leaf):
+  """One transition of the balanced lifted walk (§2d) at a state (v, d) --
+  the rule `make_lifted` and the lifted VGB decoder of `ttt.decoders` run.
+
+  With a = μ̂(v) (0 at the root), b = Σ_c μ̂(v·c) and m = max(a, b): heading
+  down, go to child c w.p. μ̂(v·c) / m, else turn up; heading up, go to the
+  parent w.p. a / m, else turn down. A leaf holds Geom(2 / (1 + λ)) steps,
+  then turns up (heading down) or goes to its parent (heading up).
+
+  Args:
+    key_hold, key_turn, key_child: PRNG keys (leaf holding time, go on or
+      turn, which child).
+    leaf: bool[], the node is a leaf.
+    down: bool[], the direction bit (True: heading down).
+    log_parent: log a(v) = log μ̂(v) (−inf at the root).
+    log_children: float[S] log μ̂(v·c) (−inf: no such child).
+    log_hold_leaf: `lifted_hold(λ)`.
+
+  Returns:
+    (h int32[], steps until the transition (1 at internal nodes, which
+    never idle), to_child bool[], to_parent bool[], turn bool[] (the
+    direction bit flips, the node stays), child int32[] (meaningful where
+    to_child)); exactly one of to_child, to_parent, turn holds.
+  """
+  h = jnp.where(leaf, _geom(key_hold, jnp.float32(log_hold_leaf)), 1)
+  lb = jax.nn.logsumexp(log_children)
+  lm = jnp.maximum(log_parent, lb)
+  u = jnp.log(jax.random.uniform(key_turn, minval=1e-12))
+  # internal: down w.p. b/m (else reverse); up w.p. a/m (else reverse)
+  go_on = jnp.where(down, u < lb - lm, u < log_parent - lm)
+  child = jax.random.categorical(key_child, log_children)
+  to_child = ~leaf & down & go_on
+  to_parent = (~leaf & ~down & go_on) | (leaf & ~down)
+  turn = ~leaf & ~go_on | (leaf & down)
+  return h, to_child, to_parent, turn, child
+
+
 def make_lifted(inst: trees.Instance, steps: int,
                 leaf_loop: float | None = None, trace: int = 0):
   """The balanced lifted walk with a randomised read-out time (trace: as
   in `make_js`)."""
   lam = 2 * inst.alpha * inst.n if leaf_loop is None else float(leaf_loop)
-  if lam < 1:
-    raise ValueError("the lifted walk needs leaf_loop >= 1")
+  log_hold_leaf = lifted_hold(lam)
   w = _Walk(inst)
   n, S = w.n, w.S
-  log_hold_leaf = math.log1p(-2.0 / (1.0 + lam)) if lam > 1 else -math.inf
 
   def chain(key):
     key, kt = jax.random.split(key)
@@ -303,18 +349,10 @@ def make_lifted(inst: trees.Instance, steps: int,
       pre, d, t, down = c["pre"], c["d"], c["t"], c["down"]
       key, kh, ku, kc = jax.random.split(c["key"], 4)
       leaf = d == n
-      h = jnp.where(leaf, _geom(kh, jnp.float32(log_hold_leaf)), 1)
-      over = t + h > t_star
       la, logm, logmu, ref = w.neighbours(pre, d)
-      lb = jax.nn.logsumexp(logmu)
-      lm = jnp.maximum(la, lb)
-      u = jnp.log(jax.random.uniform(ku, minval=1e-12))
-      # internal: down w.p. b/m (else reverse); up w.p. a/m (else reverse)
-      go_on = jnp.where(down, u < lb - lm, u < la - lm)
-      a = jax.random.categorical(kc, logmu)
-      to_child = ~leaf & down & go_on
-      to_parent = (~leaf & ~down & go_on) | (leaf & ~down)
-      flip = ~leaf & ~go_on | (leaf & down)
+      h, to_child, to_parent, flip, a = lifted_move(
+          kh, ku, kc, leaf, down, la, logmu, log_hold_leaf)
+      over = t + h > t_star
       pushed = trees.push(inst, pre, jnp.minimum(d, n - 1), a, logm, logmu,
                           ref)
       move = ~over

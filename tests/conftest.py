@@ -7,8 +7,14 @@ controller; its workers and subprocesses inherit it through the
 environment), removed when the session ends. Compiles are still logged
 (`jax_log_compiles`), so the compile-once guards count the same; a cached
 program is the same executable, so no result depends on it.
+
+The helpers that several test files use live here (`from conftest import
+...`); test files never import each other.
 """
 
+import collections
+import json
+import logging
 import os
 import shutil
 import tempfile
@@ -67,3 +73,216 @@ def tiny_job_config(**run):
   c.views.orders = 1
   c.views.transforms = ("transpose",)
   return c
+
+
+# --- the main job's tiny config, its stages and its compiles ----------------
+
+
+def tiny_pipeline_config(**run):
+  """`tiny_job_config` with two views besides the identity (transpose,
+  rot90): the job the pipeline tests run. `run` fields override the run
+  group."""
+  c = tiny_job_config(**run)
+  c.views.transforms = ("transpose", "rot90")
+  return c
+
+
+def build_stages(c, predictor=None):
+  """(plan, stages) as `pipeline.run` builds them for config `c` (from the
+  public factories; the weights placed on the mesh)."""
+  from ttt import job as job_lib
+  from ttt import pipeline, sharding
+  from ttt import plan as plan_lib
+  from ttt import weights as weights_lib
+
+  job = job_lib.parse(c)
+  tasks, _ = plan_lib.load_tasks(job.run)
+  mesh = sharding.make_mesh()
+  plan = plan_lib.plan_run(tasks, mesh, run=job.run, data_cfg=job.data,
+                           views_cfg=job.views, decode=job.decode)
+  weights, _ = weights_lib.load(job.init_from, job.model, job.adapter, 0)
+  weights = weights_lib.place(weights, mesh)
+  return plan, pipeline.make_stages(job, plan, weights, mesh, predictor)
+
+
+def stage_programs(c, predictor=None) -> dict:
+  """{stage.program: its jit name} of the stages `pipeline.run` builds for
+  config `c`."""
+  stages = build_stages(c, predictor)[1]
+  return {k: p.__name__ for k, p in stages.programs().items()}
+
+
+class CompileLog(logging.Handler):
+  """Collects JAX's 'Compiling NAME with global shapes ...' records (logged
+  while `jax_log_compiles` is on); `names()` counts them per jit name."""
+
+  def __init__(self):
+    super().__init__(logging.WARNING)
+    self.seen = []
+
+  def emit(self, record):
+    msg = record.getMessage()
+    if msg.startswith("Compiling "):
+      self.seen.append(msg.split(". Argument mapping")[0])
+
+  def names(self):
+    return collections.Counter(m.split()[1] for m in self.seen)
+
+
+def run_counting_compiles(c, workdir) -> tuple[dict, collections.Counter]:
+  """(summary, compiles per jit name, e.g. 'jit(train_task)') of
+  `pipeline.run(c, workdir)`."""
+  import jax
+
+  from ttt import pipeline
+
+  log = CompileLog()
+  logger = logging.getLogger("jax")
+  logger.addHandler(log)
+  jax.config.update("jax_log_compiles", True)
+  try:
+    s = pipeline.run(c, workdir)
+  finally:
+    jax.config.update("jax_log_compiles", False)
+    logger.removeHandler(log)
+  return s, log.names()
+
+
+# --- export ------------------------------------------------------------------
+
+EXPORT_PLATFORMS = ("cuda", "tpu")
+
+
+def export_lowers(fn, *args):
+  """`jax.export` of `fn(*args)` for every platform of `EXPORT_PLATFORMS`
+  (on CPU): asserts a real module came back for them all, returns it."""
+  from jax import export
+
+  exp = export.export(fn, platforms=EXPORT_PLATFORMS)(*args)
+  assert tuple(exp.platforms) == EXPORT_PLATFORMS
+  assert exp.mlir_module_serialized  # a real module for both platforms
+  return exp
+
+
+# --- tiny language-model snapshots on disk ----------------------------------
+
+TOKENIZER_SPECIALS = ["<s>", "</s>", "<pad>", "<|reserved|>"]  # ids 0..3
+
+
+def write_tokenizer(directory, pad=None):
+  """Writes a byte-level BPE tokenizer.json (`TOKENIZER_SPECIALS` + the 256
+  byte symbols) and a tokenizer_config.json (bos '<s>', eos '</s>', `pad`
+  if given) to `directory`."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+  alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+  vocab = {t: i for i, t in enumerate(TOKENIZER_SPECIALS + alphabet)}
+  tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.add_special_tokens(TOKENIZER_SPECIALS)
+  tok.save(os.path.join(directory, "tokenizer.json"))
+  config = dict(bos_token="<s>", eos_token="</s>")
+  if pad:
+    config["pad_token"] = pad
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    json.dump(config, f)
+
+
+def build_hf_snapshot(directory, kind, overrides, bf16=False, v4_rope=False,
+                      max_shard_size=None):
+  """Saves a tiny random `<kind>ForCausalLM` snapshot (transformers; 2
+  layers, d 64, vocabulary 300, weights far from the init) with
+  `write_tokenizer`'s tokenizer to `directory`; returns its path.
+  `overrides` update the `<kind>Config`; `bf16` stores bfloat16,
+  `max_shard_size` shards the file, `v4_rope` rewrites `rope_parameters` as
+  v4's top-level rope_theta / rope_scaling."""
+  import torch
+  import transformers
+
+  config = getattr(transformers, kind + "Config")(**{**dict(
+      vocab_size=300, hidden_size=64, intermediate_size=96,
+      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+      bos_token_id=0, eos_token_id=1), **overrides})
+  torch.manual_seed(0)
+  model = getattr(transformers, kind + "ForCausalLM")(config)
+  with torch.no_grad():  # weights far from the init: biases, norms matter
+    for name, p in model.named_parameters():
+      if "norm" in name:
+        p.uniform_(0.5, 1.5)
+      else:
+        p.normal_(0, 0.5 if name.endswith("bias") else 0.15)
+  if bf16:
+    model = model.to(torch.bfloat16)
+  kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+  model.save_pretrained(directory, **kwargs)
+  if v4_rope:
+    file = os.path.join(directory, "config.json")
+    with open(file) as f:
+      stored = json.load(f)
+    rope = stored.pop("rope_parameters")
+    stored["rope_theta"] = rope.pop("rope_theta")
+    stored["rope_scaling"] = rope
+    with open(file, "w") as f:
+      json.dump(stored, f)
+  write_tokenizer(directory)
+  return str(directory)
+
+
+# config.json of `tiny_snapshot`: a 1-layer Llama, d 64, vocabulary 300
+TINY_SNAPSHOT_CONFIG = dict(model_type="llama", hidden_size=64,
+                            num_attention_heads=4, num_hidden_layers=1,
+                            intermediate_size=8, vocab_size=300)
+
+
+def tiny_snapshot(path, config=None, tensors=None):
+  """A snapshot written without transformers: config.json
+  (`TINY_SNAPSHOT_CONFIG` unless `config`), model.safetensors (one norm
+  weight unless `tensors`, {name: array}) and `write_tokenizer`'s
+  tokenizer; returns its path. Skips without safetensors/tokenizers."""
+  import numpy as np
+
+  safetensors_numpy = pytest.importorskip("safetensors.numpy")
+  pytest.importorskip("tokenizers")
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(TINY_SNAPSHOT_CONFIG if config is None else config, f)
+  safetensors_numpy.save_file(
+      tensors or {"model.norm.weight": np.ones(64, np.float32)},
+      os.path.join(path, "model.safetensors"))
+  write_tokenizer(path)
+  return str(path)
+
+
+def write_gguf(file, arch="llama", tokenizer="gpt2", chat_template=None):
+  """Writes a tiny GGUF file: Llama metadata under `arch`,
+  `write_tokenizer`'s vocabulary as tokenizer model `tokenizer` (byte-level
+  BPE 'gpt2'), an optional chat template, two tensors; returns its path.
+  Skips without gguf/tokenizers."""
+  import numpy as np
+
+  gguf = pytest.importorskip("gguf")
+  pre_tokenizers = pytest.importorskip("tokenizers.pre_tokenizers")
+  tokens_ = TOKENIZER_SPECIALS + sorted(pre_tokenizers.ByteLevel.alphabet())
+  w = gguf.GGUFWriter(str(file), arch)
+  w.add_block_count(1)
+  w.add_embedding_length(64)
+  w.add_head_count(4)
+  w.add_feed_forward_length(8)
+  w.add_context_length(128)
+  w.add_tokenizer_model(tokenizer)
+  w.add_token_list(tokens_)
+  w.add_token_types([3] * len(TOKENIZER_SPECIALS)
+                    + [1] * (len(tokens_) - len(TOKENIZER_SPECIALS)))
+  w.add_token_merges([])
+  w.add_bos_token_id(0)
+  w.add_eos_token_id(1)
+  if chat_template is not None:
+    w.add_chat_template(chat_template)
+  w.add_tensor("token_embd.weight", np.ones((len(tokens_), 64), np.float32))
+  w.add_tensor("output_norm.weight", np.ones(64, np.float32))
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  return str(file)

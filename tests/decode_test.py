@@ -1,6 +1,8 @@
 """Tests for ttt.decoders (the kernels and methods) and ttt.views."""
 
+import functools
 import os
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from ttt.decoders import common as decode
 from ttt.decoders import dfs as dfs_lib
 from ttt.decoders import sampled
 from ttt.decoders import vgb as vgb_lib
+from ttt.decoders import vgb_lifted as vgb_lifted_lib
 
 TINY = dict(num_layers=2, d_model=64, num_heads=4, mlp_dim=128,
             dtype="float32")
@@ -358,15 +361,26 @@ def _vgb_node_table(model, p, lengths, coords, segs, tmaps, max_new):
                          max_new), level
 
 
-def test_vgb_output_law_is_the_exact_walk_law():
-  """The decoder's time-T law (many chains, after the greedy descent)
-  equals the exact law of the SJ chain (`sampling.exact`) on the answer tree
-  with μ̂(y) = geometric mean over the views of their prefix probabilities;
-  that chain's stationary law on complete answers is ∝ μ̂(x)."""
+class _WalkCase(NamedTuple):
+  """The walk decoders' exact-law case: the shipped model, 2 views, the
+  answer tree up to 3 tokens (every 1 x 1 answer) as a node table."""
+
+  graphdef: Any
+  adapters: Any
+  base: Any
+  args: tuple  # (prompts, lengths, coords, segments, usable, tmaps)
+  table: Any  # sampling.exact.NodeTable
+  leaves: list  # the depth-3 prefixes (token tuples), table order
+  complete: np.ndarray  # bool[leaves]: a complete answer (ends in EOS)
+  dead: np.ndarray  # int: node indices of well-formed 3-token dead ends
+  start: int  # node index of the constrained-greedy answer
+
+
+@functools.cache
+def _walk_case(max_new=3) -> _WalkCase:
   # the shipped model on a task with 1 x 1 answers (the majority colour):
   # the tree up to 3 tokens holds every answer
   from configs import arc_ttt
-  from sampling import exact
   from ttt import job as job_lib
   from ttt import weights as weights_lib
 
@@ -376,7 +390,6 @@ def test_vgb_output_law_is_the_exact_walk_law():
   job = job_lib.parse(cfg)
   w, _ = weights_lib.load(job.init_from, job.model, job.adapter,
                           job.run.seed)
-  graphdef, adapters, base = w.graphdef, w.template, w.base
   rng = np.random.default_rng(0)
 
   def pair():
@@ -393,47 +406,147 @@ def test_vgb_output_law_is_the_exact_walk_law():
   p, lengths, coords, segs = _prompts(task, vs, 96)
   tmaps = np.stack([np.arange(tokens.VOCAB_SIZE)] * 2).astype(np.int32)
   tmaps[1, :10] = perm
-  max_new, horizon, chains, loop = 3, 30, 1000, 4.0
-  vgb = vgb_lib.make_program(graphdef, max_new, chains, horizon,
-                             leaf_loop=loop, start="greedy")
-  stack = lambda x: np.asarray(x)[None]  # noqa: E731
-  answers, ok, calls = jax.device_get(vgb(
-      base, jax.tree.map(lambda x: x[None], adapters), np.zeros(1, np.int32),
-      *map(stack, (p, lengths, coords, segs, np.ones(2, bool), tmaps)),
-      jax.random.key(0)[None]))
-  merged = lora.merge(graphdef, adapters, base)
+  merged = lora.merge(w.graphdef, w.template, w.base)
   table, leaves = _vgb_node_table(merged, p, lengths, coords, segs, tmaps,
                                   max_new)
   first = table.first_leaf
   complete = np.array([y[-1] == tokens.EOS for y in leaves]) & np.isfinite(
       table.logmu[first:])
-  chain = exact.sj_chain(table, leaf_loop=loop)
-  # a prefix of max_new tokens without EOS is a dead end, not an answer:
-  # no loop, it can only go back up
   dead = np.flatnonzero(~complete & np.isfinite(table.logmu[first:])) + first
-  chain.stay[dead] = 0.5
-  chain.moves["up"][2][dead - 1] = 0.5
   start = 0  # the greedy descent: argmax child by μ̂ until a leaf
   while start < first:
     start = 1 + start * table.S + int(np.argmax(
         table.logmu[1 + start * table.S:1 + (start + 1) * table.S]))
+  return _WalkCase(w.graphdef, w.template, w.base,
+                   (p, lengths, coords, segs, np.ones(2, bool), tmaps),
+                   table, leaves, complete, dead, start)
+
+
+def _run_walk(make_program, case, chains, horizon, loop, seed=0):
+  """(answers, ok, calls) of a walk decoder's program on the case, one
+  query, greedy start."""
+  program = make_program(case.graphdef, case.table.n, chains, horizon,
+                         leaf_loop=loop, start="greedy")
+  stack = lambda x: np.asarray(x)[None]  # noqa: E731
+  out = program(case.base, jax.tree.map(lambda x: x[None], case.adapters),
+                np.zeros(1, np.int32), *map(stack, case.args),
+                jax.random.key(seed)[None])
+  return tuple(np.asarray(x)[0] for x in jax.device_get(out))
+
+
+def _answer_counts(case, answers, ok):
+  index = {y: j for j, y in enumerate(case.leaves)}
+  counts = np.zeros(len(case.leaves))
+  for a, good in zip(answers, ok, strict=True):
+    if good:
+      counts[index[tuple(a[:case.table.n].tolist())]] += 1
+  return counts
+
+
+def test_vgb_output_law_is_the_exact_walk_law():
+  """The decoder's time-T law (many chains, after the greedy descent)
+  equals the exact law of the SJ chain (`sampling.exact`) on the answer tree
+  with μ̂(y) = geometric mean over the views of their prefix probabilities;
+  that chain's stationary law on complete answers is ∝ μ̂(x)."""
+  from sampling import exact
+
+  case = _walk_case()
+  table, complete, first = case.table, case.complete, case.table.first_leaf
+  horizon, chains, loop = 30, 1000, 4.0
+  answers, ok, calls = _run_walk(vgb_lib.make_program, case, chains, horizon,
+                                 loop)
+  chain = exact.sj_chain(table, leaf_loop=loop)
+  # a prefix of max_new tokens without EOS is a dead end, not an answer:
+  # no loop, it can only go back up
+  chain.stay[case.dead] = 0.5
+  chain.moves["up"][2][case.dead - 1] = 0.5
   law = np.zeros(len(table.logmu))
-  law[start] = 1.0
+  law[case.start] = 1.0
   for _ in range(horizon):
     law = exact.evolve(chain, law)
   at_t = law[first:] * complete  # P(X_T = x) for complete answers x
-  index = {y: j for j, y in enumerate(leaves)}
-  counts = np.zeros(len(leaves))
-  for a, good in zip(answers[0], ok[0], strict=True):
-    if good:
-      counts[index[tuple(a[:max_new].tolist())]] += 1
+  counts = _answer_counts(case, answers, ok)
   sd = np.sqrt(at_t.sum() * (1 - at_t.sum()) / chains)
   assert 0.2 < at_t.sum() and np.count_nonzero(at_t > 1e-2) >= 2
-  assert abs(ok[0].mean() - at_t.sum()) < 4 * sd
+  assert abs(ok.mean() - at_t.sum()) < 4 * sd
   assert exact.tv(counts / counts.sum(), at_t / at_t.sum()) < 0.05
-  assert calls[0].sum() > 0
+  assert calls.sum() > 0
   # the stationary law on complete answers is the views' geometric mean
   station = exact.stationary(chain)[first:] * complete
   target = np.where(complete, np.exp(table.logmu[first:]), 0.0)
   np.testing.assert_allclose(station / station.sum(), target / target.sum(),
                              atol=1e-9)
+
+
+def _lifted_answer_chain(case, loop):
+  """`sampling.exact.lifted_chain` on the case's tree, with its dead ends
+  made what the decoder walks: internal nodes without children (turn, then
+  go up; W = 2 μ̂)."""
+  from sampling import exact
+
+  chain = exact.lifted_chain(case.table, leaf_loop=loop)
+  n_nodes = len(case.table.logmu)
+  dead = case.dead
+  chain.stay[dead] = chain.stay[n_nodes + dead] = 0.0
+  chain.moves["reverse_down"][2][dead] = 1.0
+  chain.moves["up"][2][dead - 1] = 1.0
+  mu = np.exp(case.table.logmu)
+  chain.weights[dead] = chain.weights[n_nodes + dead] = 2 * mu[dead]
+  return chain
+
+
+def _window_law(chain, case, horizon, lifted=True):
+  """P(X_{T*} = x), T* uniform on ⌊T/2⌋..T, from (greedy answer, ↓), for
+  every depth-3 prefix x; lifted=False forgets the direction bit before
+  every step (re-drawn fair: the unlifted chain the lifting projects to)."""
+  from sampling import exact
+
+  n_nodes = len(case.table.logmu)
+  p = np.zeros(2 * n_nodes)
+  p[case.start] = 1.0
+  acc = np.zeros(n_nodes)
+  for t in range(horizon + 1):
+    if t >= horizon // 2:
+      acc += p[:n_nodes] + p[n_nodes:]
+    if not lifted:
+      p = np.tile((p[:n_nodes] + p[n_nodes:]) / 2, 2)
+    p = exact.evolve(chain, p)
+  return acc[case.table.first_leaf:] / (horizon - horizon // 2 + 1)
+
+
+def test_vgb_lifted_output_law_is_the_exact_lifted_law():
+  """The lifted decoder's law at its random read-out time (T* uniform on
+  ⌊T/2⌋..T, after the greedy descent) equals the exact law of the balanced
+  lifted chain (`sampling.exact.lifted_chain`) on the answer tree, and is
+  far from the law of the same chain with its lifting removed (the
+  direction bit forgotten every step) -- a decoder that dropped the
+  direction fails here; the stationary law on complete answers is the
+  views' geometric mean, as for 'vgb'."""
+  from sampling import exact
+
+  case = _walk_case()
+  table, complete, first = case.table, case.complete, case.table.first_leaf
+  horizon, chains, loop = 16, 2000, 4.0
+  answers, ok, calls = _run_walk(vgb_lifted_lib.make_program, case, chains,
+                                 horizon, loop)
+  chain = _lifted_answer_chain(case, loop)
+  lifted = _window_law(chain, case, horizon) * complete
+  unlifted = _window_law(chain, case, horizon, lifted=False) * complete
+  counts = _answer_counts(case, answers, ok)
+  assert np.count_nonzero(lifted > 1e-2) >= 2 and calls.sum() > 0
+  sd = np.sqrt(lifted.sum() * (1 - lifted.sum()) / chains)
+  assert abs(ok.mean() - lifted.sum()) < 4 * sd
+  got = counts / chains  # P(complete answer x at T*), one row per answer
+  assert exact.tv(got, lifted) < 0.04, (exact.tv(got, lifted),
+                                        exact.tv(got, unlifted))
+  assert exact.tv(got, unlifted) > 0.1  # Monte-Carlo error: ~0.01
+  assert exact.tv(lifted, unlifted) > 0.1
+  # the patched chain is stationary at W / ΣW, ∝ μ̂ on complete answers
+  station = exact.stationary(chain)
+  np.testing.assert_allclose(exact.evolve(chain, station), station,
+                             atol=1e-12)
+  on_answers = (station[first:len(table.logmu)]
+                + station[len(table.logmu) + first:]) * complete
+  target = np.where(complete, np.exp(table.logmu[first:]), 0.0)
+  np.testing.assert_allclose(on_answers / on_answers.sum(),
+                             target / target.sum(), atol=1e-9)

@@ -11,15 +11,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax import export
+from conftest import export_lowers
 
 import sampling
 from sampling import walks
 from ttt import data, inner_loop, lora, select, tokens, vote
 from ttt import model as M
 from ttt.decoders import dfs, sampled, vgb
-
-PLATFORMS = ("cuda", "tpu")
 
 
 def _config():
@@ -30,13 +28,6 @@ def _config():
       ttt=dict(steps=2, batch_size=2)))
 
 
-def _lowers(fn, *args):
-  exp = export.export(fn, platforms=PLATFORMS)(*args)
-  assert tuple(exp.platforms) == PLATFORMS
-  assert exp.mlir_module_serialized  # a real module for both platforms
-  return exp
-
-
 def test_ttt_programs_lower_for_gpu_and_tpu():
   cfg = _config()
   key = jax.random.key(0)
@@ -44,7 +35,7 @@ def test_ttt_programs_lower_for_gpu_and_tpu():
   t, n, length = 2, 4, 64
   init = jax.jit(lora.make_init(cfg, key))
   index = jnp.arange(t, dtype=jnp.int32)
-  _lowers(init, None, index)
+  export_lowers(init, None, index)
   adapters = init(None, index)
   row = tokens.Encoded(np.full(length, tokens.PAD, np.int32),
                        np.zeros(length, np.int32),
@@ -54,31 +45,32 @@ def test_ttt_programs_lower_for_gpu_and_tpu():
   keys = jax.random.split(key, t)
   # (without the progress callback: a host callback cannot be exported to
   # another platform from a CPU machine; the program is otherwise the same)
-  _lowers(inner_loop.make_inner_loop(cfg, graphdef), base,
-          adapters, ds, keys)
+  export_lowers(inner_loop.make_inner_loop(cfg, graphdef), base,
+                adapters, ds, keys)
   q, v, p = 3, 2, 32
-  _lowers(sampled.make_program(graphdef, 8, temperature=0.5), base, adapters,
-          jnp.zeros(q, jnp.int32), jnp.zeros((q, v, p), jnp.int32),
-          jnp.ones((q, v), jnp.int32), jnp.zeros((q, v, p, 3), jnp.int32),
-          jnp.ones((q, v), jnp.int32), jnp.ones((q, v), bool),
-          jax.random.split(key, q))
+  export_lowers(sampled.make_program(graphdef, 8, temperature=0.5), base,
+                adapters, jnp.zeros(q, jnp.int32),
+                jnp.zeros((q, v, p), jnp.int32), jnp.ones((q, v), jnp.int32),
+                jnp.zeros((q, v, p, 3), jnp.int32),
+                jnp.ones((q, v), jnp.int32), jnp.ones((q, v), bool),
+                jax.random.split(key, q))
   prompt_args = (jnp.zeros(q, jnp.int32), jnp.zeros((q, v, p), jnp.int32),
                  jnp.ones((q, v), jnp.int32),
                  jnp.zeros((q, v, p, 3), jnp.int32),
                  jnp.ones((q, v), jnp.int32), jnp.ones((q, v), bool))
-  _lowers(dfs.make_program(graphdef, 8, 0.1, 4), base, adapters,
-          *prompt_args)
+  export_lowers(dfs.make_program(graphdef, 8, 0.1, 4), base, adapters,
+                *prompt_args)
   tmaps = jnp.tile(jnp.arange(tokens.VOCAB_SIZE, dtype=jnp.int32), (q, v, 1))
-  _lowers(vgb.make_program(graphdef, 8, 4, 16, 2.0), base, adapters,
-          *prompt_args, tmaps, jax.random.split(key, q))
+  export_lowers(vgb.make_program(graphdef, 8, 4, 16, 2.0), base, adapters,
+                *prompt_args, tmaps, jax.random.split(key, q))
   rows = data.stack_rows([row] * 4, 4, length)
-  _lowers(select.make_row_scorer(graphdef), base, adapters,
-          jnp.zeros(4, jnp.int32), rows)
+  export_lowers(select.make_row_scorer(graphdef), base, adapters,
+                jnp.zeros(4, jnp.int32), rows)
   g, s = 3, 2
-  _lowers(vote.vmap_vote(vote.hierarchical_vote),
-          jnp.zeros((q, g, s, 30, 30), jnp.int8),
-          jnp.ones((q, g, s, 2), jnp.int32), jnp.ones((q, g, s), bool),
-          jnp.zeros((q, g), bool))
+  export_lowers(vote.vmap_vote(vote.hierarchical_vote),
+                jnp.zeros((q, g, s, 30, 30), jnp.int8),
+                jnp.ones((q, g, s, 2), jnp.int32), jnp.ones((q, g, s), bool),
+                jnp.zeros((q, g), bool))
 
 
 def test_sampling_walks_lower_for_gpu_and_tpu():
@@ -86,4 +78,4 @@ def test_sampling_walks_lower_for_gpu_and_tpu():
   keys = jax.random.split(jax.random.key(0), 8)
   for chain in (walks.make_js(inst, 16, leaf_loop=1.0),
                 walks.make_lifted(inst, 16), walks.make_top_down(inst)):
-    _lowers(jax.jit(jax.vmap(chain)), keys)
+    export_lowers(jax.jit(jax.vmap(chain)), keys)

@@ -15,10 +15,10 @@ import pytest
 
 from configs import arc_ttt
 from configs import table as table_config
-from ttt import augment, ckpt, evaluate, pipeline, table, workdir
+from ttt import augment, ckpt, files, pipeline, table, workdir
 from ttt import job as job_lib
+from ttt import memory as memory_lib
 from ttt import model as model_lib
-from ttt import plan as plan_lib
 from ttt import weights as weights_lib
 
 SHIPPED = arc_ttt.get_config().init_from
@@ -58,11 +58,11 @@ def test_atomic_writes_never_follow_a_planted_link(tmp_path):
   wd = tmp_path / "wd"
   wd.mkdir()
   os.symlink(victim, wd / "report.md.tmp")
-  evaluate.write_text(str(wd / "report.md"), "the report")
+  files.write_text(str(wd / "report.md"), "the report")
   assert victim.read_text() == "precious"
   assert (wd / "report.md").read_text() == "the report"
   os.symlink(victim, wd / "results.json")
-  evaluate.write_json(str(wd / "results.json"), {"a": 1})
+  files.write_json(str(wd / "results.json"), {"a": 1})
   assert victim.read_text() == "precious"
   assert not (wd / "results.json").is_symlink()
   assert oct((wd / "report.md").stat().st_mode & 0o777) == oct(0o644)
@@ -92,7 +92,7 @@ def test_a_full_disk_names_the_file_and_leaves_no_temporary(tmp_path,
   target = tmp_path / "submission.json"
   with pytest.raises(OSError, match="could not write .*submission.json: No "
                      "space left"):
-    evaluate.write_json(str(target), {"a": 1})
+    files.write_json(str(target), {"a": 1})
   assert os.listdir(tmp_path) == []
 
 
@@ -219,13 +219,13 @@ def test_every_task_too_long_is_a_finished_run_listing_them(tmp_path):
 def test_a_run_smaller_than_a_chunk_does_not_warn_about_memory():
   """Every run with fewer tasks than `run.chunk_size` warned that the
   chunk size 'does not fit' the budget, even at 1e9 GiB."""
-  mem = plan_lib.Memory(budget=1e9, source="run.memory_gb", resident=1.0,
+  mem = memory_lib.Memory(budget=1e9, source="run.memory_gb", resident=1.0,
                         programs={}, need=2.0, chunk_size=10, rule="fits",
                         per_bucket=None)
-  assert pipeline.chunk_size_warning(mem, 25, 10) is None
+  assert memory_lib.chunk_size_warning(mem, 25, 10) is None
   cut = mem._replace(chunk_size=4)
   assert "chunks of 4 tasks (run.chunk_size=25 does not fit" in \
-      pipeline.chunk_size_warning(cut, 25, 10)
+      memory_lib.chunk_size_warning(cut, 25, 10)
 
 
 # --- table rows ---------------------------------------------------------------

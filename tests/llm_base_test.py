@@ -41,13 +41,14 @@ LLM_TINY = dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,
 def snapshot(tmp_path_factory):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
-  from pretrained_test import _build  # the suite's tiny-snapshot builder
+  from conftest import build_hf_snapshot
 
-  return _build(tmp_path_factory.mktemp("llama") / "snap", "Llama", dict(
-      tie_word_embeddings=True, rope_parameters=dict(
-          rope_type="llama3", rope_theta=500000.0, factor=8.0,
-          low_freq_factor=1.0, high_freq_factor=4.0,
-          original_max_position_embeddings=64)))
+  return build_hf_snapshot(
+      tmp_path_factory.mktemp("llama") / "snap", "Llama", dict(
+          tie_word_embeddings=True, rope_parameters=dict(
+              rope_type="llama3", rope_theta=500000.0, factor=8.0,
+              low_freq_factor=1.0, high_freq_factor=4.0,
+              original_max_position_embeddings=64)))
 
 
 def _job_config(path, **run):
@@ -72,11 +73,11 @@ def test_the_main_job_runs_on_a_pretrained_snapshot_compiling_once(
   """Two chunks on an HF snapshot: loaded through the vocabulary cut, each
   stage's programs compiled once, records written, the base's token
   mapping in the report, and a resume from the same files."""
-  from pipeline_test import _run_counting_compiles, _stage_programs
+  from conftest import run_counting_compiles, stage_programs
 
   c = _job_config(snapshot)
-  names = _stage_programs(c)
-  s, counts = _run_counting_compiles(c, str(tmp_path))
+  names = stage_programs(c)
+  s, counts = run_counting_compiles(c, str(tmp_path))
   assert s["tasks"] == 2 and s["decode"]["model_calls"] > 0
   for stage, program in names.items():
     assert counts[f"jit({program})"] == 1, (stage, program, counts)
@@ -125,7 +126,7 @@ def test_vmapped_ttt_equals_looped_on_an_llm_shape():
 
 
 def test_llm_programs_lower_for_gpu_and_tpu():
-  from export_test import _lowers
+  from conftest import export_lowers
 
   from ttt import select
   from ttt.decoders import dfs, sampled
@@ -143,19 +144,20 @@ def test_llm_programs_lower_for_gpu_and_tpu():
                        np.arange(length, dtype=np.int32),
                        np.zeros((length, 3), np.int32), 1)
   ds = data.stack([data.stack_rows([row] * n, n, length)] * t)
-  _lowers(inner_loop.make_inner_loop(cfg, graphdef), base, adapters, ds,
-          jax.random.split(key, t))
+  export_lowers(inner_loop.make_inner_loop(cfg, graphdef), base, adapters,
+                ds, jax.random.split(key, t))
   q, v, p = 2, 2, 16
   prompt_args = (jnp.zeros(q, jnp.int32), jnp.zeros((q, v, p), jnp.int32),
                  jnp.ones((q, v), jnp.int32),
                  jnp.zeros((q, v, p, 3), jnp.int32),
                  jnp.ones((q, v), jnp.int32), jnp.ones((q, v), bool))
-  _lowers(sampled.make_program(graphdef, 8), base, adapters, *prompt_args,
-          jax.random.split(key, q))
-  _lowers(dfs.make_program(graphdef, 8, 0.1, 4), base, adapters,
-          *prompt_args)
-  _lowers(select.make_row_scorer(graphdef), base, adapters,
-          jnp.zeros(2, jnp.int32), data.stack_rows([row] * 2, 2, length))
+  export_lowers(sampled.make_program(graphdef, 8), base, adapters,
+                *prompt_args, jax.random.split(key, q))
+  export_lowers(dfs.make_program(graphdef, 8, 0.1, 4), base, adapters,
+                *prompt_args)
+  export_lowers(select.make_row_scorer(graphdef), base, adapters,
+                jnp.zeros(2, jnp.int32),
+                data.stack_rows([row] * 2, 2, length))
 
 
 def test_continued_pretraining_from_a_snapshot_exports_a_loadable_model(
@@ -195,10 +197,24 @@ def test_continued_pretraining_from_a_snapshot_exports_a_loadable_model(
 
 def test_remat_gives_the_same_loss_and_adapter_gradients():
   """`model.remat` recomputes each scanned block in the backward pass:
-  the same numbers, fewer activations held."""
+  the same numbers, fewer activations held; and it is not ignored: only
+  the remat=True program holds a remat (`jax.checkpoint`) primitive."""
+  from jax.extend import core
+
   from ttt import inner_loop as il
 
+  def primitives(jaxpr) -> set[str]:
+    """Names of the primitives in `jaxpr` and all its sub-jaxprs."""
+    return {e.primitive.name for e in jaxpr.eqns}.union(
+        *(primitives(sub) for sub in core.subjaxprs(jaxpr)))
+
+  def remats(names) -> set[str]:
+    """The remat primitives among `names`: JAX calls it 'checkpoint' before
+    differentiation, 'remat2' in the differentiated program (JAX 0.10)."""
+    return {n for n in names if n.startswith(("checkpoint", "remat"))}
+
   def loss_and_grads(remat):
+    """((loss, adapter gradients), the names of the program's primitives)."""
     cfg = dict(LLM_TINY, vocab_size=tokens.VOCAB_SIZE, dtype="float32",
                scan_layers=True, remat=remat)
     graphdef, adapters, base = lora.split(M.make_model(
@@ -210,10 +226,13 @@ def test_remat_gives_the_same_loss_and_adapter_gradients():
                             jnp.broadcast_to(jnp.arange(24), (2, 24)),
                             jnp.zeros((2, 24, 3), jnp.int32),
                             jnp.ones(2, bool), jnp.ones_like(toks))
-    return jax.jit(jax.value_and_grad(lambda a: il.sequence_loss(
-        lora.merge(graphdef, a, base), batch)[0]))(adapters)
+    fn = jax.value_and_grad(lambda a: il.sequence_loss(
+        lora.merge(graphdef, a, base), batch)[0])
+    return jax.jit(fn)(adapters), primitives(jax.make_jaxpr(fn)(adapters).jaxpr)
 
-  (l0, g0), (l1, g1) = loss_and_grads(False), loss_and_grads(True)
+  (l0, g0), plain = loss_and_grads(False)
+  (l1, g1), remat = loss_and_grads(True)
+  assert remats(remat) and not remats(plain), (remats(remat), remats(plain))
   np.testing.assert_allclose(l0, l1, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

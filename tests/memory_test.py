@@ -8,17 +8,18 @@ import os
 import numpy as np
 import pytest
 
-from ttt import errors, metrics, pipeline, sharding
+from ttt import errors, pipeline, sharding
 from ttt import job as job_lib
+from ttt import memory as memory_lib
 from ttt import plan as plan_lib
 from ttt import workdir as workdir_lib
 
 
 def _config(**run):
-  """pipeline_test's tiny job, one transform."""
-  from pipeline_test import _config as pipeline_config
+  """The pipeline tests' tiny job, one transform."""
+  from conftest import tiny_pipeline_config
 
-  c = pipeline_config(**run)
+  c = tiny_pipeline_config(**run)
   c.views.transforms = ("transpose",)
   return c
 
@@ -30,7 +31,7 @@ def test_meter_gives_each_stage_its_own_peak():
   peak only)."""
   import time
 
-  meter = metrics.MemoryMeter()
+  meter = memory_lib.MemoryMeter()
   meter.tick("before")
   big = np.ones(256 * 2**20 // 8)  # 256 MiB, touched, freed within the stage
   time.sleep(0.2)  # (held for 20 sampling intervals)
@@ -40,13 +41,14 @@ def test_meter_gives_each_stage_its_own_peak():
   assert meter.stages["stage"] - meter.stages["before"] > 240 / 1024
   assert meter.stages["stage"] - meter.stages["after"] > 200 / 1024
   # the kernel's mark still holds the stage's peak after the ticks
-  assert metrics.peak_rss_bytes() / metrics.GB >= meter.stages["stage"] - 0.01
-  assert 0 < metrics.rss_bytes() <= metrics.peak_rss_bytes() * 1.01 + 2**24
+  peak = memory_lib.peak_rss_bytes()
+  assert peak / memory_lib.GB >= meter.stages["stage"] - 0.01
+  assert 0 < memory_lib.rss_bytes() <= peak * 1.01 + 2**24
 
 
 def test_budget_as_given_or_what_the_machine_has():
-  assert plan_lib.memory_budget(3.5) == (3.5, "run.memory_gb")
-  gb, source = plan_lib.memory_budget(0.0)
+  assert memory_lib.memory_budget(3.5) == (3.5, "run.memory_gb")
+  gb, source = memory_lib.memory_budget(0.0)
   assert 0 < gb < float("inf") and source  # this Linux machine's memory
   for bad in (-1.0, float("nan"), float("inf")):
     with pytest.raises(ValueError, match="run.memory_gb"):
@@ -73,15 +75,15 @@ def _plan_and_replan(chunk_size, num_tasks, **run):
 def test_chunk_size_is_the_largest_that_fits(monkeypatch):
   """A program needing 0.01 GiB per task slot and device (+1 resident): the
   plan takes the largest chunk whose padded slots fit, and says why."""
-  monkeypatch.setattr(plan_lib, "_resident", lambda: 1.0)
-  monkeypatch.setattr(plan_lib, "stage_memory", lambda st, p, n: {
+  monkeypatch.setattr(memory_lib, "_resident", lambda: 1.0)
+  monkeypatch.setattr(memory_lib, "stage_memory", lambda st, p, n: {
       "adapt.train": 0.01 * p.caps.tasks})
-  devices = len(__import__("jax").local_devices()) * plan_lib.SLACK
+  devices = len(__import__("jax").local_devices()) * memory_lib.SLACK
   plan, replan, mesh_size = _plan_and_replan(chunk_size=20, num_tasks=40)
   for budget in (1.0 + 0.01 * devices * 8, 1.0 + 0.01 * devices * 12,
                  1.0 + 0.01 * devices * 16,
                  100.0):
-    p, _, mem = plan_lib.fit_memory(plan, lambda p: None, replan,
+    p, _, mem = memory_lib.fit_memory(plan, lambda p: None, replan,
                                     (budget, "test"), 1024, 20, mesh_size)
     want = max(s for s in range(1, 21) if 1.0 + 0.01 * devices *
                sharding.padded_count(s, mesh_size) <= budget + 1e-9)
@@ -92,13 +94,13 @@ def test_chunk_size_is_the_largest_that_fits(monkeypatch):
 
 
 def test_refuses_up_front_naming_the_task(monkeypatch):
-  monkeypatch.setattr(plan_lib, "_resident", lambda: 1.0)
-  monkeypatch.setattr(plan_lib, "stage_memory", lambda st, p, n: {
+  monkeypatch.setattr(memory_lib, "_resident", lambda: 1.0)
+  monkeypatch.setattr(memory_lib, "stage_memory", lambda st, p, n: {
       "decode.decode": 0.5 + 0.01 * p.caps.queries})
   plan, replan, mesh_size = _plan_and_replan(chunk_size=4, num_tasks=6)
   task = plan.tasks[plan.longest[2]].id
   with pytest.raises(errors.InputError, match=f"task {task}.*needs"):
-    plan_lib.fit_memory(plan, lambda p: None, replan, (1.2, "test"), 1024,
+    memory_lib.fit_memory(plan, lambda p: None, replan, (1.2, "test"), 1024,
                         4, mesh_size)
 
 
@@ -127,7 +129,7 @@ def test_chunks_sized_per_length_bucket(monkeypatch):
   shapes, cut in length order; each (slots, shape) is analysed once and
   one set of stages is built per slot count (the run's compiles: one per
   bucket and slot count); a resumed run's stored chunks are kept."""
-  devices = len(__import__("jax").local_devices()) * plan_lib.SLACK
+  devices = len(__import__("jax").local_devices()) * memory_lib.SLACK
   analysed, builds = collections.Counter(), collections.Counter()
 
   def program_gb(slots, shape):
@@ -142,8 +144,8 @@ def test_chunks_sized_per_length_bucket(monkeypatch):
     builds[p.caps] += 1
     return p.caps
 
-  monkeypatch.setattr(plan_lib, "_resident", lambda: 1.0)
-  monkeypatch.setattr(plan_lib, "stage_memory", fake_memory)
+  monkeypatch.setattr(memory_lib, "_resident", lambda: 1.0)
+  monkeypatch.setattr(memory_lib, "stage_memory", fake_memory)
   plan, replan, mesh_size = _bucket_plan()
   assert len({s for s in plan.shapes.values()}) > 1  # lengths do differ
   long_ttt = plan.longest[0]
@@ -153,7 +155,7 @@ def test_chunks_sized_per_length_bucket(monkeypatch):
         sharding.padded_count(size, mesh_size), shape)
 
   budget = need(mesh_size, plan.longest[:2]) + 1e-6  # 1 slot/device, longest
-  p, stages, mem = plan_lib.fit_memory(plan, build, replan,
+  p, stages, mem = memory_lib.fit_memory(plan, build, replan,
                                        (budget, "test"), 1024, 24, mesh_size)
   assert [n for c in p.chunks for n in c] == list(plan.order)
   for c, chunk in enumerate(p.chunks):
@@ -166,7 +168,7 @@ def test_chunks_sized_per_length_bucket(monkeypatch):
       assert len(more) > 24 or need(len(more), p.chunk_shape(more)) > budget
   sizes = {len(c) for c in p.chunks[:-1]}
   assert len(sizes) > 1 and min(sizes) == mesh_size  # short ones larger
-  assert mem.per_bucket[plan_lib.bucket_name(plan.longest[:2])] == mesh_size
+  assert mem.per_bucket[memory_lib.bucket_name(plan.longest[:2])] == mesh_size
   assert max(mem.per_bucket.values()) > mesh_size and mem.need <= budget
   assert long_ttt > min(s for s, _ in plan.shapes.values())
   assert max(analysed.values()) == 1  # no shapes analysed twice
@@ -174,13 +176,13 @@ def test_chunks_sized_per_length_bucket(monkeypatch):
   assert len({cc.tasks for cc in builds}) == len(builds)  # per slot count
   # a resumed run at the same budget: its stored chunks as they are
   stored = [[n] for n in plan.order]  # (not what this budget cuts)
-  again, _, _ = plan_lib.fit_memory(plan, build, replan, (budget, "test"),
+  again, _, _ = memory_lib.fit_memory(plan, build, replan, (budget, "test"),
                                     1024, 24, mesh_size, stored)
   assert again.chunks == stored
   # fixed shapes: one size for the run, as before
   fixed = plan._replace(caps=plan.caps._replace(ttt_len=long_ttt,
                                                 prompt_len=plan.longest[1]))
-  one, _, m1 = plan_lib.fit_memory(fixed, build, replan, (budget, "test"),
+  one, _, m1 = memory_lib.fit_memory(fixed, build, replan, (budget, "test"),
                                    1024, 24, mesh_size)
   assert not m1.per_bucket and not one.chunk_caps
 

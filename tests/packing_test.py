@@ -159,13 +159,13 @@ def test_rows_that_do_not_pack_are_kept_as_they_are():
 
 
 def test_main_job_with_packed_rows_runs(tmp_path):
-  """`data.pack=True` through the main job (pipeline_test's tiny job) on a
+  """`data.pack=True` through the main job (`tiny_pipeline_config`) on a
   short task whose rows pack beside a long one's (L = 192: 87-token rows
   two to a sequence, the 182-token rows alone)."""
-  from pipeline_test import _config
+  from conftest import tiny_pipeline_config
 
-  c = _config(num_tasks=2, chunk_size=2, task_ids=("66e6c45b", "48131b3c"),
-              select="first")
+  c = tiny_pipeline_config(num_tasks=2, chunk_size=2,
+                           task_ids=("66e6c45b", "48131b3c"), select="first")
   c.data.pack = True
   c.data.num_sequences = 8
   c.decode.method = "greedy"  # (cheaper to compile; decoding is not tested)

@@ -1,6 +1,5 @@
 """End-to-end tests of the main job (ttt.pipeline, launch.ttt)."""
 
-import collections
 import json
 import logging
 import os
@@ -12,22 +11,19 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import (
+  run_counting_compiles,
+  stage_programs,
+  tiny_pipeline_config,
+)
 
 from configs import arc_ttt
-from ttt import arc, augment, data, evaluate, pipeline, select
+from ttt import arc, augment, data, evaluate, files, pipeline, select
 from ttt import job as job_lib
 from ttt import plan as plan_lib
 from ttt import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config(**run):
-  from conftest import tiny_job_config
-
-  c = tiny_job_config(**run)
-  c.views.transforms = ("transpose", "rot90")
-  return c
 
 
 def _oracle(task, test_index, view):
@@ -56,12 +52,12 @@ def _tasks(workdir):
 
 def test_pipeline_runs_kills_and_resumes(tmp_path):
   wd = str(tmp_path / "run")
-  first = pipeline.run(_config(), wd, stop_after_chunks=1)
+  first = pipeline.run(tiny_pipeline_config(), wd, stop_after_chunks=1)
   assert first["stopped"] and first["chunks_done"] == 1
   assert sorted(os.listdir(os.path.join(wd, "chunks"))) == ["00000.json"]
   with open(os.path.join(wd, "chunks", "00000.json")) as f:
     before = json.load(f)
-  summary = pipeline.run(_config(), wd)
+  summary = pipeline.run(tiny_pipeline_config(), wd)
   assert summary["tasks"] == 3 and summary["untrained_model"]
   with open(os.path.join(wd, "chunks", "00000.json")) as f:
     assert json.load(f) == before  # chunk 0 was not redone
@@ -71,13 +67,14 @@ def test_pipeline_runs_kills_and_resumes(tmp_path):
   assert summary["decodes"] > 0
   # the killed-and-resumed run equals an uninterrupted one
   whole = str(tmp_path / "whole")
-  pipeline.run(_config(), whole)
+  pipeline.run(tiny_pipeline_config(), whole)
   assert _tasks(whole) == res["tasks"]
 
 
 def test_results_do_not_depend_on_chunk_size(tmp_path):
   """Adapters, data and views are keyed by the task's index in the run."""
-  c1, c3 = _config(chunk_size=1), _config(chunk_size=3)
+  c1 = tiny_pipeline_config(chunk_size=1)
+  c3 = tiny_pipeline_config(chunk_size=3)
   for c in (c1, c3):
     c.ttt.steps = 3
   pipeline.run(c1, str(tmp_path / "one"))
@@ -91,72 +88,15 @@ def test_results_do_not_depend_on_chunk_size(tmp_path):
     assert x["ttt"]["rows"] == y["ttt"]["rows"] > 0
 
 
-class _CompileLog(logging.Handler):
-  """Collects JAX's 'Compiling NAME with global shapes ...' records."""
-
-  def __init__(self):
-    super().__init__(logging.WARNING)
-    self.seen = []
-
-  def emit(self, record):
-    msg = record.getMessage()
-    if msg.startswith("Compiling "):
-      self.seen.append(msg.split(". Argument mapping")[0])
-
-  def names(self):
-    return collections.Counter(m.split()[1] for m in self.seen)
-
-
-def build_stages(c, predictor=None):
-  """(plan, stages) as `pipeline.run` builds them for config `c` (from the
-  public factories; the weights placed on the mesh)."""
-  from ttt import job as job_lib
-  from ttt import plan as plan_lib
-  from ttt import sharding
-  from ttt import weights as weights_lib
-
-  job = job_lib.parse(c)
-  tasks, _ = plan_lib.load_tasks(job.run)
-  mesh = sharding.make_mesh()
-  plan = plan_lib.plan_run(tasks, mesh, run=job.run, data_cfg=job.data,
-                           views_cfg=job.views, decode=job.decode)
-  weights, _ = weights_lib.load(job.init_from, job.model, job.adapter, 0)
-  weights = weights_lib.place(weights, mesh)
-  return plan, pipeline.make_stages(job, plan, weights, mesh, predictor)
-
-
-def _stage_programs(c, predictor=None) -> dict:
-  """{stage.program: its jit name} of the stages `pipeline.run` builds for
-  config `c`."""
-  stages = build_stages(c, predictor)[1]
-  return {k: p.__name__ for k, p in stages.programs().items()}
-
-
-def _run_counting_compiles(c, workdir) -> tuple[dict, collections.Counter]:
-  """(summary, compiles per jit name) of `pipeline.run(c, workdir)`."""
-  import jax
-
-  log = _CompileLog()
-  logger = logging.getLogger("jax")
-  logger.addHandler(log)
-  jax.config.update("jax_log_compiles", True)
-  try:
-    s = pipeline.run(c, workdir)
-  finally:
-    jax.config.update("jax_log_compiles", False)
-    logger.removeHandler(log)
-  return s, log.names()
-
-
 def test_three_chunks_compile_each_program_once(tmp_path):
   """A 3-chunk run builds every program once: no program is lowered twice
   for the same shapes, and each stage's programs exactly once."""
-  c = _config(num_tasks=6, chunk_size=2)
+  c = tiny_pipeline_config(num_tasks=6, chunk_size=2)
   c.vote.also = ("flat", "identity")
-  programs = _stage_programs(c)
+  programs = stage_programs(c)
   # every stage of this run has its programs: TTT, decoding, the votes
   assert {k.split(".")[0] for k in programs} == {"adapt", "decode", "select"}
-  s, names = _run_counting_compiles(c, str(tmp_path))
+  s, names = run_counting_compiles(c, str(tmp_path))
   assert s["tasks"] == 6
   # (eager jax.random ops log the same argument shapes for different static
   # shapes, so only the pipeline's own programs are compared here)
@@ -232,7 +172,7 @@ def test_gpu_preset_without_a_model_says_what_to_train(tmp_path):
 
 @pytest.mark.parametrize("method", ["hierarchical", "flat", "reference"])
 def test_oracle_model_scores_100_percent(tmp_path, method):
-  c = _config(num_tasks=5, chunk_size=3)
+  c = tiny_pipeline_config(num_tasks=5, chunk_size=3)
   c.vote.method = method
   c.views.colour_perms = 1
   summary = pipeline.run(c, str(tmp_path), predictor=_oracle)
@@ -254,7 +194,7 @@ def test_wrong_predictions_score_zero_and_malformed_are_counted(tmp_path):
     truth = task.test[test_index][1]
     return augment.apply(view.element, (truth + 1) % 10)
 
-  summary = pipeline.run(_config(), str(tmp_path), predictor=bad)
+  summary = pipeline.run(tiny_pipeline_config(), str(tmp_path), predictor=bad)
   assert summary["pass2"] == 0.0 and summary["coverage"] == 0.0
   assert summary["malformed"] > 0
 
@@ -275,8 +215,8 @@ def test_broken_and_too_long_tasks_are_skipped_and_reported(tmp_path):
   cpath, spath = tmp_path / "c.json", tmp_path / "s.json"
   cpath.write_text(json.dumps(chal))
   spath.write_text(json.dumps(sol))
-  c = _config(challenges=str(cpath), solutions=str(spath), num_tasks=0,
-              select="first")
+  c = tiny_pipeline_config(challenges=str(cpath), solutions=str(spath),
+                           num_tasks=0, select="first")
   summary = pipeline.run(c, str(tmp_path / "run"), predictor=_oracle)
   assert summary["tasks"] == 4 and summary["skipped_tasks"] == 2
   sub, res = _check_outputs(str(tmp_path / "run"), 4)
@@ -294,7 +234,7 @@ def test_broken_and_too_long_tasks_are_skipped_and_reported(tmp_path):
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-  c = _config()
+  c = tiny_pipeline_config()
   c.init_from = str(tmp_path / "nope")
   with pytest.raises(FileNotFoundError, match="no model checkpoint at"):
     pipeline.run(c, str(tmp_path / "run"))
@@ -307,9 +247,9 @@ def test_ablation_switches_change_what_they_should(tmp_path, caplog):
       pipeline.run(c, str(tmp_path / name))
     return [t["ttt"] for t in _tasks(str(tmp_path / name))]
 
-  per_task = losses(_config(num_tasks=2), "per_task")
+  per_task = losses(tiny_pipeline_config(num_tasks=2), "per_task")
   assert per_task[0]["final_loss"] != per_task[1]["final_loss"]
-  c = _config(num_tasks=2)
+  c = tiny_pipeline_config(num_tasks=2)
   c.ttt.protocol = "shared"
   shared = losses(c, "shared")
   # one adapter for the run: one loss, reported for both tasks
@@ -322,7 +262,7 @@ def test_ablation_switches_change_what_they_should(tmp_path, caplog):
   # the data switches reach the TTT rows the stage builds (what the rows
   # then train is the same program: data_test covers each variant's rows)
   def rows(**data_over):
-    c = _config(num_tasks=2)
+    c = tiny_pipeline_config(num_tasks=2)
     c.data.update(data_over)
     j = job_lib.parse(c)
     task = plan_lib.load_tasks(j.run)[0][0]
@@ -334,7 +274,7 @@ def test_ablation_switches_change_what_they_should(tmp_path, caplog):
     assert (other.tokens.shape != base.tokens.shape
             or (other.tokens != base.tokens).any()
             or (other.mask != base.mask).any()), over
-  c = _config(num_tasks=2)
+  c = tiny_pipeline_config(num_tasks=2)
   c.vote.method = "product_of_experts"
   c.vote.poe_candidates = 2
   s = pipeline.run(c, str(tmp_path / "poe"))
@@ -345,7 +285,7 @@ def test_ablation_switches_change_what_they_should(tmp_path, caplog):
       assert q["attempt_1"] in grids or not grids
   # vote.also: PoE as a second selection of the same run == the PoE run;
   # the main (hierarchical) selection unchanged
-  c = _config(num_tasks=2)
+  c = tiny_pipeline_config(num_tasks=2)
   c.vote.also = ("product_of_experts",)
   c.vote.poe_candidates = 2
   pipeline.run(c, str(tmp_path / "also"))
@@ -367,8 +307,8 @@ def test_chunks_by_length_give_the_same_results_in_run_order(tmp_path):
   ids = tuple(t.id for t in small)[::-1]  # longest first
 
   def run(name, **over):
-    c = _config(num_tasks=0, select="first", chunk_size=2, task_ids=ids,
-                **over)
+    c = tiny_pipeline_config(num_tasks=0, select="first", chunk_size=2,
+                             task_ids=ids, **over)
     pipeline.run(c, str(tmp_path / name))
     first = json.loads((tmp_path / name / "chunks" / "00000.json")
                        .read_text())
@@ -381,7 +321,7 @@ def test_chunks_by_length_give_the_same_results_in_run_order(tmp_path):
   assert grouped == plain  # every record, TTT losses and answers included
   assert all("ttt" in t for t in plain)  # none skipped
   with pytest.raises(ValueError, match="chunk_order"):
-    job_lib.parse(_config(chunk_order="sorted"))
+    job_lib.parse(tiny_pipeline_config(chunk_order="sorted"))
 
 
 def test_chunk_padding_benchmark_counts_less_padding_by_length():
@@ -404,7 +344,7 @@ def test_poe_scored_in_calls_of_a_few_rows_selects_the_same(
   call -- and PoE as a separate run == PoE as `vote.also` of another,
   recorded alike (a missing attempt_2 repeats attempt_1 in both)."""
   def run(name, **vote):
-    c = _config(num_tasks=2)
+    c = tiny_pipeline_config(num_tasks=2)
     c.init_from = arc_ttt.get_config().init_from  # candidates to score
     c.decode.max_new_tokens = 40
     c.vote.poe_candidates = 4
@@ -441,7 +381,7 @@ def test_ttt_off_and_adapter_modes(tmp_path):
   """Without TTT a fresh LoRA (B = 0) leaves the base model's predictions
   unchanged at any rank; a fresh prefix changes them."""
   def run(name, **adapter):
-    c = _config(num_tasks=2)
+    c = tiny_pipeline_config(num_tasks=2)
     c.init_from = arc_ttt.get_config().init_from  # the shipped model
     c.ttt.enabled = False
     c.decode.max_new_tokens = 40
@@ -507,7 +447,7 @@ def test_row_length_bound_is_tight_and_safe(arc1_eval):
 def test_full_fine_tuning_runs_on_the_mesh(tmp_path):
   """'full' mode copies the loaded weights into every task's slot across
   all 8 devices (the table's full_ft row once stopped there) and trains."""
-  c = _config(num_tasks=2)
+  c = tiny_pipeline_config(num_tasks=2)
   c.init_from = arc_ttt.get_config().init_from  # restored: on one device
   c.adapter.mode = "full"
   s = pipeline.run(c, str(tmp_path / "full"))
@@ -518,7 +458,7 @@ def test_full_fine_tuning_runs_on_the_mesh(tmp_path):
 
 
 def test_sampled_answers_vote_and_are_reproducible(tmp_path, caplog):
-  c = _config(num_tasks=2)
+  c = tiny_pipeline_config(num_tasks=2)
   c.decode.method = "sample"
   c.decode.temperature = 1.0
   c.decode.samples = 3
@@ -538,7 +478,7 @@ def test_sampled_answers_vote_and_are_reproducible(tmp_path, caplog):
   pipeline.run(c, str(tmp_path / "b"))
   assert ((tmp_path / "a" / "submission.json").read_text()
           == (tmp_path / "b" / "submission.json").read_text())
-  greedy = _config(num_tasks=2)
+  greedy = tiny_pipeline_config(num_tasks=2)
   greedy.decode.samples = 2
   with pytest.raises(ValueError, match="needs decode.method='sample'"):
     pipeline.run(greedy, str(tmp_path / "c"))
@@ -598,7 +538,7 @@ def test_vgb_chains_answer_in_the_identity_slots(tmp_path):
 
 def test_outputs_are_strict_json(tmp_path):
   """NaN/inf never reach a JSON file: they are written as null."""
-  evaluate.write_json(str(tmp_path / "x.json"),
+  files.write_json(str(tmp_path / "x.json"),
                       dict(loss=float("nan"), ok=[1.0, float("inf")]))
 
   def refuse(name):
@@ -610,7 +550,7 @@ def test_outputs_are_strict_json(tmp_path):
 
 def test_run_config_is_validated(tmp_path):
   with pytest.raises(ValueError, match="run.num_tasks must be >= 0"):
-    pipeline.run(_config(num_tasks=-1), str(tmp_path))
+    pipeline.run(tiny_pipeline_config(num_tasks=-1), str(tmp_path))
 
 
 def _kaggle(tmp_path, tasks, broken_tests=2):
@@ -634,8 +574,8 @@ def test_skipped_task_gets_one_entry_per_test_input(tmp_path):
   small = sorted(arc.load_arc(1, "evaluation"),
                  key=lambda t: sum(g.size for g in t.grids()))[:2]
   cpath, spath = _kaggle(tmp_path, small, broken_tests=3)
-  c = _config(challenges=cpath, solutions=spath, num_tasks=0,
-              select="first")
+  c = tiny_pipeline_config(challenges=cpath, solutions=spath, num_tasks=0,
+                           select="first")
   pipeline.run(c, str(tmp_path / "run"), predictor=_oracle)
   sub = json.loads((tmp_path / "run" / "submission.json").read_text())
   assert len(sub["broken00"]) == 3
@@ -650,14 +590,14 @@ def test_skipped_task_gets_one_entry_per_test_input(tmp_path):
 
 def test_resuming_with_another_config_is_refused(tmp_path):
   wd = str(tmp_path / "run")
-  pipeline.run(_config(num_tasks=2), wd, predictor=_oracle)
-  other = _config(num_tasks=2)
+  pipeline.run(tiny_pipeline_config(num_tasks=2), wd, predictor=_oracle)
+  other = tiny_pipeline_config(num_tasks=2)
   other.ttt.steps = 5
   other.views.orders = 2
   with pytest.raises(ValueError, match=r"ttt.steps: 2 -> 5.*views.orders"):
     pipeline.run(other, wd, predictor=_oracle)
   # the same config resumes; num_renderings may change
-  same = _config(num_tasks=2, num_renderings=1)
+  same = tiny_pipeline_config(num_tasks=2, num_renderings=1)
   assert pipeline.run(same, wd, predictor=_oracle)["tasks"] == 2
   chunk = tmp_path / "run" / "chunks" / "00000.json"
   chunk.write_text(chunk.read_text().replace('"tests"', '"tests_old"'))
@@ -678,7 +618,7 @@ def test_resume_knows_the_model_by_content_not_its_path(tmp_path):
   shutil.copytree(a, b)
 
   def job(path):
-    c = _config()
+    c = tiny_pipeline_config()
     c.init_from = str(path)
     return job_lib.parse(c)
 
@@ -705,8 +645,8 @@ def test_solutions_that_match_no_task_are_reported(tmp_path, caplog):
   cpath, _ = _kaggle(tmp_path, small)
   spath = tmp_path / "other.json"
   spath.write_text(json.dumps({"nothere": [[[1]]]}))
-  c = _config(challenges=cpath, solutions=str(spath), num_tasks=0,
-              select="first")
+  c = tiny_pipeline_config(challenges=cpath, solutions=str(spath),
+                           num_tasks=0, select="first")
   def echo_input(task, test_index, view):  # no answers known
     return augment.apply(view.element, task.test[test_index][0])
 

@@ -18,6 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import (
+  TINY_SNAPSHOT_CONFIG,
+  TOKENIZER_SPECIALS,
+  build_hf_snapshot,
+  tiny_snapshot,
+  write_gguf,
+  write_tokenizer,
+)
 from flax import nnx
 
 from ttt import errors, lora, pretrained, tokens
@@ -25,7 +33,6 @@ from ttt import model as M
 from ttt import weights as weights_lib
 from ttt.decoders import common as decoding
 
-SPECIALS = ["<s>", "</s>", "<pad>", "<|reserved|>"]  # ids 0..3
 ARC_TEXT = "I\n0123\n4567\nO\n0123\n4567\n"
 OFFSET = 5000  # positions start here: one ulp of a RoPE frequency shows
 
@@ -50,66 +57,13 @@ CASES = {
 }
 
 
-def _write_tokenizer(directory, pad=None):
-  """A byte-level BPE tokenizer.json (4 specials + the 256 byte symbols)."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-  alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-  vocab = {t: i for i, t in enumerate(SPECIALS + alphabet)}
-  tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  tok.add_special_tokens(SPECIALS)
-  tok.save(os.path.join(directory, "tokenizer.json"))
-  config = dict(bos_token="<s>", eos_token="</s>")
-  if pad:
-    config["pad_token"] = pad
-  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-    json.dump(config, f)
-
-
-def _build(directory, kind, overrides, bf16=False, v4_rope=False,
-           max_shard_size=None):
-  """Saves a tiny random `<kind>ForCausalLM` snapshot to `directory`."""
-  import torch
-  import transformers
-
-  config = getattr(transformers, kind + "Config")(**{**dict(
-      vocab_size=300, hidden_size=64, intermediate_size=96,
-      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-      bos_token_id=0, eos_token_id=1), **overrides})
-  torch.manual_seed(0)
-  model = getattr(transformers, kind + "ForCausalLM")(config)
-  with torch.no_grad():  # weights far from the init: biases, norms matter
-    for name, p in model.named_parameters():
-      if "norm" in name:
-        p.uniform_(0.5, 1.5)
-      else:
-        p.normal_(0, 0.5 if name.endswith("bias") else 0.15)
-  if bf16:
-    model = model.to(torch.bfloat16)
-  kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
-  model.save_pretrained(directory, **kwargs)
-  if v4_rope:
-    file = os.path.join(directory, "config.json")
-    with open(file) as f:
-      stored = json.load(f)
-    rope = stored.pop("rope_parameters")
-    stored["rope_theta"] = rope.pop("rope_theta")
-    stored["rope_scaling"] = rope
-    with open(file, "w") as f:
-      json.dump(stored, f)
-  _write_tokenizer(directory)
-  return str(directory)
-
-
 @pytest.fixture(scope="module")
 def snapshots(tmp_path_factory):
   """name -> snapshot directory of each CASES entry."""
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
   root = tmp_path_factory.mktemp("snapshots")
-  return {name: _build(root / name, kind, overrides, **options)
+  return {name: build_hf_snapshot(root / name, kind, overrides, **options)
           for name, (kind, overrides, options) in CASES.items()}
 
 
@@ -306,7 +260,7 @@ def test_token_map_pad_fallbacks(tmp_path):
         num_hidden_layers=1, intermediate_size=8, vocab_size=300)))
     safetensors_numpy.save_file({"model.norm.weight": np.ones(64, np.float32)},
                                 str(path / "model.safetensors"))
-    _write_tokenizer(path, pad)
+    write_tokenizer(path, pad)
     ids = pretrained.token_map(str(path))
     assert ids[tokens.ROW_END] == newline  # '\n' is spelt 'Ċ'
     assert ids[tokens.BOS] == 0 and ids[tokens.EOS] == 1
@@ -314,25 +268,6 @@ def test_token_map_pad_fallbacks(tmp_path):
 
 
 # --- hostile and broken files (no transformers) ------------------------------
-
-TINY_CONFIG = dict(model_type="llama", hidden_size=64, num_attention_heads=4,
-                   num_hidden_layers=1, intermediate_size=8, vocab_size=300)
-
-
-def _tiny_snapshot(path, config=None, tensors=None):
-  """A snapshot without transformers: config.json, model.safetensors (one
-  norm weight unless `tensors`) and `_write_tokenizer`'s tokenizer."""
-  safetensors_numpy = pytest.importorskip("safetensors.numpy")
-  pytest.importorskip("tokenizers")
-  os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(TINY_CONFIG if config is None else config, f)
-  safetensors_numpy.save_file(
-      tensors or {"model.norm.weight": np.ones(64, np.float32)},
-      os.path.join(path, "model.safetensors"))
-  _write_tokenizer(path)
-  return str(path)
-
 
 def _shard(path, index_entries, shards):
   """Replaces model.safetensors by shards ({file: {name: array}}) and an
@@ -345,36 +280,6 @@ def _shard(path, index_entries, shards):
     save_file(tensors, os.path.join(path, file))
   with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
     json.dump({"metadata": {}, "weight_map": index_entries}, f)
-
-
-def _write_gguf(file, arch="llama", tokenizer="gpt2", chat_template=None):
-  """A tiny GGUF file: Llama metadata, `_write_tokenizer`'s vocabulary as
-  a byte-level BPE ('gpt2'), two tensors."""
-  gguf = pytest.importorskip("gguf")
-  pre_tokenizers = pytest.importorskip("tokenizers.pre_tokenizers")
-  tokens_ = SPECIALS + sorted(pre_tokenizers.ByteLevel.alphabet())
-  w = gguf.GGUFWriter(str(file), arch)
-  w.add_block_count(1)
-  w.add_embedding_length(64)
-  w.add_head_count(4)
-  w.add_feed_forward_length(8)
-  w.add_context_length(128)
-  w.add_tokenizer_model(tokenizer)
-  w.add_token_list(tokens_)
-  w.add_token_types([3] * len(SPECIALS) + [1] * (len(tokens_)
-                                                 - len(SPECIALS)))
-  w.add_token_merges([])
-  w.add_bos_token_id(0)
-  w.add_eos_token_id(1)
-  if chat_template is not None:
-    w.add_chat_template(chat_template)
-  w.add_tensor("token_embd.weight", np.ones((len(tokens_), 64), np.float32))
-  w.add_tensor("output_norm.weight", np.ones(64, np.float32))
-  w.write_header_to_file()
-  w.write_kv_data_to_file()
-  w.write_tensors_to_file()
-  w.close()
-  return str(file)
 
 
 def _one_line_error(fn, *names):
@@ -400,7 +305,7 @@ def test_index_shards_outside_the_snapshot_are_refused(tmp_path):
   norm = {"model.norm.weight": np.ones(64, np.float32)}
   for n, entry in enumerate(["../../../../etc/passwd", str(outside),
                              "link.safetensors", "sub/outside.safetensors"]):
-    path = _tiny_snapshot(tmp_path / f"snap{n}")
+    path = tiny_snapshot(tmp_path / f"snap{n}")
     _shard(path, {"model.norm.weight": "model-1.safetensors",
                   "model.embed_tokens.weight": entry},
            {"model-1.safetensors": norm})
@@ -418,7 +323,7 @@ def test_hub_cache_links_into_blobs_are_accepted(tmp_path):
   """A Hugging Face hub cache's snapshot is links into the repository's
   blobs/: inside the allowed roots, read and hashed as before."""
   repo = tmp_path / "models--org--tiny"
-  flat = _tiny_snapshot(tmp_path / "flat")
+  flat = tiny_snapshot(tmp_path / "flat")
   _shard(flat, {"model.norm.weight": "model-1.safetensors"},
          {"model-1.safetensors": {"model.norm.weight": np.ones(64,
                                                                np.float32)}})
@@ -441,7 +346,7 @@ def test_digest_covers_every_shard_the_index_names(tmp_path):
   name)."""
   from safetensors.numpy import save_file
 
-  path = _tiny_snapshot(tmp_path / "snap")
+  path = tiny_snapshot(tmp_path / "snap")
   flat = weights_lib.digest(path)
   h = hashlib.sha256()
   for name in sorted(os.listdir(path)):
@@ -460,9 +365,11 @@ def test_digest_covers_every_shard_the_index_names(tmp_path):
 
 CONFIG_CASES = {
     "a JSON list": ("[1, 2]", "expected a JSON object"),
-    "no hidden_size": (json.dumps({k: v for k, v in TINY_CONFIG.items()
+    "no hidden_size": (json.dumps({k: v for k, v
+                                   in TINY_SNAPSHOT_CONFIG.items()
                                    if k != "hidden_size"}), "no hidden_size"),
-    "hidden_size a string": (json.dumps(dict(TINY_CONFIG, hidden_size="64")),
+    "hidden_size a string": (json.dumps(dict(TINY_SNAPSHOT_CONFIG,
+                                             hidden_size="64")),
                              "hidden_size is '64', not a whole number"),
     "a syntax error": ('{"model_type": "llama",', "is not valid JSON"),
 }
@@ -471,7 +378,7 @@ CONFIG_CASES = {
 @pytest.mark.parametrize("case", list(CONFIG_CASES))
 def test_a_broken_config_json_is_one_line(tmp_path, case):
   content, want = CONFIG_CASES[case]
-  path = _tiny_snapshot(tmp_path / "snap")
+  path = tiny_snapshot(tmp_path / "snap")
   with open(os.path.join(path, "config.json"), "w") as f:
     f.write(content)
   message = _one_line_error(lambda: pretrained.model_config(path),
@@ -488,7 +395,7 @@ def _cut(data: bytes, how: str) -> bytes:
 
 @pytest.mark.parametrize("how", ["truncated", "header-only", "empty"])
 def test_a_broken_safetensors_file_is_one_line(tmp_path, how):
-  path = _tiny_snapshot(tmp_path / "snap")
+  path = tiny_snapshot(tmp_path / "snap")
   file = os.path.join(path, "model.safetensors")
   with open(file, "rb") as f:
     data = f.read()
@@ -497,7 +404,7 @@ def test_a_broken_safetensors_file_is_one_line(tmp_path, how):
   message = _one_line_error(lambda: pretrained.model_config(path), file)
   assert "not a readable safetensors file" in message
   # a shard likewise, named by its own path
-  sharded = _tiny_snapshot(tmp_path / "sharded")
+  sharded = tiny_snapshot(tmp_path / "sharded")
   _shard(sharded, {"model.norm.weight": "model-1.safetensors"},
          {"model-1.safetensors": {"model.norm.weight": np.ones(
              64, np.float32)}})
@@ -517,7 +424,7 @@ def test_a_broken_safetensors_file_is_one_line(tmp_path, how):
 ])
 def test_broken_tokenizer_and_index_files_are_one_line(tmp_path, file,
                                                        content, want):
-  path = _tiny_snapshot(tmp_path / "snap")
+  path = tiny_snapshot(tmp_path / "snap")
   with open(os.path.join(path, file), "w") as f:
     f.write(content)
   message = _one_line_error(lambda: pretrained.token_map(path),
@@ -528,7 +435,7 @@ def test_broken_tokenizer_and_index_files_are_one_line(tmp_path, file,
 @pytest.mark.parametrize("how", ["truncated", "header-only", "empty"])
 def test_a_broken_gguf_file_is_one_line(tmp_path, how):
   gguf = pytest.importorskip("gguf")
-  file = _write_gguf(tmp_path / "tiny.gguf")
+  file = write_gguf(tmp_path / "tiny.gguf")
   assert pretrained.model_config(file, "full")["d_model"] == 64  # intact
   data = open(file, "rb").read()
   cut = {"truncated": data[:-100],
@@ -552,12 +459,12 @@ def test_every_refusal_is_an_input_error_naming_the_file(tmp_path):
   for n, (change, want) in enumerate([
       (dict(model_type="gpt2"), "model_type 'gpt2' is not supported"),
       (dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported")]):
-    path = _tiny_snapshot(tmp_path / str(n) / "snap",
-                          dict(TINY_CONFIG, **change))
+    path = tiny_snapshot(tmp_path / str(n) / "snap",
+                         dict(TINY_SNAPSHOT_CONFIG, **change))
     assert want in _one_line_error(lambda p=path: pretrained.model_config(p),
                                    config)
-  path = _tiny_snapshot(tmp_path / "shapes" / "snap",
-                        tensors={"model.norm.weight": np.ones(32, np.float32)})
+  path = tiny_snapshot(tmp_path / "shapes" / "snap",
+                       tensors={"model.norm.weight": np.ones(32, np.float32)})
   norm = {"norm": {"scale": jax.ShapeDtypeStruct((64,), jnp.float32)}}
   assert "has shape (32,)" in _one_line_error(
       lambda: pretrained.load_base(path, norm, "full"), path)
@@ -567,34 +474,34 @@ def test_every_refusal_is_an_input_error_naming_the_file(tmp_path):
   # no digit tokens: a byte-level vocabulary without '0'..'9'
   from tokenizers import Tokenizer, models, pre_tokenizers
 
-  digits = _tiny_snapshot(tmp_path / "digits" / "snap")
+  digits = tiny_snapshot(tmp_path / "digits" / "snap")
   alphabet = [c for c in sorted(pre_tokenizers.ByteLevel.alphabet())
               if not c.isdigit()]
   tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(
-      SPECIALS + alphabet)}, merges=[]))
+      TOKENIZER_SPECIALS + alphabet)}, merges=[]))
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.save(os.path.join(digits, "tokenizer.json"))
   assert "'0' encodes to 0 tokens" in _one_line_error(
       lambda: pretrained.token_map(digits), digits)
-  no_eos = _tiny_snapshot(tmp_path / "eos" / "snap")
+  no_eos = tiny_snapshot(tmp_path / "eos" / "snap")
   with open(os.path.join(no_eos, "tokenizer_config.json"), "w") as f:
     json.dump(dict(bos_token="<s>"), f)
   assert "no usable EOS" in _one_line_error(
       lambda: pretrained.token_map(no_eos), no_eos)
-  other = _write_gguf(tmp_path / "gpt2.gguf", arch="gpt2")
+  other = write_gguf(tmp_path / "gpt2.gguf", arch="gpt2")
   assert "architecture 'gpt2' is not supported" in _one_line_error(
       lambda: pretrained.model_config(other), other)
-  spm = _write_gguf(tmp_path / "spm.gguf", tokenizer="llama")
+  spm = write_gguf(tmp_path / "spm.gguf", tokenizer="llama")
   assert "tokenizer model 'llama' is not supported" in _one_line_error(
       lambda: pretrained.token_map(spm), spm)
-  assert len(pretrained.token_map(_write_gguf(tmp_path / "ok.gguf"))) == 16
+  assert len(pretrained.token_map(write_gguf(tmp_path / "ok.gguf"))) == 16
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
   """`info` and `check` print `error: ...` and return 2 for a bad path, a
   broken file, or (check) transformers / torch missing."""
   missing = str(tmp_path / "nothing")
-  broken = _tiny_snapshot(tmp_path / "broken")
+  broken = tiny_snapshot(tmp_path / "broken")
   with open(os.path.join(broken, "config.json"), "w") as f:
     f.write("[]")
   for argv in (["info", missing], ["info", broken], ["check", missing],
@@ -603,7 +510,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert argv[1] in err
-  good = _tiny_snapshot(tmp_path / "good")
+  good = tiny_snapshot(tmp_path / "good")
   assert pretrained.main(["ttt.pretrained", "info", good]) == 0
   capsys.readouterr()
   monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
@@ -619,7 +526,7 @@ def test_a_folder_without_config_json_is_neither_kind(tmp_path):
   lacks -- by the resume digest (the run's first read) and by the load."""
   from ttt import model as model_lib
 
-  path = _tiny_snapshot(tmp_path / "snap")
+  path = tiny_snapshot(tmp_path / "snap")
   os.remove(os.path.join(path, "config.json"))
   want = (f"{path} is neither a Hugging Face snapshot (no config.json) nor a "
           "ttt-jax checkpoint (no model_config.json)")

@@ -1,5 +1,5 @@
 """The TTT protocols (ttt.protocol: per_task, shared, joint) and the
-'full+prefix' adapter mode (ttt.protocols, ttt.inner_loop, ttt.lora)."""
+'full+prefix' adapter mode (ttt.adapt, ttt.inner_loop, ttt.lora)."""
 
 import dataclasses
 import json
@@ -12,15 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ttt import data, inner_loop, lora, pipeline, protocols, sharding
+from ttt import data, inner_loop, lora, pipeline, sharding
 from ttt import job as job_lib
 from ttt import model as model_lib
 from ttt import weights as weights_lib
+from ttt import workdir as workdir_lib
+from ttt.adapt import run_wide
 
 
 def _config(protocol="joint", mode="lora+prefix", **run):
   """pipeline_test's tiny job (untrained 1-layer model), one transform."""
-  from pipeline_test import _config as pipeline_config
+  from conftest import tiny_pipeline_config as pipeline_config
 
   c = pipeline_config(**run)
   c.views.transforms = ("transpose",)
@@ -31,7 +33,7 @@ def _config(protocol="joint", mode="lora+prefix", **run):
 
 
 def _stages(c):
-  from pipeline_test import build_stages
+  from conftest import build_stages
 
   return build_stages(c)
 
@@ -54,7 +56,7 @@ def test_joint_adaptation_resumes_where_it_was_killed(tmp_path):
   want = _adapters(stages, plan)
 
   stages.adapt.prepare(plan, str(tmp_path / "killed"), stop_after=1)
-  path = str(tmp_path / "killed" / protocols.STATE_FILE)
+  path = str(tmp_path / "killed" / run_wide.STATE_FILE)
   with np.load(path) as z:
     meta = json.loads(str(z["meta"]))
   assert meta["step"] == c.ttt.steps < meta["total"] == 3 * c.ttt.steps
@@ -80,9 +82,9 @@ def test_joint_adaptation_resumes_where_it_was_killed(tmp_path):
   with np.load(path) as z:
     like = [z[f"leaf{i}"] for i in range(len(z.files) - 1)]
   with pytest.raises(ValueError, match="another run"):
-    protocols._load(path, like, dict(meta, total=meta["total"] + 1))  # noqa: SLF001
+    run_wide._load(path, like, dict(meta, total=meta["total"] + 1))  # noqa: SLF001
   with pytest.raises(ValueError, match="another run"):
-    protocols._load(path, [like[0][None], *like[1:]], {})  # noqa: SLF001
+    run_wide._load(path, [like[0][None], *like[1:]], {})  # noqa: SLF001
 
 
 def test_run_wide_segment_trains_each_row_under_its_task_prefix():
@@ -178,25 +180,31 @@ def test_joint_full_prefix_runs_the_main_job_and_says_so(tmp_path):
   res = json.loads((tmp_path / "run" / "results.json").read_text())
   ttt = [t["ttt"] for t in res["tasks"]]
   assert all(t["rows"] > 0 and np.isfinite(t["final_loss"]) for t in ttt)
-  assert len({t["final_loss"] for t in ttt}) == 1  # one adaptation
+  # one adaptation: the tasks' final loss is the saved state's (below)
   report = (tmp_path / "run" / "report.md").read_text()
   assert "Protocol joint: one adaptation over the demonstrations of all " \
          "the run's test tasks at once" in report
-  state, = (tmp_path / "run" / "protocol").glob(f"*/{protocols.STATE_FILE}")
+  state, = (tmp_path / "run" / "protocol").glob(f"*/{run_wide.STATE_FILE}")
   assert s["timings_s"]["ttt"] > 0 and s["padded_share"]["ttt"] is not None
   with np.load(state) as z:
     meta = json.loads(str(z["meta"]))
   assert (meta["step"], meta["total"], meta["batch"]) == (3, 3, 3)
   assert len(meta["losses"]) == 3  # segments dividing the 3 steps: 1
+  assert [t["final_loss"] for t in ttt] == [meta["final_loss"]] * 2
   # another config's run in the workdir (one killed before any chunk has
   # no fingerprint check) never resumes this state, and keeps it (it was
   # deleted before); the state records its config's digest, so a copy in
   # another config's folder is refused, not resumed
   wd = types.SimpleNamespace(file=lambda n: str(tmp_path / "run" / n))
-  assert pipeline._protocol_dir(wd, job_lib.parse(c)) == str(state.parent)  # noqa: SLF001
+
+  def state_dir(config):
+    return workdir_lib.state_dir(wd, job_lib.fingerprint(
+        job_lib.parse(config)))
+
+  assert state_dir(c) == str(state.parent)
   assert meta["config"] == state.parent.name
   c.ttt.lr = c.ttt.lr / 2
-  other = pipeline._protocol_dir(wd, job_lib.parse(c))  # noqa: SLF001
+  other = state_dir(c)
   assert other != str(state.parent) and state.exists()
   os.makedirs(other)
   shutil.copy(state, other)
@@ -225,3 +233,104 @@ def test_workdirs_made_before_the_protocol_field_still_resume(tmp_path):
   with pytest.raises(workdir_lib.WorkdirError, match="ttt.protocol"):
     workdir_lib.open_workdir(str(tmp_path), joint, False, "{}",
                              job_lib.NEUTRAL)
+
+
+def test_every_protocol_trains_with_every_adapter_mode_it_accepts(tmp_path):
+  """`adapt.PROTOCOLS` x `ADAPTER_MODES`: each pair the config accepts
+  builds its stage from the one face, prepares, trains a chunk (finite
+  adapters shaped as the init program's, rows counted) and lowers its
+  programs on `inputs`; each pair it refuses is a task embedding without
+  a prefix mode."""
+  from ttt import adapt
+  from ttt import plan as plan_lib
+  from ttt import weights as weights_lib
+
+  ran = []
+  for name, entry in adapt.PROTOCOLS.items():
+    for mode in model_lib.ADAPTER_MODES:
+      c = _config(name, mode, num_tasks=2, chunk_size=2)
+      c.ttt.steps = 1
+      try:
+        job = job_lib.parse(c)
+      except ValueError as e:
+        assert entry.task_embedding and "prefix" not in mode, (name, mode)
+        assert "prefix adapter mode" in str(e)
+        continue
+      tasks, _ = plan_lib.load_tasks(job.run)
+      mesh = sharding.make_mesh()
+      plan = plan_lib.plan_run(tasks, mesh, run=job.run, data_cfg=job.data,
+                               views_cfg=job.views, decode=job.decode)
+      weights, _ = weights_lib.load(job.init_from, job.model, job.adapter, 0)
+      weights = weights_lib.place(weights, mesh)
+      stage = adapt.make_adapt(
+          ttt=job.ttt, adapter=job.adapter, model=job.model,
+          data_cfg=job.data, seed=0, length_bucket=job.run.length_bucket,
+          weights=weights, mesh=mesh, caps=plan.caps)
+      stage.prepare(plan, str(tmp_path / name / mode))
+      cd = stage.build(plan, plan.chunks[0])
+      adapters, m = stage.train(cd)
+      ins = stage.inputs(plan.longest[0])
+      assert set(ins) <= set(stage.programs), (name, mode)
+      fresh = stage.programs["init"](*ins["init"])
+      assert (jax.tree.structure(adapters) == jax.tree.structure(fresh)
+              and all(a.shape == b.shape for a, b in zip(
+                  jax.tree.leaves(adapters), jax.tree.leaves(fresh),
+                  strict=True))), (name, mode)
+      assert all(np.isfinite(np.asarray(x)).all()
+                 for x in jax.tree.leaves(adapters)), (name, mode)
+      assert all(r > 0 for r in m["rows"]) and not any(m["nonfinite"])
+      assert all(np.isfinite(x) for x in m["final_loss"]), (name, mode)
+      for p, args in ins.items():
+        stage.programs[p].lower(*args)  # the memory plan's lowering
+      ran.append((name, mode))
+  assert len(ran) == 13  # per_task, shared: 5 modes each; joint: 3
+
+
+def _make_fresh(*, ttt, adapter, model, data_cfg, seed, length_bucket,
+                weights, mesh, caps, codec_=None):
+  """A protocol written for the next test: every task decodes with its
+  fresh (initial) adapter."""
+  del data_cfg, length_bucket, codec_
+  from ttt import adapt
+  from ttt.adapt import common
+
+  init = jax.jit(lora.make_init(
+      types.SimpleNamespace(model=model, adapter=adapter, ttt=ttt),
+      jax.random.fold_in(jax.random.key(seed), 1)),
+      out_shardings=sharding.task_sharding(mesh))
+  params = weights.template if adapter.tunes_all else None
+
+  def build(plan, chunk):
+    slots, index, keys = common.slot_index(plan, chunk, caps.tasks, seed)
+    return adapt.ChunkData(slots, index, keys, None,
+                           np.zeros(caps.tasks, np.int32))
+
+  def train(cd):
+    return (init(params, sharding.shard_tasks(cd.task_index, mesh)),
+            common.untrained(len(cd.slots)))
+
+  return adapt.Adapt(
+      build=build, train=train,
+      tokens=lambda cd: dict(ttt_real=0.0, ttt_computed=0.0),
+      programs={"init": init},
+      inputs=lambda length: {"init": (params, sharding.shard_tasks(
+          np.arange(caps.tasks, dtype=np.int32), mesh))})
+
+
+def test_a_protocol_registered_here_runs_the_main_job(tmp_path, monkeypatch):
+  """A new protocol is one `Protocol` in `adapt.PROTOCOLS` (no other file
+  touched): the config accepts it, the main job runs it, and its answers
+  are those of the same adapters reached another way (per_task, TTT
+  off)."""
+  from ttt import adapt
+
+  monkeypatch.setitem(adapt.PROTOCOLS, "fresh", adapt.Protocol(_make_fresh))
+  c = _config("fresh", "lora", num_tasks=2, chunk_size=2)
+  s = pipeline.run(c, str(tmp_path / "fresh"))
+  assert s["tasks"] == 2 and s["ttt"]["protocol"] == "fresh"
+  c = _config("per_task", "lora", num_tasks=2, chunk_size=2)
+  c.ttt.enabled = False
+  pipeline.run(c, str(tmp_path / "off"))
+  got, want = ((tmp_path / d / "submission.json").read_text()
+               for d in ("fresh", "off"))
+  assert got == want

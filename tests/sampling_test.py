@@ -1,7 +1,9 @@
 """Tests for sampling/: exact tools, samplers, instances (float64 on CPU)."""
 
+import ast
 import json
 import math
+import pathlib
 
 import jax
 import numpy as np
@@ -307,6 +309,128 @@ def test_vmapped_equals_one_chain_and_keys_are_deterministic():
   a, _ = sampling.sample(inst, "js", KEY, 100, steps=30)
   b, _ = sampling.sample(inst, "js", KEY, 100, steps=30)
   np.testing.assert_array_equal(a, b)
+
+
+# --- the sampler registry ----------------------------------------------------
+
+# The shortest runs worth making on a depth-3 tree, per method (default: the
+# defaults); every form of VGB.
+TINY = {"js": [dict(steps=12)], "lifted": [dict(steps=12)],
+        "vgb": [dict(steps=12, form=f) for f in sampling.VGB_FORMS]}
+REGISTRY = [(m, p) for m in sampling.METHODS for p in TINY.get(m, [{}])]
+
+
+@pytest.mark.parametrize("method,params", REGISTRY)
+def test_every_registered_sampler_builds_runs_and_has_its_law(method,
+                                                              params):
+  """Through the entry's own face: a chain runs; an exact law sums to 1 and
+  is matched by the samples here unless `MC` above already matches it."""
+  entry = sampling.METHODS[method]
+  inst = trees.make_instance(2, 3, "uniform", "combo", 2.0)
+  chain = entry.make_chain(inst, dict(sampling.DEFAULTS, **params))
+  num = 4000
+  xs, st = jax.jit(jax.vmap(chain))(jax.random.split(KEY, num))
+  xs, st = np.asarray(xs), jax.tree.map(np.asarray, st)
+  assert xs.shape == (num, 3) and xs.dtype == np.int32
+  assert ((xs >= 0) & (xs < 2)).all()
+  assert {"accepted", "oracle_calls", "moves"} <= set(st)
+  assert st["accepted"].any()
+  if entry.exact_law is None:
+    assert method in NO_EXACT_LAW
+    with pytest.raises(ValueError, match="has no exact law here"):
+      sampling.exact_output_law(inst, method, **params)
+    return
+  law = sampling.exact_output_law(inst, method, **params)
+  assert law.shape == (8,) and law.dtype == np.float64
+  assert abs(law.sum() - 1) < 1e-9
+  if method not in {m for m, _ in MC}:
+    emp = sampling.empirical_law(xs, 2, st["accepted"])
+    n_acc = int(st["accepted"].sum())
+    assert exact.tv(emp, law) < 2.5 * np.sqrt(8 / n_acc) / 2
+
+
+def test_a_new_sampler_is_one_registry_entry(monkeypatch):
+  """Registered, it is checked, sampled and given its law by name with no
+  other change (here: top-down under a second name)."""
+  inst = trees.make_instance(2, 3, "product", "combo", 2.0, p=0.3)
+  top = sampling.METHODS["top_down"]
+  monkeypatch.setitem(sampling.METHODS, "top_down_again",
+                      top._replace(params=("proposals",)))
+  a, _ = sampling.sample(inst, "top_down", KEY, 64)
+  b, _ = sampling.sample(inst, "top_down_again", KEY, 64, proposals=3)
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(
+      sampling.exact_output_law(inst, "top_down_again"),
+      sampling.exact_output_law(inst, "top_down"))
+  with pytest.raises(TypeError, match=r"top_down_again takes no parameter "
+                     r"\['steps'\]; it takes \['proposals'\]"):
+    sampling.sample(inst, "top_down_again", KEY, 4, steps=3)
+
+
+def _import_graph(package: pathlib.Path) -> dict:
+  """{module: the modules of `sampling` it imports}, read with `ast` from
+  every `*.py` in `package` -- imports inside functions included."""
+  def target(name: str) -> str:
+    """`sampling.x` for a module x of the package, else `sampling`."""
+    leaf = name.split(".")[1] if "." in name else ""
+    return f"sampling.{leaf}" if (package / f"{leaf}.py").exists() \
+        else "sampling"
+
+  graph = {}
+  for path in sorted(package.glob("*.py")):
+    name = ("sampling" if path.stem == "__init__"
+            else f"sampling.{path.stem}")
+    deps = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+      if isinstance(node, ast.Import):
+        deps |= {target(a.name) for a in node.names
+                 if a.name.split(".")[0] == "sampling"}
+      elif isinstance(node, ast.ImportFrom):
+        base = ("sampling" + (f".{node.module}" if node.module else "")
+                if node.level else node.module or "")
+        if base == "sampling":  # from sampling import x (a module or not)
+          deps |= {target(f"sampling.{a.name}") for a in node.names}
+        elif base.split(".")[0] == "sampling":
+          deps.add(target(base))
+    graph[name] = deps - {name}
+  return graph
+
+
+def _cycle(graph: dict) -> list | None:
+  """One import cycle [a, b, ..., a] of `graph`, or None."""
+  state = {}  # module -> 1 on the current path, 2 done
+
+  def visit(m, path):
+    state[m] = 1
+    for d in sorted(graph.get(m, ())):
+      if state.get(d) == 1:
+        return path[path.index(d):] + [d]
+      if d not in state and (found := visit(d, path + [d])):
+        return found
+    state[m] = 2
+    return None
+
+  for m in sorted(graph):
+    if m not in state and (found := visit(m, [m])):
+      return found
+  return None
+
+
+def test_the_sampling_package_has_no_import_cycle():
+  graph = _import_graph(pathlib.Path(sampling.__file__).parent)
+  assert {"sampling", "sampling.trees", "sampling.tables"} <= set(graph)
+  assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+  assert graph["sampling.trees"] == set()  # instances need no exact tool
+
+
+def test_the_import_check_sees_imports_inside_functions(tmp_path):
+  (tmp_path / "__init__.py").write_text("from sampling import a\n")
+  (tmp_path / "a.py").write_text("from sampling.b import f\n")
+  (tmp_path / "b.py").write_text("def f():\n  from sampling import a\n")
+  graph = _import_graph(tmp_path)
+  assert graph == {"sampling": {"sampling.a"}, "sampling.a": {"sampling.b"},
+                   "sampling.b": {"sampling.a"}}
+  assert _cycle(graph) == ["sampling.a", "sampling.b", "sampling.a"]
 
 
 # --- instances ---------------------------------------------------------------

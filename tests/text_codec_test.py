@@ -4,7 +4,7 @@ template, the loss mask, prompts, decoding, and the main job end to end.
 A byte-level BPE tokenizer is trained here, offline, on MARC-format ARC text
 with Llama-3's special tokens, next to a `tokenizer_config.json` holding a
 Llama-3-style Jinja chat template written for the test; the model is a tiny
-random Llama snapshot (`pretrained_test._build`).
+random Llama snapshot (`conftest.build_hf_snapshot`).
 """
 
 import json
@@ -64,10 +64,10 @@ def snapshot(tmp_path_factory):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
   pytest.importorskip("jinja2")
-  from pretrained_test import _build  # the suite's tiny-snapshot builder
+  from conftest import build_hf_snapshot
 
-  path = _build(tmp_path_factory.mktemp("marc") / "snap", "Llama",
-                dict(vocab_size=VOCAB, tie_word_embeddings=True))
+  path = build_hf_snapshot(tmp_path_factory.mktemp("marc") / "snap", "Llama",
+                           dict(vocab_size=VOCAB, tie_word_embeddings=True))
   _train_tokenizer(path)
   return path
 
@@ -121,7 +121,7 @@ def test_a_template_that_drops_the_task_or_renders_nothing_is_refused(
   naming where the template came from: the snapshot's file, the GGUF
   metadata, or (make_template's caller) the origin given."""
   pytest.importorskip("jinja2")
-  from pretrained_test import _tiny_snapshot, _write_gguf
+  from conftest import tiny_snapshot, write_gguf
 
   empty = "{% if messages is none %}x{% endif %}"
   drop = "{% for m in messages %}<{{ m['role'] }}>{% endfor %}"
@@ -136,14 +136,14 @@ def test_a_template_that_drops_the_task_or_renders_nothing_is_refused(
   assert render(text.marc_messages(SMALL)[0])
   _refused(render, "leaves out the assistant message's text")
   # opened as the codec: refused at once, naming the file
-  path = _tiny_snapshot(tmp_path / "snap")
+  path = tiny_snapshot(tmp_path / "snap")
   file = os.path.join(path, "tokenizer_config.json")
   with open(file, "w") as f:
     json.dump(dict(bos_token="<s>", eos_token="</s>", chat_template=drop), f)
   with pytest.raises(errors.InputError, match="leaves out") as e:
     text.open_codec(path)
   assert f"{file} (chat_template)" in str(e.value)
-  gguf_file = _write_gguf(tmp_path / "tiny.gguf", chat_template=empty)
+  gguf_file = write_gguf(tmp_path / "tiny.gguf", chat_template=empty)
   with pytest.raises(errors.InputError, match="empty prompt") as e:
     text.open_codec(gguf_file)
   assert f"{gguf_file} (GGUF metadata tokenizer.chat_template)" in str(
@@ -328,10 +328,10 @@ def _config(snapshot, **decode):
 
 def test_the_main_job_runs_in_marcs_format_compiling_once(snapshot, tc,
                                                           tmp_path):
-  from pipeline_test import _run_counting_compiles, _stage_programs
+  from conftest import run_counting_compiles, stage_programs
 
   c = _config(snapshot)
-  names = _stage_programs(c)  # the program names (the codec's or not)
+  names = stage_programs(c)  # the program names (the codec's or not)
   assert {k.split(".")[0] for k in names} == {"adapt", "decode", "select"}
   # the prompts are MARC's chat: a view's prompt decodes to it
   task = next(t for t in arc.load_arc(1, "evaluation") if t.id == "66e6c45b")
@@ -342,7 +342,7 @@ def test_the_main_job_runs_in_marcs_format_compiling_once(snapshot, tc,
   assert tc.tokenizer.decode(p.tokens[:p.length].tolist(),
                              skip_special_tokens=False) == \
       _expected_render(messages, True)
-  s, counts = _run_counting_compiles(c, str(tmp_path))
+  s, counts = run_counting_compiles(c, str(tmp_path))
   assert s["tasks"] == 2 and s["decode"]["model_calls"] > 0
   for stage, program in names.items():
     assert counts[f"jit({program})"] == 1, (stage, program, counts)
