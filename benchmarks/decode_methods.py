@@ -15,12 +15,29 @@ evaluation, one chunk):
 
 Methods (`--methods`, comma-separated): greedy; sample (T=1, 4 per view);
 dfs<p> (decode.method='dfs', min_prob=p, 8 answers per view at most);
-vgb (decode.method='vgb', see ttt.decoders.vgb).
+vgb (decode.method='vgb', see ttt.decoders.vgb); vgb_lifted (the lifted
+walk, ttt.decoders.vgb_lifted); both 8 chains per test input, and either
+takes a horizon suffix: vgb_lifted@320 sets decode.max_steps=320.
 Selections (`--votes`): hierarchical, product_of_experts, count_poe.
 
 Prints one JSON line (also written to --out): rows of {ttt, method, vote,
 coverage, pass2_tasks, pass2_inputs, test_inputs, scored_tasks, decode_s,
 model_calls, select_s}, and the device, versions and command.
+
+--scaling: no model; the walk decoders' chains (`sampling.exact`'s SJ and
+balanced lifted chains, the rules `sj_move` / `lifted_move` the 'vgb' and
+'vgb_lifted' decoders run) on synthetic answer trees with the decoders'
+oracle: K = 3 "views", each a random autoregressive law over S = 2 tokens
+(logits N(0, 1) per node) with per-view logit noise σ (the views'
+disagreement), μ̂ = the views' geometric mean of prefix probabilities,
+target ∝ μ̂ at complete answers. Per answer length n and σ: moves per
+accepted sample to TV <= δ (min over the horizon grid, from the root,
+λ = 2n), the fitted log-log slopes, and the expected number of lifted
+turns per down sweep Σ_k ι(x_{1:k}) under the target (ι = 1 − B / μ̂, the
+views' local disagreement); a PNG with --plot (matplotlib):
+
+  python benchmarks/decode_methods.py --scaling \
+      --plot=benchmarks/figures/decode_scaling.png        # ~5 min, 2 cores
 """
 
 from __future__ import annotations
@@ -32,6 +49,8 @@ import platform
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -39,6 +58,7 @@ METHOD_FIELDS = {
     "greedy": dict(method="greedy"),
     "sample": dict(method="sample", temperature=1.0, samples=4),
     "vgb": dict(method="vgb", samples=8),  # leaf_loop 64, horizon 640
+    "vgb_lifted": dict(method="vgb_lifted", samples=8),  # T* in 320..640
 }
 
 
@@ -46,6 +66,9 @@ def method_fields(name: str) -> dict:
   if name.startswith("dfs"):
     return dict(method="dfs", min_prob=float(name[3:] or 0.1),
                 max_candidates=8)
+  if "@" in name:  # a walk's horizon
+    base, steps = name.split("@")
+    return dict(method_fields(base), max_steps=int(steps))
   if name not in METHOD_FIELDS:
     raise ValueError(f"unknown method {name!r}")
   return METHOD_FIELDS[name]
@@ -139,6 +162,106 @@ def markdown(out: dict) -> str:
   return "\n".join(lines)
 
 
+def synthetic_table(n: int, sigma: float, views: int = 3, S: int = 2,
+                    seed: int = 0):
+  """A `sampling.tables.NodeTable` of the decoders' oracle on a synthetic
+  tree, and Σ_k ι(x_{1:k}) averaged over the target (see --scaling)."""
+  from sampling import tables, trees
+
+  rng = np.random.default_rng(seed)
+  depth, parent, symbol, logmu = [0], [-1], [-1], [0.0]
+  lp = np.zeros((views, 1))  # each view's log prefix probability, a level
+  log_rho = []  # log B(v) / μ̂(v) of the internal nodes, level order
+  for d in range(n):
+    count = S ** d
+    z = rng.normal(size=(1, count, S)) + sigma * rng.normal(
+        size=(views, count, S))
+    cond = z - np.logaddexp.reduce(z, axis=2, keepdims=True)
+    mean = cond.mean(0)  # log μ̂(v·a) − log μ̂(v)
+    log_rho += list(np.logaddexp.reduce(mean, axis=1))
+    lp = (lp[:, :, None] + cond).reshape(views, -1)
+    off = trees.level_offset(S, d)
+    depth += [d + 1] * (count * S)
+    parent += list(np.repeat(np.arange(off, off + count), S))
+    symbol += list(np.tile(np.arange(S), count))
+    logmu += list(lp.mean(0))
+  logmu = np.array(logmu)
+  first = len(logmu) - S ** n
+  logm = logmu.copy()  # log M(v): leaf masses summed up the tree
+  for v in range(first - 1, -1, -1):
+    logm[v] = np.logaddexp.reduce(logm[1 + v * S:1 + (v + 1) * S])
+  table = tables.NodeTable(np.array(depth), np.array(parent),
+                           np.array(symbol), logm, logmu,
+                           np.zeros_like(logmu), first, S, n)
+  iota = -np.expm1(np.array(log_rho))  # ι(v) = 1 − B(v)/μ̂(v) >= 0
+  turns = np.zeros(len(logmu))  # Σ ι over the path's internal prefixes
+  for v in range(1, len(logmu)):
+    turns[v] = turns[parent[v]] + iota[parent[v]]
+  mu = tables.target_law(table)
+  return table, float(mu @ turns[first:])
+
+
+def scaling(args) -> dict:
+  """The --scaling sweep (module docstring)."""
+  from sampling import exact, experiments
+
+  ns = [int(x) for x in args.scaling_ns.split(",")]
+  sigmas = [float(x) for x in args.scaling_sigmas.split(",")]
+  rows = []
+  for sigma in sigmas:
+    for n in ns:
+      table, turns = synthetic_table(n, sigma)
+      horizons = np.unique(np.geomspace(n, 30 * n * n, 30).astype(int))
+      row = dict(sigma=sigma, n=n,
+                 turns_per_sweep=round(max(turns, 0.0), 4))
+      for walk, chain, window in (
+          ("vgb", exact.sj_chain(table, leaf_loop=2.0 * n), False),
+          ("vgb_lifted", exact.lifted_chain(table, leaf_loop=2.0 * n), True)):
+        curve = experiments.walk_curve(table, chain, horizons, window)
+        row[walk] = experiments.cost_to_delta(curve, args.delta)
+      print(json.dumps(row), file=sys.stderr, flush=True)
+      rows.append(row)
+  slopes = {f"{w}/sigma={s:g}": experiments._slope(  # noqa: SLF001
+      ns, [r[w] for r in rows if r["sigma"] == s])
+            for w in ("vgb", "vgb_lifted") for s in sigmas}
+  out = dict(benchmark="decode_scaling", delta=args.delta, views=3, S=2,
+             rows=rows, slopes=slopes)
+  if args.plot:
+    out["plot"] = _plot_scaling(out, args.plot)
+  return out
+
+
+def _plot_scaling(out: dict, path: str) -> str:
+  import io
+
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from ttt import files
+
+  fig, ax = plt.subplots(figsize=(6.4, 4.6))
+  sigmas = sorted({r["sigma"] for r in out["rows"]})
+  for i, s in enumerate(sigmas):
+    rs = [r for r in out["rows"] if r["sigma"] == s]
+    ns = [r["n"] for r in rs]
+    for w, style in (("vgb", "--"), ("vgb_lifted", "-")):
+      ax.loglog(ns, [r[w] for r in rs], style + "o", color=f"C{i}",
+                label=f"{w}, σ={s:g} (slope "
+                f"{out['slopes'][f'{w}/sigma={s:g}']:.2f})")
+  ax.set_xlabel("answer length n (tokens)")
+  ax.set_ylabel(f"moves per answer to TV ≤ {out['delta']:g}")
+  ax.set_title("walk decoders on synthetic answer trees (3 views, S = 2)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=110, format="png")
+  plt.close(fig)
+  files.write_bytes(path, buf.getvalue())
+  return path
+
+
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--num_tasks", type=int, default=10)
@@ -152,7 +275,19 @@ def main(argv=None) -> dict:
   p.add_argument("--markdown", default="",
                  help="print this JSON file's rows as a markdown table")
   p.add_argument("--max_new_tokens", type=int, default=0)
+  p.add_argument("--scaling", action="store_true",
+                 help="the synthetic scaling sweep (no model)")
+  p.add_argument("--scaling_ns", default="4,6,8,10,12")
+  p.add_argument("--scaling_sigmas", default="0,0.3,1")
+  p.add_argument("--delta", type=float, default=0.05)
+  p.add_argument("--plot", default="", help="--scaling: write a PNG here")
   args = p.parse_args(argv)
+  if args.scaling:
+    out = scaling(args)
+    out["command"] = " ".join(["python", "benchmarks/decode_methods.py",
+                               *(argv if argv is not None else sys.argv[1:])])
+    print(json.dumps(out))
+    return out
   if args.markdown:
     with open(args.markdown, encoding="utf-8") as f:
       out = json.loads(f.readline())

@@ -81,7 +81,7 @@ over all tasks with a learned prefix per task, needs a prefix mode),
 data.leave_out ('one' | 'end_to_end'), data.loss ('outputs' | 'query' |
 'marc'), adapter.rank, adapter.mode ('lora' | 'prefix' | 'lora+prefix' |
 'full' | 'full+prefix': every weight and a fresh task token), views.*,
-decode.method ('greedy' | 'sample' | 'dfs' | 'vgb'),
+decode.method ('greedy' | 'sample' | 'dfs' | 'vgb' | 'vgb_lifted'),
 vote.method ('hierarchical' | 'flat' | 'reference' | 'product_of_experts' |
 'count_poe').
 data.pack=True packs several short TTT rows of a task into one sequence

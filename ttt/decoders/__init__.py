@@ -41,10 +41,13 @@ METHODS: dict[str, Method] = {
 
 
 def method(cfg: DecodeConfig) -> Method:
-  """The registry entry of `cfg.method` (ValueError naming the known)."""
+  """The registry entry of `cfg.method`, its own fields checked
+  (`Method.validate`; ValueError naming the known methods or the bad
+  field)."""
   if cfg.method not in METHODS:
     raise ValueError(f"decode.method must be one of {tuple(METHODS)}, got "
                      f"{cfg.method!r}")
+  METHODS[cfg.method].validate(cfg)
   return METHODS[cfg.method]
 
 
@@ -71,4 +74,5 @@ def predictor_decoder(predictor: Callable) -> Decoder:
                                                          q.test_index, v))
                           for v in q.views) for q in queries])
 
-  return Decoder(decode)
+  return Decoder(decode, empty_slots=False, programs={},
+                 inputs=lambda adapters, prompt_len: {})

@@ -54,8 +54,8 @@ class DecodeConfig:
   start: str = "greedy"  # 'vgb*': chains start at 'root' or 'greedy' answer
 
   def validate(self) -> None:
-    from ttt import decoders  # the registry (imports this module)
-
+    """The fields every method shares; the method's own are checked by
+    its registry entry (`ttt.decoders.method`, when the job is parsed)."""
     for name in ("temperature", "leaf_loop"):
       v = getattr(self, name)
       if not np.isfinite(v) or v < 0:
@@ -71,7 +71,6 @@ class DecodeConfig:
     if self.max_candidates < 1 or self.max_steps < 0:
       raise ValueError("decode.max_candidates must be >= 1 and "
                        "decode.max_steps >= 0")
-    decoders.method(self).validate(self)
 
   @property
   def max_new(self) -> int:
@@ -129,13 +128,14 @@ class Decoder(NamedTuple):
     programs: {name: jitted program} (compile guards, export).
     inputs: `(adapters, prompt_len) -> {name: args}`: each program's
       arguments for a call of padding rows with prompts of `prompt_len`
-      (a call's shapes and shardings: `ttt.plan`'s memory analysis).
+      (a call's shapes and shardings: `ttt.memory`'s analysis); every
+      program the plan must fit has its entry ({} for none).
   """
 
   decode: Callable[[list, list[int], Any], Decoded]
-  empty_slots: bool = False
-  programs: dict = {}
-  inputs: Callable = lambda adapters, prompt_len: {}
+  empty_slots: bool
+  programs: dict
+  inputs: Callable
 
 
 class Method(NamedTuple):
