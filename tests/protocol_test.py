@@ -241,9 +241,9 @@ def test_every_protocol_trains_with_every_adapter_mode_it_accepts(tmp_path):
   adapters shaped as the init program's, rows counted) and lowers its
   programs on `inputs`; each pair it refuses is a task embedding without
   a prefix mode."""
+  from conftest import build_stages
+
   from ttt import adapt
-  from ttt import plan as plan_lib
-  from ttt import weights as weights_lib
 
   ran = []
   for name, entry in adapt.PROTOCOLS.items():
@@ -251,21 +251,13 @@ def test_every_protocol_trains_with_every_adapter_mode_it_accepts(tmp_path):
       c = _config(name, mode, num_tasks=2, chunk_size=2)
       c.ttt.steps = 1
       try:
-        job = job_lib.parse(c)
+        job_lib.parse(c)
       except ValueError as e:
         assert entry.task_embedding and "prefix" not in mode, (name, mode)
         assert "prefix adapter mode" in str(e)
         continue
-      tasks, _ = plan_lib.load_tasks(job.run)
-      mesh = sharding.make_mesh()
-      plan = plan_lib.plan_run(tasks, mesh, run=job.run, data_cfg=job.data,
-                               views_cfg=job.views, decode=job.decode)
-      weights, _ = weights_lib.load(job.init_from, job.model, job.adapter, 0)
-      weights = weights_lib.place(weights, mesh)
-      stage = adapt.make_adapt(
-          ttt=job.ttt, adapter=job.adapter, model=job.model,
-          data_cfg=job.data, seed=0, length_bucket=job.run.length_bucket,
-          weights=weights, mesh=mesh, caps=plan.caps)
+      plan, stages = build_stages(c)  # (programs compile when called:
+      stage = stages.adapt  # only the TTT stage's are)
       stage.prepare(plan, str(tmp_path / name / mode))
       cd = stage.build(plan, plan.chunks[0])
       adapters, m = stage.train(cd)
