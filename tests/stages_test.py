@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pytest
 
-from configs import arc_ttt
 from ttt import (
   arc,
   augment,
@@ -27,18 +26,10 @@ from ttt.decoders import common, sampled
 
 
 def _config(**run):
-  c = arc_ttt.get_config("tiny")
-  c.init_from = ""
-  c.model.num_layers = 1
-  c.model.dtype = "float32"
-  c.run.num_tasks = 2
-  c.run.chunk_size = 2
-  c.run.update(run)
-  c.ttt.steps = 2
-  c.data.num_sequences = 4
+  from conftest import tiny_job_config
+
+  c = tiny_job_config(**{"num_tasks": 2, **run})
   c.decode.max_new_tokens = 16
-  c.views.orders = 1
-  c.views.transforms = ("transpose",)
   return c
 
 
