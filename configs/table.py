@@ -144,6 +144,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   job.run.task_ids = task_ids(a.version, a.select, a.sample)
   job.run.num_tasks = 0
   job.run.select = "first"
+  # the table's rows were made with hierarchical voting (its `views` row
+  # says so) and keep it, so their committed fingerprints hold; the other
+  # rules are rows (vote_*), count_poe -- the default job's -- among them
+  job.vote.method = "hierarchical"
   if a.preset == "cpu":
     job.run.chunk_size = 25
     # the lists are in length order, so a chunk's own length (bucketed to

@@ -494,6 +494,7 @@ def _search_config(method: str, **decode_fields):
   c.decode.max_new_tokens = 64
   c.decode.method = method
   c.decode.update(decode_fields)
+  c.vote.method = "hierarchical"  # no rescoring pass
   return c
 
 
