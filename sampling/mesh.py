@@ -49,6 +49,13 @@ def make_mesh(num_devices: int | None = None, devices=None,
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def axis_size(mesh) -> int:
+  """Devices along the mesh's first axis (tasks, chains or the batch): the
+  whole mesh on a 1-D one; a 2-D mesh's second axis (`ttt.sharding`'s
+  `model`) holds copies of the same rows."""
+  return dict(mesh.shape)[mesh.axis_names[0]]
+
+
 def task_sharding(mesh) -> NamedSharding:
   """Leading axis split over the mesh's axis, the rest replicated."""
   return NamedSharding(mesh, P(mesh.axis_names[0]))
@@ -136,9 +143,9 @@ def local_rows(total: int, mesh) -> np.ndarray:
 
   `total` must be a multiple of the mesh size (see `pad_tasks`).
   """
-  if total % mesh.size:
-    raise ValueError(f"{total} rows do not split over {mesh.size} devices; "
-                     "pad them first (pad_tasks)")
+  if total % axis_size(mesh):
+    raise ValueError(f"{total} rows do not split over {axis_size(mesh)} "
+                     "devices; pad them first (pad_tasks)")
   index = task_sharding(mesh).addressable_devices_indices_map((total,))
   spans = sorted({(s[0].start or 0, total if s[0].stop is None
                    else s[0].stop) for s in index.values()})

@@ -64,12 +64,24 @@ class RunConfig:
   length_bucket: int = 32  # sequence lengths padded up to a multiple
   fixed_shapes: bool = True  # one set of shapes for the whole run
   overwrite: bool = False  # discard a workdir's chunks of another config
+  # devices per model group: the mesh is (tasks, model) of shape (n / M, M)
+  # and the frozen base is split over `model` (ttt.sharding: tensor
+  # parallelism); 1: every device holds the whole base (the 1-D task mesh);
+  # 0 ('auto'): the smallest M whose programs fit run.memory_gb (per
+  # device) with one task per task-axis device (ttt.memory.fit_model_axis)
+  model_parallel: int = 1
 
   def validate(self) -> None:
     if self.select not in ("first", "shortest"):
       raise ValueError("run.select must be 'first' or 'shortest'")
     if self.chunk_size < 1:
       raise ValueError("run.chunk_size must be >= 1")
+    if (isinstance(self.model_parallel, bool)
+        or not isinstance(self.model_parallel, int)
+        or self.model_parallel < 0):
+      raise ValueError("run.model_parallel must be an integer >= 1 (devices "
+                       "per model group) or 0 (auto), got "
+                       f"{self.model_parallel!r}")
     if not self.memory_gb >= 0 or self.memory_gb == float("inf"):
       raise ValueError(f"run.memory_gb must be a finite number >= 0 (0: "
                        f"what the machine has), got {self.memory_gb!r}")
@@ -174,7 +186,7 @@ def file_digest(path: str) -> str:
 # a stored fingerprint likewise (`ttt.shared_adapter`, gone since
 # `ttt.protocol`: False was per_task).
 NEUTRAL = {"ttt.protocol": "per_task", "ttt.shared_adapter": False,
-           "ttt.run_wide_batch": 0}
+           "ttt.run_wide_batch": 0, "run.model_parallel": 1}
 
 
 def fingerprint(job: Job) -> dict:

@@ -193,7 +193,7 @@ def _run(job, wd, state_dir_, predictor, stop_after_chunks, compile_clock,
   if any(t.test[k][1] is None for t in tasks for k in range(len(t.test))):
     logging.info("tasks without a known answer are predicted and marked "
                  "unscored (correct: null)")
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(model_parallel=job.run.model_parallel)
 
   def replan(size):
     return plan_lib.plan_run(
@@ -220,7 +220,7 @@ def _run(job, wd, state_dir_, predictor, stop_after_chunks, compile_clock,
                  inference=0.0, voting=0.0)
   plan, built, mem = memory.fit_run(
       plan, lambda p: make_stages(job, p, weights, mesh, predictor, codec),
-      replan, job.run, job.data.max_len, mesh.size, wd,
+      replan, job.run, job.data.max_len, sharding.axis_size(mesh), wd,
       [t.id for t in tasks])
 
   # --- a run-wide protocol's adaptation (resumable; per_task: nothing):

@@ -253,8 +253,9 @@ def plan_run(tasks: list[arc.Task], mesh, *, run, data_cfg, views_cfg,
             for n in prompt}
   largest = max([len(c) for c in chunks] or [1])
   caps = Capacities(
-      chunk=largest, tasks=sharding.padded_count(largest, mesh.size),
-      queries=sharding.padded_count(per_chunk, mesh.size),
+      chunk=largest,
+      tasks=sharding.padded_count(largest, sharding.axis_size(mesh)),
+      queries=sharding.padded_count(per_chunk, sharding.axis_size(mesh)),
       views=max([len(q.views) for q in qs] or [1]),
       groups=max(groups or [1]), per_group=max(per_group or [1]),
       ttt_len=ttt_len, prompt_len=prompt_len,

@@ -228,7 +228,8 @@ SCORE_ELEMENTS = 1 << 25
 
 def rows_per_call(length: int, mesh) -> int:
   """Rows of `length` tokens one call of the row scorer takes at most."""
-  return mesh.size * max(1, SCORE_ELEMENTS // (length * length))
+  return sharding.axis_size(mesh) * max(1, SCORE_ELEMENTS
+                                        // (length * length))
 
 
 def score_candidates(scorer, base, mesh, spec: SelectSpec, poe_candidates: int,
@@ -269,7 +270,8 @@ def score_candidates(scorer, base, mesh, spec: SelectSpec, poe_candidates: int,
     # the scorer holds every row's [heads, L, L] attention at once
     per_call = rows_per_call(length, mesh)
     step = min(1 << max(len(rows).bit_length() - 4, 0), per_call)
-    total = sharding.padded_count(-(-len(rows) // step) * step, mesh.size)
+    total = sharding.padded_count(-(-len(rows) // step) * step,
+                                  sharding.axis_size(mesh))
     if total > per_call:
       total = -(-len(rows) // per_call) * per_call
     batch = data.stack_rows(rows, total, length, codec.pad)

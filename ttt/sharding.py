@@ -1,12 +1,51 @@
-"""The TTT side's one mesh helper: a `task` axis over devices, hosts.
+"""The TTT side's one mesh helper: a `task` axis over devices, hosts, and
+an optional `model` axis that shards the frozen base.
 
 Every per-task input (adapters, datasets, keys) goes through `shard_tasks`,
-shared inputs (the base weights) through `replicate`; `pad_tasks` pads a
-task count to the mesh with a validity mask; `local_rows` / `put_rows` /
-`gather` / `is_main` / `barrier` are the several-hosts side (see
-`sampling.mesh`, where these helpers live: a leaf module of jax and numpy
-that the samplers use too, so `sampling/` imports nothing of `ttt/`). This
-module re-exports them and adds `initialize_distributed`, the runtime start.
+shared inputs through `replicate`; `pad_tasks` pads a task count to the
+task axis with a validity mask; `local_rows` / `put_rows` / `gather` /
+`is_main` / `barrier` are the several-hosts side (see `sampling.mesh`, where
+these helpers live: a leaf module of jax and numpy that the samplers use
+too, so `sampling/` imports nothing of `ttt/`). This module re-exports them
+and adds `initialize_distributed`, the runtime start, and the 2-D mesh.
+
+The 2-D mesh (`make_mesh(model_parallel=M)`, `run.model_parallel`): the
+devices form `(tasks, model)` of shape `(n / M, M)`. The task axis keeps its
+meaning (tasks, their adapters, optimizer states and data split over it,
+replicated over `model`); the base weights are split over `model` by
+`param_specs`, tensor parallelism in Megatron's layout:
+
+* q, k, v, gate, up: column-split (each device holds whole heads, a slice
+  of the MLP's hidden units); o, down: row-split (their inputs arrive split
+  the same way, so a block needs one all-reduce after attention and one
+  after the MLP);
+* the embedding over the model width, the output head over the vocabulary
+  (over the width when the vocabulary does not divide);
+* norms, biases of row-split layers, LoRA factors and prefixes replicated.
+
+Why tensor parallelism and not FSDP: a task's batch is 1-2 rows, so the
+batch cannot carry a weight sharding -- FSDP would all-gather every layer's
+whole weights for each of those rows (8B: 15 GB of bf16 traffic per forward
+pass per task), while the Megatron layout moves only activations (two
+all-reduces of [rows, length, d] per layer). LoRA factors stay replicated
+over `model`: they are rank x width (MARC's rank 128 on 8B: 0.5% of the
+base), the product x @ A runs on every model device at r/d of the base
+matmul's cost, and replicated adapters keep the optimizer's state and the
+per-task init free of collectives. Full fine-tuning ('full' modes) copies
+the base per task: those copies follow the base's specs.
+
+A dimension that does not divide by M stays whole (replicated over
+`model`), logged once naming the numbers -- notably GQA models whose
+key/value heads are fewer than M (Llama-3-8B: 8 KV heads; M = 16 keeps
+k and v replicated). Nothing in the model code names a collective: the
+specs go on the parameters as `NamedSharding`s and XLA's partitioner
+inserts the all-reduces and all-gathers.
+
+Several hosts: the model axis is the mesh's last, fastest-varying axis, so
+a model group is M consecutive devices of `jax.devices()` (process-major):
+it stays inside a host whenever M divides the host's device count, and a
+group of several whole hosts when M is a multiple of it; any other M is
+refused up front (a group would straddle hosts unevenly).
 """
 
 from __future__ import annotations
@@ -14,10 +53,16 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from sampling import mesh as mesh_lib
 from sampling.mesh import (  # noqa: F401  (re-exported: the one helper)
   DATA_AXIS,
   TASK_AXIS,
+  axis_size,
   barrier,
   broadcast,
   gather,
@@ -25,7 +70,6 @@ from sampling.mesh import (  # noqa: F401  (re-exported: the one helper)
   global_sum,
   is_main,
   local_rows,
-  make_mesh,
   pad_tasks,
   padded_count,
   put_rows,
@@ -71,3 +115,122 @@ def initialize_distributed(enabled: bool | None = None,
                              num_processes=num_processes,
                              process_id=process_id)
   return True
+
+
+MODEL_AXIS = "model"
+
+
+def make_mesh(num_devices: int | None = None, devices=None,
+              axis: str = TASK_AXIS, model_parallel: int = 1
+              ) -> jax.sharding.Mesh:
+  """The run's mesh: 1-D over `axis` (`model_parallel` = 1, the layout of
+  every run before the model axis existed), else `(axis, 'model')` of
+  shape `(n / model_parallel, model_parallel)` (module docstring)."""
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices) if num_devices is None else num_devices
+  mp = int(model_parallel)
+  if mp == 1:
+    return mesh_lib.make_mesh(n, devices, axis)
+  if mp < 1 or n % mp:
+    raise ValueError(f"run.model_parallel={mp} must divide the {n} devices")
+  local = jax.local_device_count()
+  if jax.process_count() > 1 and local % mp and mp % local:
+    raise ValueError(
+        f"run.model_parallel={mp} would split a model group unevenly over "
+        f"hosts of {local} devices each: use a divisor or a multiple of "
+        f"{local}")
+  auto = jax.sharding.AxisType.Auto
+  return jax.make_mesh((n // mp, mp), (axis, MODEL_AXIS),
+                       devices=devices[:n], axis_types=(auto, auto))
+
+
+def model_size(mesh) -> int:
+  """The model axis' size (1 on a 1-D mesh)."""
+  return dict(mesh.shape).get(MODEL_AXIS, 1)
+
+
+# (module, parameter) -> which axis of the [din, dout] / [n] leaf is split
+# and the config count that must divide by the model axis for it
+_COLUMN, _ROW = -1, -2
+_RULES = {
+    ("q", "kernel"): (_COLUMN, "heads"), ("q", "bias"): (-1, "heads"),
+    ("k", "kernel"): (_COLUMN, "kv_heads"), ("k", "bias"): (-1, "kv_heads"),
+    ("v", "kernel"): (_COLUMN, "kv_heads"), ("v", "bias"): (-1, "kv_heads"),
+    ("o", "kernel"): (_ROW, "heads"),
+    ("gate", "kernel"): (_COLUMN, "mlp"), ("up", "kernel"): (_COLUMN, "mlp"),
+    ("down", "kernel"): (_ROW, "mlp"),
+    ("embed", "embedding"): (-1, "width"),
+    ("head", "kernel"): (_COLUMN, "vocab"),
+}
+
+
+def _names(path) -> tuple:
+  return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def _counts(config) -> dict:
+  return dict(heads=config.num_heads, kv_heads=config.kv_heads,
+              mlp=config.mlp_dim, width=config.d_model,
+              vocab=config.vocab_size)
+
+
+_WARNED: set = set()
+
+
+def param_spec(path, shape, config, model_parallel: int) -> P:
+  """The `PartitionSpec` of one base leaf (its own shape, no task axis)
+  under a model axis of `model_parallel` devices (module docstring);
+  fully replicated at 1 and for every leaf without a rule."""
+  names = _names(path)
+  rule = _RULES.get(names[-2:]) if len(names) >= 2 else None
+  if model_parallel == 1 or rule is None:
+    return P()
+  dim, count = rule
+  counts = _counts(config)
+  if names[-2:] == ("head", "kernel") and counts["vocab"] % model_parallel:
+    dim, count = _ROW, "width"  # the output head over the model width
+  if counts[count] % model_parallel:
+    key = (names[-2], count, counts[count], model_parallel)
+    if key not in _WARNED:
+      _WARNED.add(key)
+      logging.warning("model axis: %s stays replicated (%s = %d does not "
+                      "divide by run.model_parallel = %d)", names[-2], count,
+                      counts[count], model_parallel)
+    return P()
+  spec = [None] * len(shape)
+  spec[dim] = MODEL_AXIS
+  return P(*spec)
+
+
+def param_shardings(tree, mesh, config, per_task: bool = False):
+  """A `NamedSharding` per leaf of a (single-task) parameter tree:
+  `param_spec`'s; with `per_task`, those of the tree stacked on a leading
+  task axis `[T, ...]` (per-task copies: 'full' mode's adapters), that
+  axis on the mesh's task axis."""
+  mp = model_size(mesh)
+
+  def one(path, x):
+    spec = tuple(param_spec(path, x.shape, config, mp))
+    spec += (None,) * (len(x.shape) - len(spec))
+    return NamedSharding(mesh, P(mesh.axis_names[0], *spec) if per_task
+                         else P(*spec))
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def place_params(tree, mesh, config):
+  """Every leaf of a (single-task) parameter tree placed on the mesh by
+  `param_shardings`: replicated on a 1-D mesh, split over `model` else.
+  A host leaf is sliced on the host for each device (`make_array_from_
+  callback`), so no device receives more than its shard."""
+  where = param_shardings(tree, mesh, config)
+
+  def put(x, s):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, s)
+    if s.is_fully_replicated:
+      return jax.device_put(x, s)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, s, lambda i: host[i])
+
+  return jax.tree.map(put, tree, where)

@@ -144,7 +144,7 @@ def load_placed(init_from: str, model: model_lib.ModelConfig, adapter,
     per task), untrained (no `init_from`), source (what the base is)).
   """
   weights, model_cfg = load(init_from, model, adapter, seed, vocab)
-  weights = place(weights, mesh, compute_dtype(model_cfg))
+  weights = place(weights, mesh, compute_dtype(model_cfg), model_cfg)
   check_finite(weights, init_from)
   per_task = count_adapter(weights)
   logging.info("model: %s, %d base parameters, adapter %s: %d parameters "
@@ -243,25 +243,38 @@ def digest(init_from: str) -> str:
   return init_from
 
 
-def place(weights: Weights, mesh, dtype=None) -> Weights:
-  """`weights` with template and base copied onto every device of the
-  mesh. Restored weights sit on one device, which a multi-device program
-  refuses (the 'full' mode's template is every task's starting point).
+def place(weights: Weights, mesh, dtype=None,
+          model: model_lib.ModelConfig | None = None) -> Weights:
+  """`weights` with template and base placed on the mesh: copied onto
+  every device of a 1-D task mesh; on a `(task, model)` mesh split over
+  `model` by `ttt.sharding.param_specs` (`model` gives the head and MLP
+  counts that must divide). Restored weights sit on one device, which a
+  multi-device program refuses (the 'full' mode's template is every
+  task's starting point).
 
   Args:
     weights: the loaded weights (float32).
-    mesh: the task mesh.
+    mesh: the run's mesh.
     dtype: the compute dtype; when it is 16-bit the frozen base is stored
       in it (half the memory; the model casts every weight to it anyway,
       so results are the same), while the template -- what TTT updates --
       keeps float32 master weights.
+    model: the base's config; required on a mesh with a model axis.
   """
   base = weights.base
   if dtype is not None and jnp.dtype(dtype).itemsize == 2:
     base = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(
         x.dtype, jnp.floating) else x, base)
-  return weights._replace(template=sharding.replicate(weights.template, mesh),
-                          base=sharding.replicate(base, mesh))
+  if sharding.model_size(mesh) == 1:
+    return weights._replace(
+        template=sharding.replicate(weights.template, mesh),
+        base=sharding.replicate(base, mesh))
+  if model is None:
+    raise ValueError("placing a base over a model axis needs its "
+                     "ModelConfig")
+  return weights._replace(
+      template=sharding.place_params(weights.template, mesh, model),
+      base=sharding.place_params(base, mesh, model))
 
 
 def compute_dtype(config: model_lib.ModelConfig):

@@ -25,7 +25,14 @@ from absl import logging
 
 from ttt import codec as codec_lib
 from ttt import data, inner_loop, lora, sharding
-from ttt.adapt.common import Adapt, ChunkData, Protocol, slot_index, untrained
+from ttt.adapt.common import (
+  Adapt,
+  ChunkData,
+  Protocol,
+  adapter_shardings,
+  slot_index,
+  untrained,
+)
 
 
 class _Progress:
@@ -75,7 +82,7 @@ def make(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
   groups = SimpleNamespace(model=model, adapter=adapter, ttt=ttt)
   programs: dict = {"init": jax.jit(
       lora.make_init(groups, jax.random.fold_in(jax.random.key(seed), 1)),
-      out_shardings=sharding.task_sharding(mesh))}
+      out_shardings=adapter_shardings(weights, mesh, model))}
   if trains:
     programs["train"] = inner_loop.make_inner_loop(
         groups, weights.graphdef, progress=progress)

@@ -57,6 +57,7 @@ from ttt.adapt.common import (
   Adapt,
   ChunkData,
   Protocol,
+  adapter_shardings,
   slot_index,
   untrained,
 )
@@ -177,7 +178,7 @@ def _rows_on_mesh(tree, mesh):
   sums the gradient over devices; before, one device computed every row
   while the others idled). Replicated when B does not divide. Every host
   holds the same draw and hands over its devices' part."""
-  size = mesh.devices.size
+  size = sharding.axis_size(mesh)
 
   def put(x):
     x = np.asarray(x)
@@ -211,11 +212,12 @@ def make(task_embedding: bool, *, ttt, adapter, model, data_cfg, seed: int,
   run: dict = {}  # the adaptation: state, order, rows per task, metrics
 
   init = lora.make_init(groups, key1)
-  programs["init"] = jax.jit(init, out_shardings=sharding.task_sharding(mesh))
+  programs["init"] = jax.jit(
+      init, out_shardings=adapter_shardings(weights, mesh, model))
   programs["assemble"] = jax.jit(
       lambda state, j: jax.vmap(lambda t: inner_loop.pick_task(
           state, t, per_task or (lambda p: False)))(j),
-      out_shardings=sharding.task_sharding(mesh))
+      out_shardings=adapter_shardings(weights, mesh, model))
   # one task's fresh shared part; every task's fresh prefix (jit keeps
   # only what each returns: no copies of the weights per task)
   init_one = jax.jit(lambda params, i: jax.tree.map(
