@@ -79,3 +79,38 @@ def test_sampling_walks_lower_for_gpu_and_tpu():
   for chain in (walks.make_js(inst, 16, leaf_loop=1.0),
                 walks.make_lifted(inst, 16), walks.make_top_down(inst)):
     export_lowers(jax.jit(jax.vmap(chain)), keys)
+
+
+def test_sharded_ttt_and_decode_programs_lower_for_gpu_and_tpu():
+  """The same programs with the base split over a (2,4) mesh's `model`
+  axis and the adapters over its `task` axis (`run.model_parallel=4`):
+  XLA's partitioner inserts the collectives for both platforms."""
+  from ttt import sharding
+
+  cfg = _config()
+  mesh = sharding.make_mesh(model_parallel=4)
+  model_cfg = M.ModelConfig(**cfg.model)
+  key = jax.random.key(0)
+  graphdef, _, base = lora.split(M.make_model(cfg.model, cfg.adapter, key))
+  base = sharding.place_params(base, mesh, model_cfg)
+  assert not all(x.sharding.is_fully_replicated for x in jax.tree.leaves(
+      base))
+  t, n, length = 2, 4, 64
+  adapters = sharding.shard_tasks(
+      lora.init_adapters(cfg, key, t), mesh)
+  row = tokens.Encoded(np.full(length, tokens.PAD, np.int32),
+                       np.zeros(length, np.int32),
+                       np.arange(length, dtype=np.int32),
+                       np.zeros((length, 3), np.int32), 1)
+  ds = sharding.shard_tasks(data.stack([data.stack_rows([row] * n, n,
+                                                        length)] * t), mesh)
+  keys = sharding.shard_tasks(jax.random.split(key, t), mesh)
+  export_lowers(inner_loop.make_inner_loop(cfg, graphdef), base, adapters,
+                ds, keys)
+  q, v, p = 2, 2, 32
+  prompt_args = sharding.shard_tasks(
+      (np.zeros(q, np.int32), np.zeros((q, v, p), np.int32),
+       np.ones((q, v), np.int32), np.zeros((q, v, p, 3), np.int32),
+       np.ones((q, v), np.int32), np.ones((q, v), bool)), mesh)
+  export_lowers(dfs.make_program(graphdef, 8, 0.1, 4), base, adapters,
+                *prompt_args)

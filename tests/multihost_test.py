@@ -115,6 +115,24 @@ def test_ttt_pipeline_on_two_processes_equals_one(tmp_path):
   assert a["summary"]["pass2"] == b["summary"]["pass2"]
 
 
+def test_ttt_pipeline_on_a_2x2_mesh_over_two_processes_equals_one(tmp_path):
+  """`run.model_parallel=2`: each process's 2 devices are one model group
+  (the base split over them), the task axis spans the processes; the
+  records equal one process's (2,2) mesh."""
+  args = TTT_ARGS + ["--config.run.model_parallel=2"]
+  one, two = tmp_path / "one", tmp_path / "two"
+  _launch("launch.ttt", args, one, 1)
+  _launch("launch.ttt", args, two, PROCESSES)
+  a = json.loads((one / "results.json").read_text())
+  b = json.loads((two / "results.json").read_text())
+  assert (json.loads((one / "submission.json").read_text())
+          == json.loads((two / "submission.json").read_text()))
+  for ta, tb in zip(a["tasks"], b["tasks"], strict=True):
+    assert ta["tests"] == tb["tests"]
+    np.testing.assert_allclose(ta["ttt"]["final_loss"],
+                               tb["ttt"]["final_loss"], rtol=1e-5)
+
+
 def test_sampling_sweep_on_two_processes_equals_one(tmp_path):
   args = ["--config=configs/sampling/scaling.py:tiny",
           "--config.sampling.ns_tree=(4,)",

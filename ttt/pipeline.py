@@ -194,6 +194,7 @@ def _run(job, wd, state_dir_, predictor, stop_after_chunks, compile_clock,
     logging.info("tasks without a known answer are predicted and marked "
                  "unscored (correct: null)")
   mesh = sharding.make_mesh(model_parallel=job.run.model_parallel)
+  logging.info("mesh: %s", dict(mesh.shape))
 
   def replan(size):
     return plan_lib.plan_run(

@@ -22,9 +22,11 @@ pipeline's own tokens/s is logged beside the step's.
 
 Training is data-parallel: the batch is split over a `data` mesh axis (with
 several hosts each builds only its rows of the batch: row r of step s comes
-from its own generator), the float32 weights replicated, compute in the
-model's dtype (bf16 by default); AdamW with linear warm-up and cosine
-decay, global-norm clipping.
+from its own generator), the float32 weights replicated -- or, with
+`pretrain.model_parallel` M > 1, split with AdamW's moments over the `model`
+axis of a (data, model) mesh (`ttt.sharding`) -- compute in the model's
+dtype (bf16 by default); AdamW with linear warm-up and cosine decay,
+global-norm clipping.
 
 Resume order (`train_and_evaluate`): a checkpoint in `workdir/checkpoints`,
 then `config.init_from` (weights only, fresh optimizer), then fresh weights.
@@ -111,10 +113,19 @@ class PretrainConfig:
   # LM (HF snapshot folder / .gguf, cut to the 16 tokens: ttt.pretrained)
   init_from: str = ""
   export_dir: str = ""  # where the final bf16 weights go ('' = workdir/model)
+  # devices per model group: the mesh is (data, model) and the weights and
+  # AdamW's moments are split over `model` as the main job's base is
+  # (ttt.sharding: tensor parallelism); 1: every device holds them whole
+  model_parallel: int = 1
 
   def validate(self) -> None:
     if self.steps < 1 or self.batch_size < 1:
       raise ValueError("pretrain.steps and pretrain.batch_size must be >= 1")
+    if (isinstance(self.model_parallel, bool)
+        or not isinstance(self.model_parallel, int)
+        or self.model_parallel < 1):
+      raise ValueError("pretrain.model_parallel must be an integer >= 1, "
+                       f"got {self.model_parallel!r}")
     if not 1 <= self.min_demos <= self.max_demos:
       raise ValueError("need 1 <= min_demos <= max_demos")
     if self.loss not in tokens.LOSS_MODES:
@@ -151,10 +162,13 @@ def make_optimizer(cfg: PretrainConfig) -> optax.GradientTransformation:
   return optim.clipped_adamw(make_schedule(cfg), cfg)
 
 
-def make_train_step(graphdef, optimizer):
+def make_train_step(graphdef, optimizer, mesh=None, state=None):
   """`step(state, batch) -> (state, metrics)`, jitted, state donated.
 
   batch: `TTTDataset` with leaves [B, L]; metrics: loss, grad_norm, targets.
+  On a mesh with a model axis the new state keeps `state`'s layout (XLA
+  would pick another for the updated moments, and the second step would
+  compile again).
   """
 
   def train_step(state: TrainState, batch):
@@ -169,7 +183,10 @@ def make_train_step(graphdef, optimizer):
     return (TrainState(state.step + 1, params, opt_state),
             dict(loss=loss, grad_norm=optax.tree.norm(grads), targets=count))
 
-  return jax.jit(train_step, donate_argnums=0)
+  if mesh is None or sharding.model_size(mesh) == 1:
+    return jax.jit(train_step, donate_argnums=0)
+  return jax.jit(train_step, donate_argnums=0, out_shardings=(
+      jax.tree.map(lambda x: x.sharding, state), sharding.replicated(mesh)))
 
 
 def make_eval_step(graphdef):
@@ -202,14 +219,31 @@ def evaluate(eval_step, params, batches, mesh) -> dict:
               eval_exact=exact / max(total, 1), eval_pairs=total)
 
 
+def _place(params, mesh, config):
+  """Weights on the mesh: replicated, or split over its model axis."""
+  if sharding.model_size(mesh) == 1:
+    return sharding.replicate(params, mesh)
+  return sharding.place_params(params, mesh, configlib.from_config(
+      model_lib.ModelConfig, config.model))
+
+
 def model_and_state(config, cfg: PretrainConfig, mesh):
-  """(graphdef, fresh TrainState, optimizer) with the state replicated."""
+  """(graphdef, fresh TrainState, optimizer) with the state replicated on a
+  1-D mesh; on a (data, model) mesh the weights split over `model` and
+  AdamW's moments created from them (XLA gives them the weights' layout)."""
   model = model_lib.make_model(config.model, None,
                                jax.random.key(cfg.seed))
   graphdef, params = nnx.split(model, nnx.Param)
   optimizer = make_optimizer(cfg)
-  state = TrainState(jnp.int32(0), params, optimizer.init(params))
-  return graphdef, sharding.replicate(state, mesh), optimizer
+  if sharding.model_size(mesh) == 1:
+    state = TrainState(jnp.int32(0), params, optimizer.init(params))
+    return graphdef, sharding.replicate(state, mesh), optimizer
+  params = _place(params, mesh, config)
+  state = TrainState(jnp.int32(0), params, jax.jit(optimizer.init)(params))
+  # (the step and optimizer counters come out on one device: replicated)
+  return graphdef, jax.tree.map(
+      lambda x: x if len(x.sharding.device_set) == mesh.size
+      else sharding.replicate(x, mesh), state), optimizer
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -228,10 +262,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     from ttt import files
     files.write_text(os.path.join(workdir, "config.json"),
                        config.to_json_best_effort(indent=2))
-  mesh = sharding.make_mesh(axis=sharding.DATA_AXIS)
-  if cfg.batch_size % mesh.size:
+  mesh = sharding.make_mesh(axis=sharding.DATA_AXIS,
+                            model_parallel=cfg.model_parallel)
+  data_devices = sharding.axis_size(mesh)
+  if cfg.batch_size % data_devices:
     raise InputError(f"pretrain.batch_size={cfg.batch_size} must be a "
-                     f"multiple of the {mesh.size} devices")
+                     f"multiple of the {data_devices} devices of the data "
+                     "axis")
   errors, refused = [], {}
   t0 = time.perf_counter()
   sources, heldout = load_pool(cfg, errors, refused)
@@ -249,7 +286,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                "(%.1fs); %d malformed entries skipped", len(sources), n_pairs,
                len(heldout), time.perf_counter() - t0, len(errors))
   eval_batches = heldout_batches(heldout, cfg.max_len,
-                                 max(mesh.size, cfg.batch_size))
+                                 max(data_devices, cfg.batch_size))
 
   if cfg.init_from and pretrained.is_pretrained(cfg.init_from):
     # continued training of a pretrained LM: its shape (cut to the 16
@@ -268,14 +305,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     params = (pretrained.load_base(cfg.init_from, state.params, "cell")
               if pretrained.is_pretrained(cfg.init_from)
               else ckpt.load_weights(cfg.init_from, state.params))
-    state = state._replace(params=sharding.replicate(params, mesh))
+    state = state._replace(params=_place(params, mesh, config))
     logging.info("initialised weights from %s (fresh optimizer)",
                  cfg.init_from)
   else:
     logging.info("fresh weights (%d parameters)",
                  model_lib.count_params(state.params))
   start = int(state.step)
-  train_step = make_train_step(graphdef, optimizer)
+  train_step = make_train_step(graphdef, optimizer, mesh, state)
   eval_step = make_eval_step(graphdef)
   writer = metrics.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
   metrics.truncate(writer.path, start)  # steps after the checkpoint: redone

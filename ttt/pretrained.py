@@ -17,10 +17,12 @@ Public functions (paths are either form):
 * `token_map(path) -> list[int]`: for each of the 16 project tokens
   (`ttt.tokens`: colours 0-9, ROW_END, INPUT, OUTPUT, BOS, EOS, PAD) its id
   in the language model's vocabulary;
-* `load_base(path, template, vocab) -> state`: a template state (any part
-  of the model's parameters, e.g. `ttt.lora.split(model)[2]`, in either
-  layout of the blocks: per layer or stacked, `ModelConfig.scan_layers`)
-  filled with the pretrained weights;
+* `load_base(path, template, vocab, shardings=None) -> state`: a template
+  state (any part of the model's parameters, e.g. `ttt.lora.split(model)
+  [2]`, in either layout of the blocks: per layer or stacked,
+  `ModelConfig.scan_layers`) filled with the pretrained weights -- with
+  `shardings`, each leaf built straight on its devices from the pieces
+  they hold;
 * `tokenizer(path) -> tokenizers.Tokenizer`.
 
 Vocabulary: `vocab='cell'` keeps only the 16 rows of the embedding and the
@@ -35,7 +37,12 @@ Tensors are read one at a time (safetensors opened lazily with
 dequantised one by one, the embedding only at the kept rows) and converted
 to the template's dtype (float32 master weights; the model casts to its
 compute dtype). A layer-stacked parameter is filled layer by layer into one
-host array (the host holds it and one layer, never the model twice).
+host array (the host holds it and one layer, never the model twice). With
+`shardings` (a model axis: `ttt.sharding.param_shardings`) nothing is whole
+on the host: safetensors are read by slice, one device's piece of one
+tensor at a time; a GGUF tensor is read whole, converted, sliced for the
+devices and dropped; stacked leaves are assembled on the devices layer by
+layer. Peak host memory: about one tensor (`load_base`).
 llama.cpp stores the q and k projections with the rows of each head
 permuted for its interleaved RoPE; loading undoes that for this model's
 rotate-half RoPE (`unpermute=False` keeps them as stored, for
@@ -80,6 +87,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ttt import errors
 
@@ -98,6 +106,21 @@ LLM_PACKAGES = ("safetensors", "tokenizers", "gguf", "jinja2")  # the extra
 INDEX = "model.safetensors.index.json"
 
 
+class Part(NamedTuple):
+  """One stored tensor, read a slice at a time.
+
+  Attributes:
+    shape: the stored shape (Hugging Face layout: [out, in] / [n]).
+    read: `read(index, rows=None) -> float32 numpy`: `x[index]` of the
+      stored tensor `x` (`index` a tuple of slices), or `x[rows][index]`
+      when `rows` (vocabulary ids) are given -- reading only those
+      elements from the file, never the whole tensor.
+  """
+
+  shape: tuple
+  read: Callable[..., np.ndarray]
+
+
 class Source(NamedTuple):
   """An opened pretrained model, whatever its format.
 
@@ -106,13 +129,17 @@ class Source(NamedTuple):
     arch: `ModelConfig` fields for the full vocabulary (rope='1d').
     info: facts for `info` (format, model type, context length, ...).
     tensor: `tensor(name, rows=None, unpermute=True) -> float32 [out, in]
-      / [n]` by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`),
-      only the given rows when `rows` is a sequence of ids; `unpermute`
-      (GGUF) undoes llama.cpp's q/k row order.
+      / [n]` (a jax or numpy array) by Hugging Face name
+      (`model.layers.0.self_attn.q_proj.weight`), only the given rows when
+      `rows` is a sequence of ids; `unpermute` (GGUF) undoes llama.cpp's
+      q/k row order.
     has: `has(name) -> bool`.
     tokenizer: `tokenizer() -> tokenizers.Tokenizer`.
     specials: `specials() -> dict` with 'bos', 'eos', 'pad' (ids or None)
       and 'control' (every special token id, ascending).
+    part: `part(name) -> Part`, a tensor read in slices (`load_base`'s
+      sharded path), or None for a format whose tensors are converted
+      whole (GGUF: quantised blocks, q/k row order).
   """
 
   path: str
@@ -122,6 +149,7 @@ class Source(NamedTuple):
   has: Callable[[str], bool]
   tokenizer: Callable[[], Any]
   specials: Callable[[], dict]
+  part: Callable[[str], Part] | None = None
 
 
 # --- Hugging Face snapshots --------------------------------------------------
@@ -424,6 +452,41 @@ def open_snapshot(path: str) -> Source:
       x = x[jnp.asarray(rows)]
     return jnp.asarray(x, jnp.float32)
 
+  def part(name):
+    import safetensors
+
+    if name not in files:
+      raise errors.InputError(f"{path}: no tensor {name!r} in the checkpoint")
+    file = files[name]
+
+    def sliced(index, rows=None):
+      """`get_slice` reads only the asked elements (a vocabulary cut: each
+      kept row on its own, at the asked columns)."""
+      with safetensors.safe_open(file, framework="flax") as f:
+        stored = f.get_slice(name)
+        if rows is None:
+          return np.asarray(stored[tuple(index)], np.float32)
+        _check_rows(rows, stored.get_shape(), name, file)
+        rest = tuple(index[1:])
+        return np.concatenate([
+            np.asarray(stored[(slice(i, i + 1), *rest)], np.float32)
+            for i in np.asarray(rows)[index[0]]])
+
+    def read(index, rows=None):
+      try:
+        return sliced(index, rows)
+      except safetensors.SafetensorError as e:
+        raise errors.InputError(f"{file}: cannot read tensor {name!r} "
+                                f"({one_line(e)})") from e
+
+    try:
+      with safetensors.safe_open(file, framework="flax") as f:
+        shape = tuple(f.get_slice(name).get_shape())
+    except safetensors.SafetensorError as e:
+      raise errors.InputError(f"{file}: cannot read tensor {name!r} "
+                              f"({one_line(e)})") from e
+    return Part(shape, read)
+
   @functools.cache
   def tokenizer():
     import tokenizers
@@ -454,7 +517,7 @@ def open_snapshot(path: str) -> Source:
     return out
 
   return Source(path, fields, info, tensor, files.__contains__, tokenizer,
-                specials)
+                specials, part)
 
 
 def _check_rows(rows, shape, name: str, file: str) -> None:
@@ -618,7 +681,7 @@ def open_gguf(path: str) -> Source:
             f"{path}: {t.name} has shape {w.shape}; a q/k projection of {n} "
             "heads needs rows in whole pairs per head")
       w = unpermute_rows(w, n)
-    return jnp.asarray(w)
+    return w  # host float32 (load_base places it)
 
   @functools.cache
   def tokenizer():
@@ -879,9 +942,44 @@ def hf_tensor_name(path: tuple) -> tuple[str, bool]:
   raise ValueError(f"model state {joined!r} has no pretrained counterpart")
 
 
+def _leaf_keys(key_path) -> tuple:
+  """A template leaf's path as plain keys (nnx's `value` dropped)."""
+  return tuple(_key_name(k) for k in key_path if _key_name(k) != "value")
+
+
+def _stacked(keys: tuple) -> bool:
+  """Whether a leaf holds every layer on a leading axis (`scan_layers`)."""
+  return len(keys) > 1 and keys[0] == "blocks" and not isinstance(keys[1],
+                                                                    int)
+
+
 def load_base(path: str, template, vocab: str = "cell", *,
-              unpermute: bool = True):
+              unpermute: bool = True, shardings=None):
   """The template state filled with the pretrained weights at `path`.
+
+  Two paths, the same values:
+
+  * `shardings=None`: each leaf read whole onto the host (a stacked leaf
+    filled layer by layer into one host array: the host holds that leaf
+    once, plus one layer), then put on the template leaf's sharding, if it
+    has one. Fine for a model that fits one host (every 1-D mesh).
+  * `shardings` (a `NamedSharding` per leaf, e.g. `ttt.sharding.
+    param_shardings(template, mesh, config)` on a `(task, model)` mesh):
+    each leaf is built from its devices' pieces
+    (`jax.make_array_from_single_device_arrays`), each piece read for the
+    devices that hold it and put there before the next is read. A
+    safetensors snapshot is read by slice (`safe_open(...).get_slice`):
+    each piece's index mapped through the conversion (HF [out, in] ->
+    our [in, out]; the 'cell' cut's rows read one by one at the piece's
+    columns), so no read returns more than one device's piece of one
+    tensor. A GGUF tensor (quantised blocks, llama.cpp's q/k row order)
+    is read whole, converted, sliced for each device and dropped before
+    the next tensor. A stacked leaf is assembled on the devices, one
+    layer at a time (a per-layer sharded array written into the leaf,
+    donated). Peak host memory: about one tensor (GGUF) or one device's
+    piece of one tensor (safetensors), plus the pieces in flight -- never
+    a stacked leaf, never the model. A multi-host run reads on each host
+    only the pieces of its own devices.
 
   Args:
     path: a snapshot directory or a .gguf file.
@@ -892,40 +990,53 @@ def load_base(path: str, template, vocab: str = "cell", *,
       `jax.ShapeDtypeStruct`s. Its shapes are checked. Either layout of
       the blocks: per layer (`('blocks', l, ...)`) or stacked on a leading
       layer axis (`scan_layers`: `('blocks', ...)` [num_layers, ...], whose
-      layers are read one at a time into one host array).
+      layers are read one at a time).
     vocab: 'cell' (the 16 rows `token_map` names, in the project's token
       order) or 'full'.
     unpermute: GGUF only: undo llama.cpp's q/k row permutation (False only
       to test that it matters).
+    shardings: None, or a pytree of `jax.sharding.NamedSharding` of the
+      template's structure (one per leaf; a stacked leaf's layer axis
+      unsplit): where each leaf goes (above).
 
   Returns:
     The same structure; each leaf an array of the template leaf's dtype
-    (float32 master weights) and sharding when it has one. The embedding is
-    float32[V, d], the head (absent when tied) kernel float32[d, V].
+    (float32 master weights) and sharding (`shardings`' leaf, else the
+    template leaf's when it has one). The embedding is float32[V, d], the
+    head (absent when tied) kernel float32[d, V].
   """
   _check_vocab(vocab)
   source = open_source(path)
   rows = _token_map(source) if vocab == "cell" else None
 
-  def read(keys, shape):
-    """One per-layer (or top-level) tensor, checked to be [shape]."""
+  def locate(keys):
+    """(Hugging Face name, transpose?, vocabulary rows or None) of the
+    per-layer (or top-level) tensor at `keys`."""
     name, transpose = hf_tensor_name(keys)
     if name == "lm_head.weight" and not source.has(name):
       name = "model.embed_tokens.weight"  # tied
     vocab_rows = rows if name in ("lm_head.weight",
                                   "model.embed_tokens.weight") else None
-    x = source.tensor(name, vocab_rows, unpermute=unpermute)
-    x = x.T if transpose else x
-    if tuple(x.shape) != tuple(shape):
+    return name, transpose, vocab_rows
+
+  def check(keys, name, got, shape):
+    if tuple(got) != tuple(shape):
       raise errors.InputError(
-          f"{path}: {name} has shape {tuple(x.shape)}; the model expects "
+          f"{path}: {name} has shape {tuple(got)}; the model expects "
           f"{tuple(shape)} at {'.'.join(map(str, keys))} (a config of "
           "another size or vocab?)")
+
+  def read(keys, shape):
+    """One per-layer (or top-level) tensor, checked to be [shape]."""
+    name, transpose, vocab_rows = locate(keys)
+    x = source.tensor(name, vocab_rows, unpermute=unpermute)
+    x = x.T if transpose else x
+    check(keys, name, x.shape, shape)
     return x
 
   def fill(key_path, leaf):
-    keys = tuple(_key_name(k) for k in key_path if _key_name(k) != "value")
-    if len(keys) > 1 and keys[0] == "blocks" and not isinstance(keys[1], int):
+    keys = _leaf_keys(key_path)
+    if _stacked(keys):
       # stacked layers: the host holds this leaf once, plus one layer
       x = np.empty(leaf.shape, leaf.dtype)
       for layer in range(leaf.shape[0]):
@@ -937,7 +1048,70 @@ def load_base(path: str, template, vocab: str = "cell", *,
     sharding = getattr(leaf, "sharding", None)
     return x if sharding is None else jax.device_put(x, sharding)
 
-  return jax.tree_util.tree_map_with_path(fill, template)
+  if shardings is None:
+    return jax.tree_util.tree_map_with_path(fill, template)
+
+  def reader(keys, shape):
+    """`at(index)`: the tensor at `keys` ([shape], our layout) at `index`
+    (a tuple of slices), read by slice where the format allows; else the
+    tensor read whole and converted once, held by this reader (dropped
+    with it)."""
+    name, transpose, vocab_rows = locate(keys)
+    if source.part is None:
+      whole = np.asarray(read(keys, shape))
+      return lambda index: whole[tuple(index)]
+    part = source.part(name)
+    stored = tuple(part.shape)
+    if vocab_rows is not None:
+      stored = (len(vocab_rows), *stored[1:])
+    check(keys, name, stored[::-1] if transpose else stored, shape)
+
+    def at(index):
+      index = tuple(index)
+      x = part.read(index[::-1] if transpose else index, vocab_rows)
+      return x.T if transpose else x
+
+    return at
+
+  def place(key_path, leaf, where):
+    keys, shape = _leaf_keys(key_path), tuple(leaf.shape)
+    if not _stacked(keys):
+      return _from_pieces(shape, leaf.dtype, where, reader(keys, shape))
+    spec = tuple(where.spec) + (None,) * (len(shape) - len(where.spec))
+    if spec[0] is not None:
+      raise ValueError(f"{'.'.join(map(str, keys))}: a stacked leaf's layer "
+                       f"axis cannot be split ({where.spec})")
+    one = NamedSharding(where.mesh, PartitionSpec(*spec[1:]))
+    out = jnp.zeros(shape, leaf.dtype, device=where)
+    for layer in range(shape[0]):
+      x = _from_pieces(shape[1:], leaf.dtype, one,
+                       reader(("blocks", layer, *keys[1:]), shape[1:]))
+      out = _set_layer(out, x, layer)
+    return out
+
+  return jax.tree_util.tree_map_with_path(place, template, shardings)
+
+
+def _from_pieces(shape: tuple, dtype, where, at) -> jax.Array:
+  """The global array [shape] of `dtype` on sharding `where`, each distinct
+  piece `at(index)` read once (on this host: its devices only), copied
+  onto the devices that hold it, and dropped before the next."""
+  groups = {}
+  for device, index in where.addressable_devices_indices_map(shape).items():
+    key = tuple((s.start, s.stop, s.step) for s in index)
+    groups.setdefault(key, (index, []))[1].append(device)
+  arrays = []
+  for index, devices in groups.values():
+    host = np.array(at(index), dtype)  # a copy: no view keeps a tensor
+    arrays += [jax.device_put(host, d) for d in devices]
+    del host
+  return jax.make_array_from_single_device_arrays(shape, where, arrays)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_layer(stacked, layer, i):
+  """`stacked` with `layer` written at layer `i` (in place: donated)."""
+  return jax.lax.dynamic_update_index_in_dim(stacked, layer, i, 0)
 
 
 # --- CLI ---------------------------------------------------------------------

@@ -20,7 +20,8 @@ replicated over `model`); the base weights are split over `model` by
   the same way, so a block needs one all-reduce after attention and one
   after the MLP);
 * the embedding over the model width, the output head over the vocabulary
-  (over the width when the vocabulary does not divide);
+  when that is an LLM's full one (`SPLIT_VOCAB`; a 16-token head stays
+  whole);
 * norms, biases of row-split layers, LoRA factors and prefixes replicated.
 
 Why tensor parallelism and not FSDP: a task's batch is 1-2 rows, so the
@@ -175,6 +176,12 @@ def _counts(config) -> dict:
 
 
 _WARNED: set = set()
+# the output head splits over the vocabulary from this size (an LLM's full
+# vocabulary: the TTT loss's [rows, length, vocab] logits are the largest
+# activation, 8.4 GB per task in float32 for Llama-3 at 8,191 tokens);
+# below it (the cells' 16 tokens) it stays whole, so the decoders' logits
+# are never split (see `ttt.decoders.common.answer_mask`)
+SPLIT_VOCAB = 1024
 
 
 def param_spec(path, shape, config, model_parallel: int) -> P:
@@ -187,8 +194,9 @@ def param_spec(path, shape, config, model_parallel: int) -> P:
     return P()
   dim, count = rule
   counts = _counts(config)
-  if names[-2:] == ("head", "kernel") and counts["vocab"] % model_parallel:
-    dim, count = _ROW, "width"  # the output head over the model width
+  if names[-2:] == ("head", "kernel") and (
+      counts["vocab"] < SPLIT_VOCAB or counts["vocab"] % model_parallel):
+    return P()  # a small head stays whole: its logits come out whole
   if counts[count] % model_parallel:
     key = (names[-2], count, counts[count], model_parallel)
     if key not in _WARNED:
@@ -222,10 +230,13 @@ def place_params(tree, mesh, config):
   """Every leaf of a (single-task) parameter tree placed on the mesh by
   `param_shardings`: replicated on a 1-D mesh, split over `model` else.
   A host leaf is sliced on the host for each device (`make_array_from_
-  callback`), so no device receives more than its shard."""
+  callback`), so no device receives more than its shard; a leaf already
+  on its sharding (loaded split: `ttt.pretrained.load_base`) stays put."""
   where = param_shardings(tree, mesh, config)
 
   def put(x, s):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(s, x.ndim):
+      return x
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       return jax.device_put(x, s)
     if s.is_fully_replicated:

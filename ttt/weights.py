@@ -12,9 +12,24 @@ the transformer from
 * nothing (an empty `init_from`): an UNTRAINED model, said loudly.
 
 The stored shape wins over `model`; the compute dtype stays the config's.
-`place(weights, mesh)` copies the weights onto every device of the mesh,
-once per run; `digest(init_from)` is the base's content hash (what a
-resumed run must match). Nothing downstream knows where a base came from.
+`place(weights, mesh)` copies the weights onto every device of a 1-D mesh
+(splits the base over a model axis), once per run; `digest(init_from)` is
+the base's content hash (what a resumed run must match). Nothing
+downstream knows where a base came from.
+
+Host memory. On a 1-D mesh a pretrained base is read whole onto the host
+(one tensor at a time; a stacked layer leaf held once), then replicated.
+On a `(task, model)` mesh (`load(..., mesh=...)` with
+`sharding.model_size(mesh) > 1`) it is never whole on one host:
+`pretrained.load_base` gets `sharding.param_shardings` of the abstract
+base (and of the 'full' modes' template) and builds each leaf from its
+devices' pieces -- safetensors read by slice (peak host memory about one
+device's piece of one tensor), GGUF one tensor at a time, read whole,
+converted, sliced for the devices, dropped (peak about one tensor) --
+plus the pieces in flight; `place` then keeps those arrays where they are
+(the bfloat16 cast of the base runs on the devices, per shard). A
+project checkpoint (`ttt.ckpt`, orbax) is still restored whole and then
+placed: those are the project's own small models.
 """
 
 from __future__ import annotations
@@ -76,8 +91,8 @@ def _check_stored_types(path: str, stored: dict) -> None:
 
 
 def load(init_from: str, model: model_lib.ModelConfig,
-         adapter: model_lib.AdapterConfig, seed: int, vocab: str = "cell"
-         ) -> tuple[Weights, model_lib.ModelConfig]:
+         adapter: model_lib.AdapterConfig, seed: int, vocab: str = "cell",
+         mesh=None) -> tuple[Weights, model_lib.ModelConfig]:
   """The run's base model and the model config it was built with.
 
   Args:
@@ -89,6 +104,11 @@ def load(init_from: str, model: model_lib.ModelConfig,
     vocab: a pretrained LM's vocabulary, the codec's (`ttt.codec.Codec.
       vocab`): 'cell' (cut to the 16 project tokens) or 'full' (every id:
       MARC's text format).
+    mesh: the run's mesh, or None. With a model axis a pretrained base
+      (and the 'full' modes' template) comes back already split over it
+      (`sharding.param_shardings`), read piece by piece (module
+      docstring); otherwise (None, a 1-D mesh, a project checkpoint) the
+      weights come back unplaced, for `place`.
 
   Raises:
     FileNotFoundError: `init_from` names no directory (with what to do).
@@ -98,7 +118,7 @@ def load(init_from: str, model: model_lib.ModelConfig,
   """
   fields = dataclasses.asdict(model)
   if init_from and pretrained.is_pretrained(init_from):
-    return _load_pretrained(init_from, fields, adapter, seed, vocab)
+    return _load_pretrained(init_from, fields, adapter, seed, vocab, mesh)
   if init_from:
     if not os.path.isdir(init_from):
       raise FileNotFoundError(
@@ -143,7 +163,7 @@ def load_placed(init_from: str, model: model_lib.ModelConfig, adapter,
     summary and report: adapter (its parameters per task and training MB
     per task), untrained (no `init_from`), source (what the base is)).
   """
-  weights, model_cfg = load(init_from, model, adapter, seed, vocab)
+  weights, model_cfg = load(init_from, model, adapter, seed, vocab, mesh)
   weights = place(weights, mesh, compute_dtype(model_cfg), model_cfg)
   check_finite(weights, init_from)
   per_task = count_adapter(weights)
@@ -161,26 +181,33 @@ def load_placed(init_from: str, model: model_lib.ModelConfig, adapter,
 
 
 def _load_pretrained(path: str, fields: dict, adapter, seed: int,
-                     vocab: str = "cell"):
+                     vocab: str = "cell", mesh=None):
   """A pretrained LM (cut to the cell vocabulary, or with its full one),
   built without ever holding random base weights: the model is abstract
-  until each tensor is read (one at a time) into its place."""
+  until each tensor is read (one at a time) into its place -- on a mesh
+  with a model axis straight onto its devices' shards (`load`)."""
   fields.update(pretrained.model_config(path, vocab))
   config = configlib.from_config(model_lib.ModelConfig, fields)
   key = jax.random.key(seed)
   graphdef, template, base = lora.split(nnx.eval_shape(
       lambda: model_lib.make_model(config, adapter, key)))
+  split = mesh is not None and sharding.model_size(mesh) > 1
+
+  def read(abstract):
+    where = (sharding.param_shardings(abstract, mesh, config) if split
+             else None)
+    return pretrained.load_base(path, abstract, vocab, shardings=where)
+
   if adapter.tunes_all:  # the fresh prefix of 'full+prefix' is not read
     prefix, rest = lora.split_prefix(template)
     if adapter.num_prefix:
       prefix = jax.jit(lambda: lora.split_prefix(lora.split(
           model_lib.make_model(config, adapter, key))[1])[0])()
-    template = lora.merge_prefix(prefix,
-                                 pretrained.load_base(path, rest, vocab))
+    template = lora.merge_prefix(prefix, read(rest))
   else:  # fresh adapters (jit drops the base's random init)
     template = jax.jit(lambda: lora.split(model_lib.make_model(
         config, adapter, key))[1])()
-  base = pretrained.load_base(path, base, vocab)
+  base = read(base)
   if vocab == "full":
     source = (f"pretrained {pretrained.format_of(path)} model, its full "
               f"vocabulary ({config.vocab_size} tokens, its own tokenizer)")
@@ -260,6 +287,10 @@ def place(weights: Weights, mesh, dtype=None,
       so results are the same), while the template -- what TTT updates --
       keeps float32 master weights.
     model: the base's config; required on a mesh with a model axis.
+
+  On a mesh with a model axis, leaves that already carry their sharding
+  (a pretrained base loaded split by `load(..., mesh=...)`) stay where
+  they are: nothing is gathered to the host or moved.
   """
   base = weights.base
   if dtype is not None and jnp.dtype(dtype).itemsize == 2:

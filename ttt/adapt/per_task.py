@@ -80,9 +80,10 @@ def make(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
   trains = ttt.enabled
   progress = _Progress()
   groups = SimpleNamespace(model=model, adapter=adapter, ttt=ttt)
+  shardings = adapter_shardings(weights, mesh, model)
   programs: dict = {"init": jax.jit(
       lora.make_init(groups, jax.random.fold_in(jax.random.key(seed), 1)),
-      out_shardings=adapter_shardings(weights, mesh, model))}
+      out_shardings=shardings)}
   if trains:
     programs["train"] = inner_loop.make_inner_loop(
         groups, weights.graphdef, progress=progress)
@@ -128,6 +129,10 @@ def make(*, ttt: inner_loop.TTTConfig, adapter, model, data_cfg,
     progress.start(steps)
     adapters, m = programs["train"](weights.base, adapters, cd.datasets,
                                     sharding.shard_tasks(cd.keys, mesh))
+    # the layout `init` gives (XLA may choose another for the trained
+    # adapters on a 2-D mesh): the decoders' programs, compiled for it,
+    # are reused (a no-op on the 1-D mesh)
+    adapters = jax.device_put(adapters, shardings)
     m = sharding.gather(dict(final_loss=m["final_loss"],
                              nonfinite=m["nonfinite"]))
     jax.block_until_ready(adapters)

@@ -251,9 +251,14 @@ def answer_mask(row, col, width, depth, max_new: int):
   colour = (row < side) & jnp.where(width == 0, col < side, col < width)
   row_end = (col >= 1) & ((width == 0) | (col == width))
   eos = (col == 0) & (row >= 1)
-  mask = jnp.zeros(tokens.VOCAB_SIZE, bool)
-  mask = mask.at[:10].set(colour).at[tokens.ROW_END].set(row_end)
-  return mask.at[tokens.EOS].set(eos) & (depth < max_new)
+  # elementwise over the vocabulary, not chained `.at[].set`s: under vmap
+  # with the logits split over a `model` axis, XLA's SPMD partitioner
+  # (jax 0.10.2, CPU) wrote those updates wrongly -- it dropped the last
+  # element of every shard (issue 44)
+  v = jnp.arange(tokens.VOCAB_SIZE)
+  mask = jnp.where(v < 10, colour, jnp.where(
+      v == tokens.ROW_END, row_end, (v == tokens.EOS) & eos))
+  return mask & (depth < max_new)
 
 
 def next_mask(codec, row, col, width, depth, max_new: int):
