@@ -301,3 +301,32 @@ def test_the_dfs_step_on_split_logits_equals_whole_ones(vocab):
   for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(split),
                   strict=True):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6)
+
+
+def test_auto_model_parallel_picks_the_smallest_axis_that_fits():
+  """`run.model_parallel=0`: XLA's per-device figure of the TTT program
+  falls as the model axis grows; auto takes the smallest axis under the
+  budget (1 when the whole base fits), and refuses -- naming the figure --
+  when even the largest does not."""
+  import types
+
+  from ttt import errors, memory
+  from ttt import model as model_lib
+  from ttt.inner_loop import TTTConfig
+
+  groups = types.SimpleNamespace(
+      model=model_lib.ModelConfig(num_layers=1, d_model=256, num_heads=8,
+                                  mlp_dim=1024, vocab_size=4096,
+                                  dtype="float32", rope="1d"),
+      adapter=model_lib.AdapterConfig(rank=4), ttt=TTTConfig(steps=1,
+                                                             batch_size=1))
+  m, tried = memory.fit_model_axis(groups, 2, 64, memory_gb=1000.0)
+  assert m == 1 and list(tried) == [1]
+  one = tried[1]
+  shared = len(jax.local_devices())
+  # a budget between the figures at 2 and 1 devices per model group
+  m, tried = memory.fit_model_axis(groups, 2, 64, memory_gb=(
+      memory.SLACK * shared * one * 0.99))
+  assert m > 1 and tried[m] < one, tried
+  with pytest.raises(errors.InputError, match="no model axis fits"):
+    memory.fit_model_axis(groups, 2, 64, memory_gb=1e-4)

@@ -66,9 +66,10 @@ class RunConfig:
   overwrite: bool = False  # discard a workdir's chunks of another config
   # devices per model group: the mesh is (tasks, model) of shape (n / M, M)
   # and the frozen base is split over `model` (ttt.sharding: tensor
-  # parallelism); 1: every device holds the whole base (the 1-D task mesh).
-  # The memory plan (run.memory_gb) is per device: XLA's analysis of the
-  # partitioned programs (benchmarks/llm_memory.py --mesh for the figures)
+  # parallelism); 1: every device holds the whole base (the 1-D task mesh);
+  # 0 ('auto'): the smallest M at which the TTT program of one task per
+  # task-axis device fits run.memory_gb (ttt.memory.fit_model_axis). The
+  # memory plan is per device: XLA's analysis of the partitioned programs
   model_parallel: int = 1
 
   def validate(self) -> None:
@@ -78,9 +79,10 @@ class RunConfig:
       raise ValueError("run.chunk_size must be >= 1")
     if (isinstance(self.model_parallel, bool)
         or not isinstance(self.model_parallel, int)
-        or self.model_parallel < 1):
+        or self.model_parallel < 0):
       raise ValueError("run.model_parallel must be an integer >= 1 (devices "
-                       f"per model group), got {self.model_parallel!r}")
+                       "per model group) or 0 (auto: the smallest that "
+                       f"fits), got {self.model_parallel!r}")
     if not self.memory_gb >= 0 or self.memory_gb == float("inf"):
       raise ValueError(f"run.memory_gb must be a finite number >= 0 (0: "
                        f"what the machine has), got {self.memory_gb!r}")

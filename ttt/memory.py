@@ -624,3 +624,110 @@ def fit_run(plan, build, replan, run, max_len: int, mesh_size: int, wd,
   if warning:
     logging.warning("%s", warning)
   return plan, built, mem
+
+
+# ------------------------------------------------------------------------------
+# The model axis: how many devices hold one copy of the base
+# ------------------------------------------------------------------------------
+
+def ttt_program_memory(groups, mesh, rows: int, length: int,
+                       tasks_per_device: int = 1) -> float:
+  """GiB per device of the TTT program (`ttt.inner_loop.make_inner_loop`)
+  for `tasks_per_device` tasks on each device of the mesh's task axis, `rows`
+  rows of `length` tokens a task, the base split over the mesh's `model`
+  axis as the run places it: XLA's memory analysis of the partitioned
+  program, lowered from abstract inputs (nothing allocated, no weights read).
+
+  Args:
+    groups: has `.model` (the base's `ModelConfig`), `.adapter`, `.ttt`.
+  """
+  import types
+
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from ttt import data, inner_loop, lora
+  from ttt import model as model_lib
+  from ttt.adapt import common as adapt_common
+
+  key = jax.random.key(0)
+  graphdef, template, base = lora.split(nnx.eval_shape(
+      lambda: model_lib.make_model(groups.model, groups.adapter, key)))
+  dt = model_lib._dtype(groups.model.dtype)  # noqa: SLF001
+  if jnp.dtype(dt).itemsize != 2:
+    dt = None  # (`ttt.weights.place` keeps a float32 base as it is)
+  tasks = tasks_per_device * sharding.axis_size(mesh)
+
+  def abstract(x, where):
+    kind = dt if dt is not None and jnp.issubdtype(x.dtype,
+                                                   jnp.floating) else x.dtype
+    return jax.ShapeDtypeStruct(x.shape, kind, sharding=where)
+
+  base = jax.tree.map(abstract, base,
+                      sharding.param_shardings(base, mesh, groups.model))
+  adapters = jax.eval_shape(lora.make_init(groups, key), None,
+                            jnp.arange(tasks))
+  where = adapt_common.adapter_shardings(
+      types.SimpleNamespace(template=template), mesh, groups.model)
+  adapters = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      adapters, where if not isinstance(where, jax.sharding.Sharding)
+      else jax.tree.map(lambda _: where, adapters))
+  on_tasks = sharding.task_sharding(mesh)
+
+  def spec(*shape, kind=jnp.int32):
+    return jax.ShapeDtypeStruct((tasks, *shape), kind, sharding=on_tasks)
+
+  ds = data.TTTDataset(spec(rows, length), spec(rows, length),
+                       spec(rows, length), spec(rows, length, 3),
+                       spec(rows, kind=jnp.bool_), spec(rows, length))
+  keys = jax.eval_shape(lambda: jax.random.split(key, tasks))
+  keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=on_tasks)
+  m = inner_loop.make_inner_loop(groups, graphdef).lower(
+      base, adapters, ds, keys).compile().memory_analysis()
+  if m is None:
+    return 0.0
+  return (m.argument_size_in_bytes + m.output_size_in_bytes
+          - m.alias_size_in_bytes + m.temp_size_in_bytes) / GB
+
+
+def fit_model_axis(groups, rows: int, length: int, memory_gb: float = 0.0,
+                   devices=None) -> tuple[int, dict[int, float]]:
+  """The smallest model axis M (a divisor of the device count, ascending)
+  at which the TTT program of one task per task-axis device fits the budget
+  (`memory_budget(memory_gb)`: per device on an accelerator; on CPU the
+  process's, shared by the local devices) with `SLACK`; rows of `length`
+  tokens (the run's longest, `data.max_len`). The run's own memory plan
+  then checks every program at the chosen mesh (`fit_memory`).
+
+  Returns:
+    (M, {M tried: GiB per device}).
+
+  Raises:
+    InputError: no M fits, naming the figure at the largest.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  budget, source = memory_budget(memory_gb)
+  shared = 1 if "limit" in device_memory() else len(jax.local_devices())
+  tried = {}
+  for m in [d for d in range(1, n + 1) if n % d == 0]:
+    try:
+      mesh = sharding.make_mesh(devices=devices, model_parallel=m)
+    except ValueError:  # a model group would straddle hosts unevenly
+      continue
+    tried[m] = ttt_program_memory(groups, mesh, rows, length)
+    logging.info("model axis %d: the TTT program needs %.2f GiB per device "
+                 "(one task per task-axis device, rows of %d tokens)", m,
+                 tried[m], length)
+    if SLACK * shared * tried[m] <= budget:
+      return m, tried
+  m = max(tried) if tried else n
+  times = f"{SLACK} x {shared} local devices x" if shared > 1 else \
+      f"{SLACK} x"
+  raise errors.InputError(
+      f"run.model_parallel=0 (auto): no model axis fits the budget of "
+      f"{budget:.2f} GiB ({source}): the TTT program of one task per "
+      f"device needs {tried.get(m, float('nan')):.2f} GiB per device even "
+      f"at model_parallel={m} ({times} that must fit); use more devices, "
+      "shorter rows (data.max_len) or a smaller adapter")

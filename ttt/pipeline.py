@@ -37,6 +37,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -193,7 +194,14 @@ def _run(job, wd, state_dir_, predictor, stop_after_chunks, compile_clock,
   if any(t.test[k][1] is None for t in tasks for k in range(len(t.test))):
     logging.info("tasks without a known answer are predicted and marked "
                  "unscored (correct: null)")
-  mesh = sharding.make_mesh(model_parallel=job.run.model_parallel)
+  model_parallel = job.run.model_parallel
+  if not model_parallel and predictor is None:  # auto: the smallest fit
+    model_parallel, _ = memory.fit_model_axis(SimpleNamespace(
+        model=weights_lib.model_config(job.init_from, job.model,
+                                       codec.vocab),
+        adapter=job.adapter, ttt=job.ttt), job.data.num_sequences,
+        job.data.max_len, job.run.memory_gb)
+  mesh = sharding.make_mesh(model_parallel=model_parallel or 1)
   logging.info("mesh: %s", dict(mesh.shape))
 
   def replan(size):

@@ -120,23 +120,7 @@ def load(init_from: str, model: model_lib.ModelConfig,
   if init_from and pretrained.is_pretrained(init_from):
     return _load_pretrained(init_from, fields, adapter, seed, vocab, mesh)
   if init_from:
-    if not os.path.isdir(init_from):
-      raise FileNotFoundError(
-          f"no model checkpoint at {init_from}: train one first (python -m "
-          "launch.pretrain --config=configs/pretrain.py:<preset> and point "
-          "init_from at its exported model), run the shipped one "
-          "(--config.init_from=checkpoints/tiny with the tiny model), or "
-          "name a Hugging Face snapshot directory or a .gguf file")
-    _check_checkpoint_folder(init_from)
-    # the checkpoint's shape wins, a field it does not store is the
-    # default (not the config's: e.g. an older file has no num_kv_heads,
-    # and scan_layers is how its weights are laid out); how it computes
-    # (the compute dtype, the attention blocks) stays the config's
-    stored = ckpt.load_weights_config(init_from)["model"]
-    _check_stored_types(init_from, stored)
-    fields = {**dataclasses.asdict(model_lib.ModelConfig()),
-              **{k: v for k, v in stored.items() if k in fields},
-              "dtype": model.dtype, "attention_block": model.attention_block}
+    fields = dataclasses.asdict(model_config(init_from, model, vocab))
   net = model_lib.make_model(fields, adapter, jax.random.key(seed))
   graphdef, template, base = lora.split(net)
   if init_from:
@@ -151,6 +135,41 @@ def load(init_from: str, model: model_lib.ModelConfig,
                     "model; expect 0%% accuracy")
   source = "a ttt-jax checkpoint" if init_from else "UNTRAINED"
   return Weights(graphdef, template, base, source), net.config
+
+
+def model_config(init_from: str, model: model_lib.ModelConfig,
+                 vocab: str = "cell") -> model_lib.ModelConfig:
+  """The base's `ModelConfig` without reading its weights: a pretrained
+  model's architecture (`ttt.pretrained.model_config`) or a checkpoint's
+  stored shape over `model` (how it computes -- the dtype, the attention
+  blocks -- stays `model`'s); `model` itself without `init_from`.
+
+  Raises: as `load`.
+  """
+  if not init_from:
+    return model
+  fields = dataclasses.asdict(model)
+  if pretrained.is_pretrained(init_from):
+    fields.update(pretrained.model_config(init_from, vocab))
+    return configlib.from_config(model_lib.ModelConfig, fields)
+  if not os.path.isdir(init_from):
+    raise FileNotFoundError(
+        f"no model checkpoint at {init_from}: train one first (python -m "
+        "launch.pretrain --config=configs/pretrain.py:<preset> and point "
+        "init_from at its exported model), run the shipped one "
+        "(--config.init_from=checkpoints/tiny with the tiny model), or "
+        "name a Hugging Face snapshot directory or a .gguf file")
+  _check_checkpoint_folder(init_from)
+  # the checkpoint's shape wins, a field it does not store is the default
+  # (not the config's: e.g. an older file has no num_kv_heads, and
+  # scan_layers is how its weights are laid out); how it computes (the
+  # compute dtype, the attention blocks) stays the config's
+  stored = ckpt.load_weights_config(init_from)["model"]
+  _check_stored_types(init_from, stored)
+  return configlib.from_config(model_lib.ModelConfig, {
+      **dataclasses.asdict(model_lib.ModelConfig()),
+      **{k: v for k, v in stored.items() if k in fields},
+      "dtype": model.dtype, "attention_block": model.attention_block})
 
 
 def load_placed(init_from: str, model: model_lib.ModelConfig, adapter,
