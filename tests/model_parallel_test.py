@@ -88,9 +88,14 @@ def test_the_base_is_split_over_the_model_axis(caplog):
     else:  # the norms, the head over 16 tokens
       assert x.sharding.is_fully_replicated, names
   assert seen == set(want)
-  # LoRA factors stay replicated over `model`
-  assert all(x.sharding.is_fully_replicated
-             for x in jax.tree.leaves(placed.template))
+  # a LoRA factor splits on its base matrix's split side, the other not
+  for path, x in jax.tree_util.tree_flatten_with_path(placed.template)[0]:
+    names = tuple(k.key for k in path
+                  if isinstance(k, jax.tree_util.DictKey))[-2:]
+    split = names in (("q", "lora_b"), ("k", "lora_b"), ("v", "lora_b"),
+                      ("gate", "lora_b"), ("up", "lora_b"),
+                      ("o", "lora_a"), ("down", "lora_a"))
+    assert x.sharding.is_fully_replicated != split, names
 
   gqa = model_lib.ModelConfig(num_layers=1, d_model=64, num_heads=4,
                               num_kv_heads=2, mlp_dim=128)

@@ -21,19 +21,25 @@ replicated over `model`); the base weights are split over `model` by
   after the MLP);
 * the embedding over the model width, the output head over the vocabulary
   when that is an LLM's full one (`SPLIT_VOCAB`; a 16-token head stays
-  whole);
-* norms, biases of row-split layers, LoRA factors and prefixes replicated.
+  whole); a tied embedding (the head of Llama-3.2 1B/3B) over the
+  vocabulary then, so that its logits come out split too (over the width
+  they came out whole on every device: 25.3 GB at M = 8 for 1B under
+  MARC's preset instead of ~6, benchmarks/RESULTS.md);
+* LoRA factors follow their base matrix on its split side -- B of q, k, v,
+  gate, up by columns, A of o, down by rows -- and the other factor (rank x
+  width) is replicated; norms, biases of row-split layers and prefixes
+  replicated.
 
 Why tensor parallelism and not FSDP: a task's batch is 1-2 rows, so the
 batch cannot carry a weight sharding -- FSDP would all-gather every layer's
 whole weights for each of those rows (8B: 15 GB of bf16 traffic per forward
 pass per task), while the Megatron layout moves only activations (two
-all-reduces of [rows, length, d] per layer). LoRA factors stay replicated
-over `model`: they are rank x width (MARC's rank 128 on 8B: 0.5% of the
-base), the product x @ A runs on every model device at r/d of the base
-matmul's cost, and replicated adapters keep the optimizer's state and the
-per-task init free of collectives. Full fine-tuning ('full' modes) copies
-the base per task: those copies follow the base's specs.
+all-reduces of [rows, length, d] per layer). LoRA factors split with their
+base matrix: replicated, they were measured at half the per-device peak at
+M = 16 (70B, MARC's rank 128: 5.2 GB per task per device, four copies with
+the gradient and AdamW's moments), and the split side's factor is the one
+whose product is already split. Full fine-tuning ('full' modes) copies the
+base per task: those copies follow the base's specs.
 
 A dimension that does not divide by M stays whole (replicated over
 `model`), logged once naming the numbers -- notably GQA models whose
@@ -162,6 +168,13 @@ _RULES = {
     ("down", "kernel"): (_ROW, "mlp"),
     ("embed", "embedding"): (-1, "width"),
     ("head", "kernel"): (_COLUMN, "vocab"),
+    # LoRA: the factor on the split side follows its base matrix (x A B:
+    # B [r, dout] by columns where the kernel is, A [din, r] by rows where
+    # the kernel is); the other factor is rank x width, replicated
+    **{(name, "lora_b"): (_COLUMN, count) for name, count in (
+        ("q", "heads"), ("k", "kv_heads"), ("v", "kv_heads"),
+        ("gate", "mlp"), ("up", "mlp"))},
+    ("o", "lora_a"): (_ROW, "heads"), ("down", "lora_a"): (_ROW, "mlp"),
 }
 
 
@@ -194,9 +207,13 @@ def param_spec(path, shape, config, model_parallel: int) -> P:
     return P()
   dim, count = rule
   counts = _counts(config)
-  if names[-2:] == ("head", "kernel") and (
-      counts["vocab"] < SPLIT_VOCAB or counts["vocab"] % model_parallel):
+  big_vocab = (counts["vocab"] >= SPLIT_VOCAB
+               and not counts["vocab"] % model_parallel)
+  if names[-2:] == ("head", "kernel") and not big_vocab:
     return P()  # a small head stays whole: its logits come out whole
+  if (names[-2:] == ("embed", "embedding") and big_vocab
+      and getattr(config, "tie_embeddings", False)):
+    dim, count = _ROW, "vocab"  # a tied head's logits split by vocabulary
   if counts[count] % model_parallel:
     key = (names[-2], count, counts[count], model_parallel)
     if key not in _WARNED:

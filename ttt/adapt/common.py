@@ -22,9 +22,9 @@ PAD_INDEX = 2**31 - 1  # padding slot s gets task index PAD_INDEX - s
 def adapter_shardings(weights, mesh, model):
   """The shardings of a chunk's adapters `[T, ...]` (the `init` program's
   output): tasks over the task axis; on a `(task, model)` mesh each leaf
-  also split over `model` as its base matrix is (`ttt.sharding`: only the
-  per-task copies of the 'full' modes are; LoRA factors and prefixes stay
-  replicated over `model`)."""
+  also split over `model` as `ttt.sharding.param_spec` says (the 'full'
+  modes' per-task copies as the base; a LoRA factor on its base matrix's
+  split side; prefixes replicated)."""
   if sharding.model_size(mesh) == 1:
     return sharding.task_sharding(mesh)
   return sharding.param_shardings(weights.template, mesh, model,
