@@ -95,6 +95,10 @@ LLM_SHAPES = {
     "llama3_8b": dict(num_layers=32, d_model=4096, num_heads=32,
                       num_kv_heads=8, mlp_dim=14336, rope="1d",
                       rope_base=500000.0, norm_eps=1e-5),
+    # Llama-3-70B: ~69B parameters cut (80 layers, d 8192, GQA 64 / 8)
+    "llama3_70b": dict(num_layers=80, d_model=8192, num_heads=64,
+                       num_kv_heads=8, mlp_dim=28672, rope="1d",
+                       rope_base=500000.0, norm_eps=1e-5),
 }
 
 
