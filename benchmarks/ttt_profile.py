@@ -25,11 +25,20 @@ thunk in a class:
   elementwise    everything else in the forward and backward (RMSNorm,
                  RoPE, SwiGLU, residual adds, gathers, reductions)
 
+With --program pretrain the same for ONE initial-training step
+(`pretrain.make_train_step`, the workload of `pretrain_throughput.py`: the
+preset's model, --batch sequences of --seq_len tokens of the real sampler,
+full fine-tuning with AdamW); there is no scan over steps, so
+`outside_steps` is empty and `optimizer` is what is outside the forward
+and backward (AdamW, the gradient norm and clip).
+
 CPU seconds are summed over threads (thunks of one step can run
 concurrently on the intra-op threads), so the shares are of CPU time.
 
 Command (CPU; a couple of minutes on the `small` shape):
   python benchmarks/ttt_profile.py --preset small --dtype float32
+  python benchmarks/ttt_profile.py --program pretrain --preset tiny \
+      --batch 8 --seq_len 1024 --dtype float32
 Prints one JSON line: wall seconds of the profiled call, CPU seconds and
 share per class, the top thunks (name, class, shape, op_name, ms).
 """
@@ -85,8 +94,10 @@ def parse_hlo(text: str):
   return instrs, comps
 
 
-def classify(ins: dict, comps) -> str:
-  """The op class of one top-level instruction (see the module doc)."""
+def classify(ins: dict, comps, scanned: bool = True) -> str:
+  """The op class of one top-level instruction (see the module doc);
+  `scanned`: the program's steps run in a while loop (TTT; not the one
+  pretraining step)."""
   body = comps.get(ins["calls"], []) if ins["calls"] else []
   ops = {b["op"] for b in body} | {ins["op"]}
   names = " ".join([ins["op_name"]] + [b["op_name"] for b in body])
@@ -95,7 +106,7 @@ def classify(ins: dict, comps) -> str:
     if any(t in names for t in ("BTNH", "BNTS", "BSNH")):
       return "attention_dot"
     return "lora_dot" if any(d["batch"] for d in dots) else "base_dot"
-  if "while/body" not in names:
+  if scanned and "while/body" not in names:
     return "outside_steps"
   if "jvp" not in names:
     return "optimizer"
@@ -131,9 +142,41 @@ def main(argv=None) -> dict:
   p.add_argument("--attention_block", type=int, default=-1)
   p.add_argument("--top", type=int, default=15)
   p.add_argument("--hlo_out", default="", help="write the HLO text here")
+  p.add_argument("--program", default="ttt", choices=["ttt", "pretrain"])
   args = p.parse_args(argv)
   ttt_throughput.set_cpu_devices(args.cpu_devices)
+  fn, inputs, call = (pretrain_program(args) if args.program == "pretrain"
+                      else ttt_program(args))
+  return profile(args, fn, inputs, call, scanned=args.program == "ttt")
 
+
+def pretrain_program(args):
+  """One initial-training step and its inputs (state, batch)."""
+  import ml_collections
+
+  from configs import common
+  from ttt import pretrain
+
+  config = ml_collections.ConfigDict(dict(
+      model=common.model_config(args.preset, dtype=args.dtype),
+      pretrain=dict(steps=1000, batch_size=args.batch, max_len=args.seq_len)))
+  cfg = pretrain.PretrainConfig(**config.pretrain)
+  mesh = mesh_lib.make_mesh(axis=mesh_lib.DATA_AXIS)
+  sources, _ = pretrain.load_pool(cfg)
+  batch = mesh_lib.shard_batch(pretrain.make_batch(sources, cfg, 0), mesh)
+  graphdef, state, optimizer = pretrain.model_and_state(config, cfg, mesh)
+  step = pretrain.make_train_step(graphdef, optimizer)
+  held = dict(state=state)
+
+  def call():  # (the step donates its state: each call takes the last one)
+    held["state"], m = step(held["state"], batch)
+    return m
+
+  return step, (state, batch), call
+
+
+def ttt_program(args):
+  """The vmapped TTT inner loop and its inputs."""
   cfg = ttt_throughput.make_config(args)
   model = model_lib.make_model(cfg.model, cfg.adapter, jax.random.key(0))
   graphdef, params, base = lora.split(model)
@@ -148,16 +191,24 @@ def main(argv=None) -> dict:
     base = mesh_lib.replicate(base, mesh)
     adapters, ds, keys = mesh_lib.shard_tasks((adapters, ds, keys), mesh)
   fn = inner_loop.make_inner_loop(cfg, graphdef)
-  hlo = fn.lower(base, adapters, ds, keys).compile().as_text()
+  inputs = (base, adapters, ds, keys)
+  return fn, inputs, lambda: fn(*inputs)
+
+
+def profile(args, fn, inputs, call, scanned: bool) -> dict:
+  """The HLO of jitted `fn` at `inputs`; `call()` (one run of it) once to
+  warm, then profiled, each thunk's CPU time put in its class; prints and
+  returns the line."""
+  hlo = fn.lower(*inputs).compile().as_text()
   if args.hlo_out:
     with open(args.hlo_out, "w", encoding="utf-8") as f:
       f.write(hlo)
   instrs, comps = parse_hlo(hlo)
-  jax.block_until_ready(fn(base, adapters, ds, keys))  # warm
+  jax.block_until_ready(call())  # warm
   trace_dir = tempfile.mkdtemp(prefix="ttt_profile_")
   jax.profiler.start_trace(trace_dir)
   t0 = time.perf_counter()
-  jax.block_until_ready(fn(base, adapters, ds, keys))
+  jax.block_until_ready(call())
   wall = time.perf_counter() - t0
   jax.profiler.stop_trace()
 
@@ -167,18 +218,19 @@ def main(argv=None) -> dict:
     ins = instrs.get(e["name"])
     if ins is None or ins["op"] in ("while", "conditional", "call"):
       continue  # runtime events, and control flow whose body is counted
-    per_class[classify(ins, comps)] += e["dur"] * 1e-6
+    per_class[classify(ins, comps, scanned)] += e["dur"] * 1e-6
     per_thunk[e["name"]] += e["dur"] * 1e-6
   total = sum(per_class.values())
   out = dict(
-      preset=args.preset, dtype=args.dtype, tasks=args.tasks,
+      program=args.program, preset=args.preset, dtype=args.dtype,
+      tasks=args.tasks,
       seq_len=args.seq_len, batch=args.batch, steps=args.steps,
       devices=jax.device_count(), xla_flags=os.environ.get("XLA_FLAGS", ""),
       jax=jax.__version__, wall_s=round(wall, 3),
       thunk_cpu_s=round(total, 3),
       cpu_s={k: round(v, 3) for k, v in per_class.most_common()},
       share={k: round(v / total, 3) for k, v in per_class.most_common()},
-      top=[dict(name=n, cls=classify(instrs[n], comps),
+      top=[dict(name=n, cls=classify(instrs[n], comps, scanned),
                 shape=instrs[n]["shape"], op_name=instrs[n]["op_name"][-70:],
                 ms=round(1e3 * s, 1))
            for n, s in per_thunk.most_common(args.top)])

@@ -74,7 +74,7 @@ Presets:
         is required (the README: "Reproducing MARC with its released
         checkpoints"). The 8B checkpoint on a v5e-8 (16 GB a chip): add
         --config.run.model_parallel=8 (the base split over the 8 chips,
-        one task at a time: 12.8 GB per chip by XLA's CPU analysis,
+        one task at a time: 12.2 GB per chip by XLA's CPU analysis,
         benchmarks/llm_memory.py --preset marc --mesh 1x8).
 
 Every group is built from its dataclass (`ttt.configlib.group`): the

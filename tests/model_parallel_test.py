@@ -320,8 +320,8 @@ def test_auto_model_parallel_picks_the_smallest_axis_that_fits():
   from ttt.inner_loop import TTTConfig
 
   groups = types.SimpleNamespace(
-      model=model_lib.ModelConfig(num_layers=1, d_model=256, num_heads=8,
-                                  mlp_dim=1024, vocab_size=4096,
+      model=model_lib.ModelConfig(num_layers=1, d_model=128, num_heads=8,
+                                  mlp_dim=256, vocab_size=2048,
                                   dtype="float32", rope="1d"),
       adapter=model_lib.AdapterConfig(rank=4), ttt=TTTConfig(steps=1,
                                                              batch_size=1))

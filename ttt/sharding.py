@@ -35,10 +35,11 @@ batch cannot carry a weight sharding -- FSDP would all-gather every layer's
 whole weights for each of those rows (8B: 15 GB of bf16 traffic per forward
 pass per task), while the Megatron layout moves only activations (two
 all-reduces of [rows, length, d] per layer). LoRA factors split with their
-base matrix: replicated, they were measured at half the per-device peak at
-M = 16 (70B, MARC's rank 128: 5.2 GB per task per device, four copies with
-the gradient and AdamW's moments), and the split side's factor is the one
-whose product is already split. Full fine-tuning ('full' modes) copies the
+base matrix (the split side's factor is the one whose product is already
+split): replicated, a task's factors took 5.2 GB per device for 70B at
+M = 16 under MARC's rank 128, split 1.83 GB (the peak 42.0 -> 38.6 GB;
+XLA kept their gradients and AdamW moments split either way:
+benchmarks/RESULTS.md). Full fine-tuning ('full' modes) copies the
 base per task: those copies follow the base's specs.
 
 A dimension that does not divide by M stays whole (replicated over
