@@ -3,8 +3,8 @@ r"""The main job: TTT -> augmented inference -> voting -> scores (`launch.ttt`).
 Commands:
 
   # The default (embedded) run: the shipped tiny model on the 10 shortest
-  # ARC-AGI-1 evaluation tasks, CPU: about 2 minutes (138 s on the 2-core
-  # machine with other work beside it, 2026-12-07); pass@2 4/10:
+  # ARC-AGI-1 evaluation tasks, CPU: about 2 minutes (117 s on the idle
+  # 2-core Xeon, 2026-12-08); pass@2 4/10:
   python -m launch.ttt
   # The same with flags spelled out, writing to a chosen workdir:
   python -m launch.ttt --config=configs/arc_ttt.py:tiny --workdir=/tmp/ttt
@@ -24,8 +24,8 @@ Presets:
         answer with p >= 0.1 per view); selection count_poe (the most often
         produced first, product-of-experts score breaking ties: chosen on
         the held-out list, issue 42: 6/44 against hierarchical's 5/44).
-        2026-12-07 (2-core AMD EPYC, other work beside it): 138 s (TTT
-        83 s, inference 11 s, rescoring 18 s); pass@2 4/10, candidate
+        2026-12-08 (the idle 2-core Xeon): 117 s (TTT 71 s, inference
+        9 s, rescoring 15 s); pass@2 4/10, candidate
         coverage 45%; with --config.vote.method=hierarchical 2/10 from the
         same candidates. Measured on the idle machine with hierarchical
         voting (2026-12-02): 93 s warm (TTT 64 s, inference 6 s), 99 s
