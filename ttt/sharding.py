@@ -87,6 +87,7 @@ from sampling.mesh import (  # noqa: F401  (re-exported: the one helper)
   shard_tasks,
   task_sharding,
 )
+from ttt.errors import InputError
 
 MULTIHOST_ENV = "TTT_MULTIHOST"
 
@@ -140,10 +141,11 @@ def make_mesh(num_devices: int | None = None, devices=None,
   if mp == 1:
     return mesh_lib.make_mesh(n, devices, axis)
   if mp < 1 or n % mp:
-    raise ValueError(f"run.model_parallel={mp} must divide the {n} devices")
+    raise InputError(f"run.model_parallel={mp} must divide the {n} "
+                     "devices")
   local = jax.local_device_count()
   if jax.process_count() > 1 and local % mp and mp % local:
-    raise ValueError(
+    raise InputError(
         f"run.model_parallel={mp} would split a model group unevenly over "
         f"hosts of {local} devices each: use a divisor or a multiple of "
         f"{local}")
