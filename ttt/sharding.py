@@ -11,9 +11,9 @@ and adds `initialize_distributed`, the runtime start, and the 2-D mesh.
 
 The 2-D mesh (`make_mesh(model_parallel=M)`, `run.model_parallel`): the
 devices form `(tasks, model)` of shape `(n / M, M)`. The task axis keeps its
-meaning (tasks, their adapters, optimizer states and data split over it,
-replicated over `model`); the base weights are split over `model` by
-`param_specs`, tensor parallelism in Megatron's layout:
+meaning (tasks, their adapters, optimizer states and data split over it);
+the base weights are split over `model` by `param_spec` / `param_shardings`,
+tensor parallelism in Megatron's layout:
 
 * q, k, v, gate, up: column-split (each device holds whole heads, a slice
   of the MLP's hidden units); o, down: row-split (their inputs arrive split
@@ -24,7 +24,7 @@ replicated over `model`); the base weights are split over `model` by
   whole); a tied embedding (the head of Llama-3.2 1B/3B) over the
   vocabulary then, so that its logits come out split too (over the width
   they came out whole on every device: 25.3 GB at M = 8 for 1B under
-  MARC's preset instead of ~6, benchmarks/RESULTS.md);
+  MARC's preset, split 7.9 GB, benchmarks/RESULTS.md);
 * LoRA factors follow their base matrix on its split side -- B of q, k, v,
   gate, up by columns, A of o, down by rows -- and the other factor (rank x
   width) is replicated; norms, biases of row-split layers and prefixes
