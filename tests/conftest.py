@@ -78,6 +78,29 @@ def tiny_job_config(**run):
   return c
 
 
+def tiny_llm_job_config(path, **run):
+  """The `llm` preset on the snapshot / GGUF at `path` at its smallest
+  (float32, 2 tasks in chunks of 1, 2 TTT steps, greedy decoding of 16
+  tokens, one view besides the identity): `run` fields override the run
+  group."""
+  from configs import arc_ttt
+
+  c = arc_ttt.get_config("llm")
+  c.init_from = path
+  c.model.dtype = "float32"
+  c.run.num_tasks = 2
+  c.run.chunk_size = 1
+  c.run.update(run)
+  c.ttt.steps = 2
+  c.data.num_sequences = 4
+  c.data.max_len = 512
+  c.decode.method = "greedy"
+  c.decode.max_new_tokens = 16
+  c.views.orders = 0
+  c.views.transforms = ("transpose",)
+  return c
+
+
 # --- the main job's tiny config, its stages and its compiles ----------------
 
 
@@ -257,22 +280,25 @@ def tiny_snapshot(path, config=None, tensors=None):
   return str(path)
 
 
-def write_gguf(file, arch="llama", tokenizer="gpt2", chat_template=None):
-  """Writes a tiny GGUF file: Llama metadata under `arch`,
-  `write_tokenizer`'s vocabulary as tokenizer model `tokenizer` (byte-level
-  BPE 'gpt2'), an optional chat template, two tensors; returns its path.
-  Skips without gguf/tokenizers."""
-  import numpy as np
-
+def gguf_writer(file, arch="llama", tokenizer="gpt2", layers=1,
+                mlp=8, kv_heads=None):
+  """(a `gguf.GGUFWriter` on `file` with Llama metadata under `arch` -- d 64,
+  4 heads (`kv_heads` KV heads if given), `layers` blocks, MLP `mlp` -- and
+  `write_tokenizer`'s vocabulary as tokenizer model `tokenizer`, the token
+  list). Skips without gguf/tokenizers."""
   gguf = pytest.importorskip("gguf")
   pre_tokenizers = pytest.importorskip("tokenizers.pre_tokenizers")
   tokens_ = TOKENIZER_SPECIALS + sorted(pre_tokenizers.ByteLevel.alphabet())
   w = gguf.GGUFWriter(str(file), arch)
-  w.add_block_count(1)
+  w.add_block_count(layers)
   w.add_embedding_length(64)
   w.add_head_count(4)
-  w.add_feed_forward_length(8)
+  if kv_heads is not None:
+    w.add_head_count_kv(kv_heads)
+  w.add_feed_forward_length(mlp)
   w.add_context_length(128)
+  if kv_heads is not None:
+    w.add_layer_norm_rms_eps(1e-5)
   w.add_tokenizer_model(tokenizer)
   w.add_token_list(tokens_)
   w.add_token_types([3] * len(TOKENIZER_SPECIALS)
@@ -280,6 +306,15 @@ def write_gguf(file, arch="llama", tokenizer="gpt2", chat_template=None):
   w.add_token_merges([])
   w.add_bos_token_id(0)
   w.add_eos_token_id(1)
+  return w, tokens_
+
+
+def write_gguf(file, arch="llama", tokenizer="gpt2", chat_template=None):
+  """Writes a tiny GGUF file: `gguf_writer`'s metadata (1 block), an
+  optional chat template, two tensors; returns its path."""
+  import numpy as np
+
+  w, tokens_ = gguf_writer(file, arch, tokenizer)
   if chat_template is not None:
     w.add_chat_template(chat_template)
   w.add_tensor("token_embd.weight", np.ones((len(tokens_), 64), np.float32))

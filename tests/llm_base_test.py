@@ -15,7 +15,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import arc_ttt
 from ttt import (
   ckpt,
   data,
@@ -52,20 +51,9 @@ def snapshot(tmp_path_factory):
 
 
 def _job_config(path, **run):
-  c = arc_ttt.get_config("llm")
-  c.init_from = path
-  c.model.dtype = "float32"
-  c.run.num_tasks = 2
-  c.run.chunk_size = 1
-  c.run.update(run)
-  c.ttt.steps = 2
-  c.data.num_sequences = 4
-  c.data.max_len = 512
-  c.decode.method = "greedy"
-  c.decode.max_new_tokens = 16
-  c.views.orders = 0
-  c.views.transforms = ("transpose",)
-  return c
+  from conftest import tiny_llm_job_config
+
+  return tiny_llm_job_config(path, **run)
 
 
 def test_the_main_job_runs_on_a_pretrained_snapshot_compiling_once(

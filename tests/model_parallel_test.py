@@ -16,6 +16,7 @@ from conftest import (
   run_counting_compiles,
   stage_programs,
   tiny_job_config,
+  tiny_llm_job_config,
 )
 
 from ttt import pipeline, sharding
@@ -154,24 +155,12 @@ def test_a_gqa_snapshot_is_the_same_on_2d_meshes(tmp_path):
   (the documented behaviour); both runs equal the 1-D mesh's."""
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
-  from configs import arc_ttt
-
   snap = build_hf_snapshot(tmp_path / "snap", "Llama",
                            dict(num_attention_heads=4, num_key_value_heads=2,
                                 tie_word_embeddings=True))
   runs = []
   for mp in (1, 2, 4):
-    c = arc_ttt.get_config("llm")
-    c.init_from = snap
-    c.model.dtype = "float32"
-    c.run.update(num_tasks=2, chunk_size=2, model_parallel=mp)
-    c.ttt.steps = 2
-    c.data.num_sequences = 4
-    c.data.max_len = 512
-    c.decode.method = "greedy"
-    c.decode.max_new_tokens = 16
-    c.views.orders = 0
-    c.views.transforms = ("transpose",)
+    c = tiny_llm_job_config(snap, chunk_size=2, model_parallel=mp)
     c.vote.method = "hierarchical"
     pipeline.run(c, str(tmp_path / f"mp{mp}"))
     runs.append(_records(tmp_path / f"mp{mp}"))

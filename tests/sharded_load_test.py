@@ -16,7 +16,7 @@ import math
 import jax
 import numpy as np
 import pytest
-from conftest import TOKENIZER_SPECIALS, build_hf_snapshot
+from conftest import build_hf_snapshot, gguf_writer
 from flax import nnx
 
 from ttt import configlib, lora, pretrained, sharding
@@ -242,23 +242,7 @@ def _llama_gguf(file, layers=2):
   """A complete tiny Llama GGUF (random weights; q, down and the embedding
   Q8_0-quantised; an untied head), `write_gguf`'s tokenizer metadata."""
   gguf = pytest.importorskip("gguf")
-  pre_tokenizers = pytest.importorskip("tokenizers.pre_tokenizers")
-  tokens_ = TOKENIZER_SPECIALS + sorted(pre_tokenizers.ByteLevel.alphabet())
-  w = gguf.GGUFWriter(str(file), "llama")
-  w.add_block_count(layers)
-  w.add_embedding_length(64)
-  w.add_head_count(4)
-  w.add_head_count_kv(2)
-  w.add_feed_forward_length(96)
-  w.add_context_length(128)
-  w.add_layer_norm_rms_eps(1e-5)
-  w.add_tokenizer_model("gpt2")
-  w.add_token_list(tokens_)
-  w.add_token_types([3] * len(TOKENIZER_SPECIALS)
-                    + [1] * (len(tokens_) - len(TOKENIZER_SPECIALS)))
-  w.add_token_merges([])
-  w.add_bos_token_id(0)
-  w.add_eos_token_id(1)
+  w, tokens_ = gguf_writer(file, layers=layers, mlp=96, kv_heads=2)
   rng = np.random.default_rng(0)
   shapes = {"token_embd.weight": (len(tokens_), 64),
             "output.weight": (len(tokens_), 64), "output_norm.weight": (64,),
